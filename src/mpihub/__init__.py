@@ -1,0 +1,25 @@
+"""mpihub: interactive parallel computing on HPC clusters, MPI-native and batch-native."""
+from . import config
+from .client.asyncresult import AsyncMapResult, AsyncResult
+from .client.client import Client
+from .client.view import DirectView, LoadBalancedView
+from .cluster import Cluster
+from .errors import (
+    CompositeError,
+    DependencyTimeout,
+    EngineError,
+    ImpossibleDependency,
+    NoEnginesRegistered,
+    RemoteError,
+    TaskAborted,
+    TimeoutError,
+)
+from .protocol.serialize import Reference, interactive
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AsyncMapResult", "AsyncResult", "Client", "Cluster", "CompositeError", "DependencyTimeout",
+    "DirectView", "EngineError", "ImpossibleDependency", "LoadBalancedView", "NoEnginesRegistered",
+    "Reference", "RemoteError", "TaskAborted", "TimeoutError", "config", "interactive",
+]

@@ -1,0 +1,155 @@
+"""``mpihub`` on the command line: controller, engine, cluster, status."""
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import time
+
+from . import config
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(level=getattr(logging, level.upper()), stream=sys.stderr,
+                        format="%(asctime)s %(name)s %(levelname)s: %(message)s")
+
+
+def _cmd_controller(args) -> int:
+    from .controller.server import Controller
+
+    ip = args.ip
+    if args.interface:
+        ip = args.interface.split("://")[-1]
+    controller = Controller(ip=ip, cluster_id=args.cluster_id, profile_dir=args.profile_dir,
+                            scheduler=args.scheduler)
+    controller.start()
+    controller.serve_forever()
+    return 0
+
+
+def _cmd_engine(args) -> int:
+    from .engine.app import main
+
+    return main(args.url_file, args.cluster_id, args.profile_dir, args.id, args.timeout)
+
+
+def _cmd_cluster(args) -> int:
+    from .cluster.cluster import Cluster, saved_clusters, stop_saved
+
+    if args.action == "list":
+        clusters = saved_clusters(args.profile_dir)
+        if not clusters:
+            print("no clusters")
+        for state in clusters:
+            total = 1 + len(state.get("engine_pids", []))
+            print(f"{state['cluster_id'] or 'default':<16} {state['engines']:<6} "
+                  f"{len(state.get('engine_pids', []))} engines, {state['running']}/{total} processes running")
+        return 0
+    if args.action == "stop":
+        try:
+            pids = stop_saved(args.cluster_id, args.profile_dir)
+        except FileNotFoundError as exc:
+            print(exc, file=sys.stderr)
+            return 1
+        print(f"stopped cluster {args.cluster_id or 'default'} ({len(pids)} processes)")
+        return 0
+    def on_signal(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_signal)
+    cluster = Cluster(n=args.n, engines=args.engines, cluster_id=args.cluster_id, profile_dir=args.profile_dir,
+                      controller_ip=args.ip)
+    keep_running = False
+    try:
+        cluster.start_cluster_sync()
+        client = cluster.connect_client_sync()
+        print(f"cluster {cluster.cluster_id or 'default'}: controller and {len(client.ids)} engines running "
+              f"(connection file {cluster.client_file})", flush=True)
+        if args.daemonize:
+            client.close()
+            cluster.client = None
+            keep_running = True
+            return 0
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        print("stopping cluster", flush=True)
+        return 0
+    finally:
+        if not keep_running:
+            cluster.stop_cluster_sync()
+
+
+def _cmd_status(args) -> int:
+    from .client.client import Client
+
+    try:
+        client = Client(cluster_id=args.cluster_id, profile_dir=args.profile_dir, timeout=args.timeout)
+    except (FileNotFoundError, TimeoutError) as exc:
+        print(f"mpihub status: {exc}", file=sys.stderr)
+        return 1
+    with client:
+        status = client.queue_status()
+        print(f"cluster {client.cluster_id or 'default'}: {len(client.ids)} engines, "
+              f"{status.get('unassigned', 0)} tasks unassigned")
+        for engine_id in client.ids:
+            info = client._engines[engine_id]
+            queue = status.get(engine_id, {})
+            rank = info.get("mpi_rank")
+            print(f"  engine {engine_id:>4}  {info.get('hostname')} pid {info.get('pid')}"
+                  f"{'' if rank is None else f' rank {rank}'}  queue {queue.get('queue', 0)}"
+                  f"  tasks {queue.get('tasks', 0)}  completed {queue.get('completed', 0)}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mpihub", description="Interactive parallel computing on HPC clusters.")
+    parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING (default INFO)")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    def common(p, cluster_id_default=""):
+        p.add_argument("--cluster-id", default=cluster_id_default, help="name of the cluster (default: none)")
+        p.add_argument("--profile-dir", default=None, help=f"profile directory (default {config.default_profile_dir()})")
+
+    p = commands.add_parser("controller", help="run a controller (Hub + schedulers)")
+    p.add_argument("--ip", default="127.0.0.1", help="address to bind (0.0.0.0 for all interfaces)")
+    p.add_argument("--interface", default=None, help="bind this interface address, e.g. tcp://10.0.0.5")
+    p.add_argument("--scheduler", default="leastload", help="load-balancing scheme (leastload)")
+    common(p)
+    p.set_defaults(func=_cmd_controller)
+
+    p = commands.add_parser("engine", help="run one engine")
+    p.add_argument("--url-file", default=None, help="engine connection file")
+    p.add_argument("--id", type=int, default=None, help="ask for this engine id")
+    p.add_argument("--mpi", action="store_true", help="(MPI engines are not available in this version)")
+    p.add_argument("--timeout", type=float, default=30, help="seconds to wait for file and controller")
+    common(p)
+    p.set_defaults(func=_cmd_engine)
+
+    p = commands.add_parser("cluster", help="start, stop or list clusters")
+    p.add_argument("action", choices=["start", "stop", "list"])
+    p.add_argument("-n", type=int, default=None, help="number of engines (default: one per core)")
+    p.add_argument("--engines", default="local", help="local (mpi, slurm, pbs: later versions)")
+    p.add_argument("--ip", default="127.0.0.1", help="controller address to bind")
+    p.add_argument("--daemonize", action="store_true", help="return once started, leave the cluster running")
+    common(p)
+    p.set_defaults(func=_cmd_cluster)
+
+    p = commands.add_parser("status", help="engines, ranks and queues of a running cluster")
+    p.add_argument("--timeout", type=float, default=5)
+    common(p)
+    p.set_defaults(func=_cmd_status)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _setup_logging(args.log_level)
+    if getattr(args, "mpi", False):
+        print("mpihub engine --mpi: MPI engines are not available in this version", file=sys.stderr)
+        return 2
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        return 130

@@ -1,0 +1,1 @@
+"""The user's side: :class:`Client`, views and async results."""

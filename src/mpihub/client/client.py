@@ -1,0 +1,397 @@
+"""The Client: a connection to one controller, its engines and its Hub.
+
+Engine ids stay current passively: the controller pushes registration and
+unregistration notices, which the IO thread applies to ``ids``.
+"""
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import sys
+import threading
+import time
+import uuid
+import weakref
+from pathlib import Path
+from typing import Any, Iterable
+
+import zmq
+
+from .. import errors
+from ..protocol import connection, wire
+from .asyncresult import AsyncResult
+from .io import Receiver, Sender
+
+
+class _QuerySlot:
+    __slots__ = ("event", "header")
+
+    def __init__(self):
+        self.event = threading.Event()
+        self.header: dict | None = None
+
+
+def _load_connection_info(connection_info, url_file, profile_dir, cluster_id, timeout: float) -> dict:
+    source = connection_info if connection_info is not None else url_file
+    if isinstance(source, dict):
+        return connection.check(source)
+    if source is None:
+        env = os.environ.get("MPIHUB_CLIENT_INFO")
+        if env:
+            return connection.check(json.loads(env), "$MPIHUB_CLIENT_INFO")
+        source = connection.connection_file("client", cluster_id, profile_dir)
+    return connection.read(Path(source), timeout=max(timeout, 0))
+
+
+class Client:
+    """Connect to a running controller.
+
+    ``connection_info`` is a path to ``mpihub-client[-<cluster_id>].json`` or its
+    contents as a dict; by default the file of ``cluster_id`` in ``profile_dir`` is used,
+    waited for up to ``timeout`` seconds.
+    """
+
+    def __init__(self, connection_info: str | os.PathLike | dict | None = None, *, url_file=None,
+                 profile_dir=None, cluster_id: str | None = None, timeout: float = 10,
+                 context: zmq.Context | None = None):
+        self._info = _load_connection_info(connection_info, url_file, profile_dir, cluster_id, timeout)
+        self._signer = wire.Signer(self._info["key"])
+        self.cluster_id = self._info.get("cluster_id") or None
+        self._context = context or zmq.Context.instance()
+        self._session = uuid.uuid4().hex[:12]
+        self._counter = itertools.count()
+        self._engines: dict[int, dict] = {}
+        self._engines_changed = threading.Condition()
+        self._pending: dict[str, tuple[AsyncResult, int]] = {}
+        self._queries: dict[str, _QuerySlot] = {}
+        self._results: weakref.WeakValueDictionary[str, AsyncResult] = weakref.WeakValueDictionary()
+        self._closed = False
+        receiving, sending, engines = self._connect(timeout)
+        for engine in engines:
+            self._engines[engine["id"]] = engine
+        self._sender = Sender(sending)
+        self._io = Receiver(self._context, receiving, self._signer, self._on_message)
+        self._io.start()
+
+    # -- connection -------------------------------------------------------------------
+
+    def _connect(self, timeout: float) -> tuple[zmq.Socket, zmq.Socket, list]:
+        """Say hello on each candidate address in turn; the first that answers wins.
+
+        The hello goes out on the receiving socket and names the sending socket's
+        identity, so the controller routes replies to requests sent on the latter here.
+        """
+        urls = self._info.get("candidates", {}).get("client") or [self._info["client"]]
+        if self._info["client"] in urls:
+            urls = [self._info["client"]] + [u for u in urls if u != self._info["client"]]
+        wait = max(timeout, 0.5) / len(urls)
+        for url in urls:
+            sock = self._context.socket(zmq.DEALER)
+            sock.routing_id = f"client-{self._session}-r".encode()
+            sock.linger = 0
+            sock.connect(url)
+            rid = self._new_id()
+            send_as = f"client-{self._session}-s"
+            sock.send_multipart(wire.pack(self._signer, {"t": "connect", "rid": rid, "send_as": send_as}))
+            deadline = time.monotonic() + wait
+            while (left := deadline - time.monotonic()) > 0 and sock.poll(left * 1000):
+                try:
+                    msg = wire.unpack(self._signer, sock.recv_multipart())
+                except wire.ProtocolError:
+                    continue
+                if msg.type == "connect_reply" and msg.header.get("rid") == rid:
+                    sending = self._context.socket(zmq.DEALER)
+                    sending.routing_id = send_as.encode()
+                    sending.linger = 1000
+                    sending.connect(url)
+                    return sock, sending, msg.header["engines"]
+            sock.close()
+        raise errors.TimeoutError(
+            f"no answer from a controller at {', '.join(urls)} within {timeout:g} s. Is it running, "
+            "and is this the connection file it wrote (a stale file or another key is refused)?")
+
+    def _new_id(self) -> str:
+        return f"{self._session}-{next(self._counter)}"
+
+    def _on_message(self, msg: wire.Message) -> None:
+        """Runs on the IO thread for every verified message from the controller."""
+        kind = msg.header["t"]
+        if kind == "reply":
+            slot = self._pending.pop(msg.header.get("id"), None)
+            if slot is not None:
+                slot[0]._deliver(slot[1], msg)
+        elif kind == "query_reply":
+            query = self._queries.pop(msg.header.get("rid"), None)
+            if query is not None:
+                query.header = msg.header
+                query.event.set()
+        elif kind == "notify":
+            with self._engines_changed:
+                if msg.header["ev"] == "registered":
+                    engine = msg.header["engine"]
+                    self._engines[engine["id"]] = engine
+                elif msg.header["ev"] == "unregistered":
+                    self._engines.pop(msg.header["id"], None)
+                self._engines_changed.notify_all()
+
+    def _send(self, header: dict, content: bytes = b"", buffers: list = (), track: bool = False):
+        if self._closed:
+            raise RuntimeError("this Client is closed")
+        frames = wire.pack(self._signer, header, content, buffers)
+        return self._sender.send(frames, zero_copy=bool(buffers), track=track)
+
+    def _submit(self, header: dict, content: bytes, buffers: list, ar: AsyncResult, offset: int = 0,
+                track: bool = False):
+        """Register reply slots for ``ar`` and send; returns the outgoing item."""
+        pending, results = self._pending, self._results
+        for index, msg_id in enumerate(header["ids"] if "ids" in header else (header["id"],)):
+            pending[msg_id] = (ar, offset + index)
+            results[msg_id] = ar
+        return self._send(header, content, buffers, track)
+
+    def _query(self, op: str, timeout: float = 30, **args) -> Any:
+        rid = self._new_id()
+        slot = self._queries[rid] = _QuerySlot()
+        self._send({"t": "query", "op": op, "rid": rid, **args})
+        if not slot.event.wait(timeout):
+            self._queries.pop(rid, None)
+            raise errors.TimeoutError(f"the controller did not answer {op!r} within {timeout} s")
+        if not slot.header["ok"]:
+            raise ValueError(f"the controller refused {op!r}: {slot.header.get('error')}")
+        return slot.header.get("result")
+
+    def _mpi_rank(self, engine_id: int | None) -> int | None:
+        engine = self._engines.get(engine_id)
+        return engine.get("mpi_rank") if engine else None
+
+    # -- engines ----------------------------------------------------------------------
+
+    @property
+    def ids(self) -> list[int]:
+        """Ids of the registered engines, sorted (kept current by the controller)."""
+        with self._engines_changed:
+            return sorted(self._engines)
+
+    def __len__(self) -> int:
+        return len(self._engines)
+
+    def wait_for_engines(self, n: int | None = None, timeout: float = -1, interactive: bool | None = None) -> None:
+        """Block until ``n`` engines are registered (a progress bar when in a terminal)."""
+        target = n if n is not None else max(len(self._engines), 1)
+        deadline = None if timeout is None or timeout < 0 else time.monotonic() + timeout
+        show = sys.stderr.isatty() if interactive is None else interactive
+        bar = None
+        if show:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=target, unit="engine", desc="waiting for engines", file=sys.stderr)
+        try:
+            with self._engines_changed:
+                while len(self._engines) < target:
+                    if bar is not None:
+                        bar.update(len(self._engines) - bar.n)
+                    left = None if deadline is None else deadline - time.monotonic()
+                    if left is not None and left <= 0:
+                        raise errors.TimeoutError(f"{len(self._engines)} of {target} engines registered "
+                                                  f"after {timeout} s")
+                    self._engines_changed.wait(left if left is None else min(left, 1.0))
+                if bar is not None:
+                    bar.update(len(self._engines) - bar.n)
+        finally:
+            if bar is not None:
+                bar.close()
+
+    def _check_targets(self, targets) -> list[int]:
+        if targets is None or targets == "all":
+            ids = self.ids
+            if not ids:
+                raise errors.NoEnginesRegistered("no engines are registered; start some, "
+                                                 "or wait with rc.wait_for_engines(n)")
+            return ids
+        if isinstance(targets, int):
+            return [targets]
+        if isinstance(targets, slice):
+            targets = self.ids[targets]
+        targets = list(targets)
+        if not all(isinstance(t, int) for t in targets):
+            raise TypeError(f"targets must be engine ids (ints), not {targets!r}")
+        return targets
+
+    def __getitem__(self, key) -> "DirectView":
+        from .view import DirectView
+
+        if isinstance(key, int):
+            if key not in self._engines:
+                raise IndexError(f"no engine with id {key}; registered: {self.ids}")
+            return DirectView(self, key)
+        if isinstance(key, slice):
+            ids = self.ids[key]
+            if not ids:
+                raise errors.NoEnginesRegistered(f"no engines in {key} of {self.ids}")
+            return DirectView(self, ids)
+        if isinstance(key, (list, tuple)):
+            missing = [t for t in key if t not in self._engines]
+            if missing:
+                raise IndexError(f"no engines with ids {missing}; registered: {self.ids}")
+            return DirectView(self, list(key))
+        raise TypeError(f"index engines with an int, slice or list, not {type(key).__name__}")
+
+    def direct_view(self, targets="all") -> "DirectView":
+        from .view import DirectView
+
+        return DirectView(self, targets)
+
+    def load_balanced_view(self, targets=None) -> "LoadBalancedView":
+        from .view import LoadBalancedView
+
+        return LoadBalancedView(self, targets)
+
+    # -- results and the Hub ------------------------------------------------------------
+
+    def _outstanding(self) -> list[AsyncResult]:
+        return list({id(ar): ar for ar, _ in list(self._pending.values())}.values())
+
+    def _as_results(self, jobs) -> list[AsyncResult]:
+        if jobs is None:
+            return self._outstanding()
+        if isinstance(jobs, (AsyncResult, str)):
+            jobs = [jobs]
+        out = []
+        for job in jobs:
+            if isinstance(job, AsyncResult):
+                out.append(job)
+            elif isinstance(job, str):
+                out.append(self._results[job] if job in self._results else self.get_result(job))
+            else:
+                raise TypeError(f"jobs are AsyncResults or msg_ids, not {type(job).__name__}")
+        return out
+
+    @staticmethod
+    def _msg_ids(jobs) -> list[str]:
+        if isinstance(jobs, (AsyncResult, str)):
+            jobs = [jobs]
+        ids: list[str] = []
+        for job in jobs:
+            ids.extend(job.msg_ids if isinstance(job, AsyncResult) else [job])
+        return ids
+
+    def wait(self, jobs=None, timeout: float = -1) -> bool:
+        """Wait for the given results (default: all of this client's); False on timeout."""
+        deadline = None if timeout is None or timeout < 0 else time.monotonic() + timeout
+        for ar in self._as_results(jobs):
+            left = -1 if deadline is None else max(0.0, deadline - time.monotonic())
+            if not ar.wait(left):
+                return False
+        return True
+
+    def get_result(self, indices_or_msg_ids, block: bool | None = None) -> AsyncResult:
+        """An AsyncResult for tasks by msg_id, including other clients' tasks."""
+        ids = [indices_or_msg_ids] if isinstance(indices_or_msg_ids, str) else list(indices_or_msg_ids)
+        known = [self._results.get(m) for m in ids]
+        if len(ids) == 1 and known[0] is not None and known[0].msg_ids == ids:
+            return known[0]
+        ar = AsyncResult(self, ids, fname="get_result", single=isinstance(indices_or_msg_ids, str))
+        for index, msg_id in enumerate(ids):
+            local = self._results.get(msg_id)
+            if local is not None and local.ready():
+                ar._deliver(index, local._replies[local.msg_ids.index(msg_id)][0])
+            else:
+                self._pending.setdefault(msg_id, (ar, index))
+        missing = [m for i, m in enumerate(ids) if ar._replies[i] is None and self._pending.get(m, (None,))[0] is ar]
+        if missing:
+            outcome = self._query("result", ids=missing)
+            gone = {m: "unknown to the controller" for m in outcome["unknown"]}
+            gone.update({m: "purged from the controller's store" for m in outcome["purged"]})
+            if gone:
+                for msg_id in ids:
+                    if self._pending.get(msg_id, (None,))[0] is ar:
+                        del self._pending[msg_id]
+                raise KeyError("no result for " + ", ".join(f"{m!r} ({why})" for m, why in gone.items()))
+        if block:
+            return ar.get()
+        return ar
+
+    def queue_status(self, targets=None, verbose: bool = False) -> dict:
+        """``{engine_id: {"queue", "completed", "tasks"}, "unassigned": n}``."""
+        if targets is not None:
+            targets = self._check_targets(targets)
+        status = self._query("queue_status", targets=targets, verbose=verbose)
+        return {int(k) if not isinstance(k, int) and k != "unassigned" else k: v for k, v in status.items()}
+
+    def abort(self, jobs=None, targets=None, block: bool = True) -> None:
+        """Drop queued tasks (of this client, or the given jobs) before they start."""
+        if jobs is None:
+            ids = list(self._pending)
+        else:
+            ids = self._msg_ids(jobs)
+        if targets is not None:
+            wanted = set(self._check_targets(targets))
+            status = self.queue_status(list(wanted), verbose=True)
+            ids += [m for eid in wanted if eid in status for m in status[eid]["queue"] + status[eid]["tasks"]]
+        self._query("abort", ids=ids)
+
+    def resubmit(self, jobs) -> AsyncResult:
+        """Run the given tasks again, load-balanced, as new tasks."""
+        old = self._msg_ids(jobs)
+        new = [self._new_id() for _ in old]
+        ar = AsyncResult(self, new, fname="resubmit", single=isinstance(jobs, str) or len(old) == 1)
+        for index, msg_id in enumerate(new):
+            self._pending[msg_id] = (ar, index)
+        try:
+            self._query("resubmit", ids=old, new_ids=new)
+        except Exception:
+            for msg_id in new:
+                self._pending.pop(msg_id, None)
+            raise
+        self._results.update((m, ar) for m in new)
+        return ar
+
+    def purge_results(self, jobs=None, targets=None) -> None:
+        """Forget finished results here and in the Hub (``jobs="all"`` for every one)."""
+        if jobs == "all":
+            ids = None
+            for msg_id in [m for m, ar in list(self._results.items()) if ar.ready()]:
+                self._results.pop(msg_id, None)
+        elif jobs is None and targets is None:
+            raise ValueError("name jobs, targets, or pass jobs='all'")
+        else:
+            ids = self._msg_ids(jobs) if jobs is not None else []
+            for msg_id in ids:
+                self._results.pop(msg_id, None)
+        engine_ids = self._check_targets(targets) if targets is not None else None
+        self._query("purge", ids=ids, targets=engine_ids)
+
+    def db_query(self, query: dict, keys: Iterable[str] | None = None) -> list[dict]:
+        """Task records from the Hub matching a Mongo-style query, e.g.
+        ``{"engine_id": 0, "completed": {"$ne": None}}``."""
+        return self._query("db_query", query=query, keys=list(keys) if keys else None)
+
+    def shutdown(self, targets="all", hub: bool = False, block: bool = True) -> None:
+        """Stop engines (``targets``), and with ``hub=True`` the controller too."""
+        engine_ids = None if targets == "all" else self._check_targets(targets)
+        stopped = self._query("shutdown", targets=engine_ids, hub=hub)
+        if block:
+            deadline = time.monotonic() + 10
+            with self._engines_changed:
+                while any(t in self._engines for t in stopped) and time.monotonic() < deadline:
+                    self._engines_changed.wait(0.5)
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        try:
+            self._send({"t": "close"})
+        finally:
+            self._closed = True
+            self._sender.close()
+            self._io.stop()
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<mpihub.Client cluster={self.cluster_id or 'default'} engines={self.ids}>"

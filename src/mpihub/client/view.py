@@ -1,0 +1,382 @@
+"""DirectView and LoadBalancedView: how calls reach engines.
+
+A DirectView call on N engines is ONE message; the controller fans it out. Scatter
+sends each engine its own part. A LoadBalancedView call is one task that the
+controller's scheduler places on an engine.
+"""
+from __future__ import annotations
+
+import builtins
+import contextlib
+import functools
+import operator
+import os
+from typing import Any, Callable, Iterator
+
+import numpy as np
+
+from .. import errors
+from ..engine import ops
+from ..protocol import serialize
+from . import partition
+from .asyncresult import AsyncMapResult, AsyncResult
+from .remotefunction import ParallelFunction, RemoteFunction
+
+_FLAGS = ("block", "track")
+
+
+@functools.lru_cache(maxsize=None)
+def _payload_of(f: Callable) -> tuple[bytes, list]:
+    """Serialized helper from :mod:`mpihub.engine.ops` (pickled by reference, cached)."""
+    return serialize.serialize(f)
+
+
+class View:
+    """What both views share: flags, apply/map spellings and waiting."""
+
+    def __init__(self, client, targets):
+        self.client = client
+        self._targets = targets
+        self.block = False
+        self.track = False
+
+    # -- flags ------------------------------------------------------------------------
+
+    def set_flags(self, **flags) -> None:
+        for name, value in flags.items():
+            if name not in self._flag_names():
+                raise KeyError(f"{type(self).__name__} has no flag {name!r}; flags: {sorted(self._flag_names())}")
+            setattr(self, name, value)
+
+    def _flag_names(self) -> tuple[str, ...]:
+        return _FLAGS
+
+    @contextlib.contextmanager
+    def temp_flags(self, **flags) -> Iterator["View"]:
+        saved = {name: getattr(self, name) for name in flags}
+        self.set_flags(**flags)
+        try:
+            yield self
+        finally:
+            self.set_flags(**saved)
+
+    @property
+    def targets(self):
+        return self._targets
+
+    # -- calls ------------------------------------------------------------------------
+
+    def apply(self, f: Callable, *args, **kwargs) -> Any:
+        return self._apply(f, args, kwargs, block=self.block)
+
+    def apply_sync(self, f: Callable, *args, **kwargs) -> Any:
+        return self._apply(f, args, kwargs, block=True)
+
+    def apply_async(self, f: Callable, *args, **kwargs) -> AsyncResult:
+        return self._apply(f, args, kwargs, block=False)
+
+    def map_sync(self, f: Callable, *seqs, **kwargs) -> list:
+        return self.map(f, *seqs, block=True, **kwargs)
+
+    def map_async(self, f: Callable, *seqs, **kwargs) -> AsyncMapResult:
+        return self.map(f, *seqs, block=False, **kwargs)
+
+    def _finish(self, ar: AsyncResult, block: bool | None) -> Any:
+        if self.block if block is None else block:
+            return ar.get()
+        return ar
+
+    def _apply(self, f, args, kwargs, block=None, track=None):
+        raise NotImplementedError
+
+    def wait(self, jobs=None, timeout: float = -1) -> bool:
+        return self.client.wait(jobs, timeout)
+
+    def abort(self, jobs=None, targets=None, block: bool = True) -> None:
+        self.client.abort(jobs, targets if targets is not None else self._abort_targets(), block)
+
+    def _abort_targets(self):
+        return None
+
+    def get_result(self, msg_ids) -> AsyncResult:
+        return self.client.get_result(msg_ids)
+
+    def remote(self, block: bool | None = None, **flags) -> Callable[[Callable], RemoteFunction]:
+        """Decorator: calling the function applies it on this view."""
+        return lambda f: RemoteFunction(self, f, block=block, **flags)
+
+    def parallel(self, dist: str = "b", block: bool | None = None, **flags) -> Callable[[Callable], ParallelFunction]:
+        """Decorator: calling the function maps it over its (partitioned) arguments."""
+        return lambda f: ParallelFunction(self, f, dist=dist, block=block, **flags)
+
+
+def _check_callable(f: Callable) -> None:
+    if not callable(f):
+        raise TypeError(f"apply needs a callable, not {type(f).__name__}")
+
+
+class DirectView(View):
+    """Calls on named engines; ``rc[0]`` gives single results, other views lists."""
+
+    def __repr__(self) -> str:
+        return f"<DirectView {self._targets}>"
+
+    def _target_list(self, targets=None) -> list[int]:
+        return self.client._check_targets(self._targets if targets is None else targets)
+
+    def _single(self, targets=None) -> bool:
+        return isinstance(self._targets if targets is None else targets, int)
+
+    def _abort_targets(self):
+        return self._targets
+
+    def _send(self, kind: str, content: bytes, buffers: list, extra: dict, targets, track, fname: str,
+              postprocess=None) -> AsyncResult:
+        engines = self._target_list(targets)
+        ids = [self.client._new_id() for _ in engines]
+        ar = AsyncResult(self.client, ids, fname=fname, single=self._single(targets), postprocess=postprocess)
+        header = {"t": kind, "tg": engines, "ids": ids, **extra}
+        ar._outgoing.append(self.client._submit(header, content, buffers, ar, track=self.track if track is None else track))
+        return ar
+
+    def _call(self, f_payload, args, kwargs, targets=None, track=None, fname="", postprocess=None) -> AsyncResult:
+        try:
+            content, buffers, extra = serialize.serialize_call(f_payload, args, kwargs)
+        except Exception as exc:
+            raise TypeError(f"cannot serialize the arguments of {fname or 'the call'}: {exc}") from exc
+        return self._send("apply", content, buffers, extra, targets, track, fname, postprocess)
+
+    def _apply(self, f, args, kwargs, block=None, track=None, targets=None):
+        _check_callable(f)
+        name = getattr(f, "__name__", "function")
+        try:
+            payload = serialize.serialize(f)
+        except Exception as exc:
+            raise TypeError(f"cannot serialize {name}: {exc}") from exc
+        return self._finish(self._call(payload, args, kwargs, targets, track, name), block)
+
+    def _op(self, op: Callable, *args, targets=None, block=None, track=None, postprocess=None) -> Any:
+        ar = self._call(_payload_of(op), args, {}, targets, track, op.__name__, postprocess)
+        return self._finish(ar, block)
+
+    # -- code ---------------------------------------------------------------------
+
+    def execute(self, code: str, silent: bool = True, targets=None, block=None) -> Any:
+        """Run ``code`` on each engine; with ``silent=False`` the last expression's value
+        is the result."""
+        if not isinstance(code, str):
+            raise TypeError(f"execute needs a str of code, not {type(code).__name__}")
+        ar = self._send("execute", code.encode("utf-8"), [], {"silent": bool(silent)}, targets, False, "execute")
+        return self._finish(ar, block)
+
+    def run(self, filename: str | os.PathLike, targets=None, block=None) -> Any:
+        with open(filename, encoding="utf-8") as f:
+            return self.execute(f.read(), targets=targets, block=block)
+
+    # -- namespace ------------------------------------------------------------------
+
+    def push(self, ns: dict, targets=None, block=None, track=None) -> Any:
+        if not isinstance(ns, dict):
+            raise TypeError(f"push needs a dict of names to values, not {type(ns).__name__}")
+        return self._op(ops.push, ns, targets=targets, block=block, track=track)
+
+    def pull(self, names: str | list[str], targets=None, block=None) -> Any:
+        if not isinstance(names, (str, list, tuple)):
+            raise TypeError("pull needs a name or a list of names")
+        return self._op(ops.pull, names if isinstance(names, str) else list(names), targets=targets, block=block)
+
+    def update(self, ns: dict) -> Any:
+        return self.push(ns)
+
+    def get(self, name: str) -> Any:
+        return self.pull(name, block=True)
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        self.push({key: value}, block=True)
+
+    def __getitem__(self, key: str) -> Any:
+        return self.get(key)
+
+    # -- data movement ------------------------------------------------------------------
+
+    def _check_via(self, via: str) -> None:
+        if via not in ("auto", "zmq", "mpi"):
+            raise ValueError(f"via must be 'auto', 'zmq' or 'mpi', not {via!r}")
+        if via == "mpi":
+            raise ValueError("via='mpi' needs every target in one MPI world; these engines were not "
+                             "started under MPI (start them with engines='mpi')")
+
+    def scatter(self, key: str, seq, dist: str = "b", flatten: bool = False, targets=None, block=None,
+                track=None, via: str = "auto") -> Any:
+        """Split ``seq`` and push part i to engine i as ``key``."""
+        self._check_via(via)
+        engines = self._target_list(targets)
+        parts = partition.split(seq, len(engines), dist)
+        ids = [self.client._new_id() for _ in engines]
+        ar = AsyncResult(self.client, ids, fname="scatter", postprocess=lambda _: None)
+        track = self.track if track is None else track
+        for index, (engine, part) in enumerate(zip(engines, parts)):
+            op, args = (ops.push_flat, (key, part)) if flatten else (ops.push, ({key: part},))
+            content, buffers, extra = serialize.serialize_call(_payload_of(op), args, {})
+            header = {"t": "apply", "tg": [engine], "ids": [ids[index]], **extra}
+            ar._outgoing.append(self.client._submit(header, content, buffers, ar, offset=index, track=track))
+        return self._finish(ar, block)
+
+    def gather(self, key: str, dist: str = "b", targets=None, block=None, via: str = "auto") -> Any:
+        """Pull ``key`` from each engine and join the parts (inverse of scatter)."""
+        self._check_via(via)
+        return self._op(ops.pull, key, targets=self._target_list(targets), block=block,
+                        postprocess=lambda parts: partition.join(parts, dist))
+
+    def bcast(self, key: str, value: Any, targets=None, block=None, via: str = "auto") -> Any:
+        """Store one object as ``key`` on every target (sent once, fanned out)."""
+        self._check_via(via)
+        return self.push({key: value}, targets=self._target_list(targets), block=block)
+
+    def reduce(self, key: str, op: str | Callable = "sum", targets=None, block=None, via: str = "auto") -> Any:
+        """Combine ``key`` across engines with ``op`` and return it to the client."""
+        self._check_via(via)
+        combine = _reducer(op)
+        return self._op(ops.pull, key, targets=self._target_list(targets), block=block,
+                        postprocess=lambda values: functools.reduce(combine, values))
+
+    def allreduce(self, key: str, op: str | Callable = "sum", dest: str | None = None, targets=None,
+                  block=None, via: str = "auto") -> Any:
+        """Combine ``key`` across engines and store the result on each as ``dest``."""
+        engines = self._target_list(targets)
+        value = self.reduce(key, op, targets=engines, block=True, via=via)
+        return self.push({dest or key: value}, targets=engines, block=block)
+
+    # -- map and imports ----------------------------------------------------------------
+
+    def map(self, f: Callable, *seqs, block=None, dist: str = "b") -> Any:
+        """Apply ``f`` element-wise, each engine taking one contiguous block."""
+        _check_callable(f)
+        if not seqs:
+            raise TypeError("map needs at least one sequence")
+        engines = self._target_list()
+        lengths = {len(s) for s in seqs}
+        if len(lengths) != 1:
+            raise ValueError(f"sequences differ in length: {sorted(lengths)}")
+        splits = [partition.split(s, len(engines), dist) for s in seqs]
+        payload = serialize.serialize(functools.partial(ops.map_chunk, f))
+        chunks = [(engine, tuple(split[i] for split in splits)) for i, engine in enumerate(engines)]
+        chunks = [chunk for chunk in chunks if len(chunk[1][0])] or chunks[:1]
+        ids = [self.client._new_id() for _ in chunks]
+        ar = AsyncMapResult(self.client, ids, [len(args[0]) for _, args in chunks],
+                            fname=getattr(f, "__name__", "map"), dist=dist)
+        for index, (engine, args) in enumerate(chunks):
+            content, buffers, extra = serialize.serialize_call(payload, args, {})
+            header = {"t": "apply", "tg": [engine], "ids": [ids[index]], **extra}
+            ar._outgoing.append(self.client._submit(header, content, buffers, ar, offset=index))
+        return self._finish(ar, block)
+
+    @contextlib.contextmanager
+    def sync_imports(self, local: bool = True, quiet: bool = False) -> Iterator[None]:
+        """Imports inside the block also run on every target engine."""
+        modules: list[str] = []
+        real_import = builtins.__import__
+
+        def recording_import(name, globals=None, locals=None, fromlist=(), level=0):
+            if level == 0 and name not in modules:
+                modules.append(name if not fromlist else f"{name}:{','.join(fromlist)}")
+            if local:
+                return real_import(name, globals, locals, fromlist, level)
+            return real_import(name, globals, locals, fromlist, level) if name in ("mpihub",) else None
+
+        builtins.__import__ = recording_import
+        try:
+            yield
+        finally:
+            builtins.__import__ = real_import
+        lines = []
+        for entry in modules:
+            name, _, names = entry.partition(":")
+            lines.append(f"from {name} import {names}" if names else f"import {name}")
+            if not quiet:
+                print(f"importing {names + ' from ' if names else ''}{name} on engine(s)")
+        if lines:
+            self.execute("\n".join(lines), block=True)
+
+
+_REDUCERS: dict[str, Callable] = {
+    "sum": operator.add,
+    "prod": operator.mul,
+    "min": lambda a, b: np.minimum(a, b) if isinstance(a, np.ndarray) else builtins.min(a, b),
+    "max": lambda a, b: np.maximum(a, b) if isinstance(a, np.ndarray) else builtins.max(a, b),
+    "land": lambda a, b: np.logical_and(a, b) if isinstance(a, np.ndarray) else (a and b),
+    "lor": lambda a, b: np.logical_or(a, b) if isinstance(a, np.ndarray) else (a or b),
+    "band": operator.and_,
+    "bor": operator.or_,
+}
+
+
+def _reducer(op: str | Callable) -> Callable:
+    if callable(op):
+        return op
+    try:
+        return _REDUCERS[op.lower()]
+    except (KeyError, AttributeError):
+        raise ValueError(f"unknown reduce op {op!r}; use one of {sorted(_REDUCERS)} or a callable") from None
+
+
+class LoadBalancedView(View):
+    """Each call is a task the controller's scheduler places on the least-loaded engine."""
+
+    def __repr__(self) -> str:
+        return f"<LoadBalancedView {self._targets if self._targets is not None else 'all'}>"
+
+    def _header(self, msg_id: str) -> dict:
+        header = {"t": "apply", "lb": True, "id": msg_id}
+        if self._targets is not None:
+            header["only"] = self.client._check_targets(self._targets)
+        elif not self.client.ids:
+            raise errors.NoEnginesRegistered("no engines are registered to balance over; "
+                                             "wait with rc.wait_for_engines(n)")
+        return header
+
+    def _apply(self, f, args, kwargs, block=None, track=None):
+        _check_callable(f)
+        name = getattr(f, "__name__", "function")
+        try:
+            content, buffers, extra = serialize.serialize_call(serialize.serialize(f), args, kwargs)
+        except Exception as exc:
+            raise TypeError(f"cannot serialize {name} or its arguments: {exc}") from exc
+        msg_id = self.client._new_id()
+        header = {**self._header(msg_id), **extra}
+        ar = AsyncResult(self.client, [msg_id], fname=name, single=True)
+        ar._outgoing.append(self.client._submit(header, content, buffers, ar, track=self.track if track is None else track))
+        return self._finish(ar, block)
+
+    def map(self, f: Callable, *seqs, chunksize: int = 1, ordered: bool = True, block=None) -> Any:
+        """Tasks of ``chunksize`` elements each; results in order (or completion order
+        when iterating with ``ordered=False``)."""
+        _check_callable(f)
+        if not seqs:
+            raise TypeError("map needs at least one sequence")
+        if not isinstance(chunksize, int) or chunksize < 1:
+            raise ValueError(f"chunksize must be a positive int, not {chunksize!r}")
+        lengths = {len(s) for s in seqs}
+        if len(lengths) != 1:
+            raise ValueError(f"sequences differ in length: {sorted(lengths)}")
+        (length,) = lengths
+        name = getattr(f, "__name__", "map")
+        try:
+            payload = serialize.serialize(functools.partial(ops.map_chunk, f))
+        except Exception as exc:
+            raise TypeError(f"cannot serialize {name}: {exc}") from exc
+        starts = range(0, length, chunksize)
+        ids = [self.client._new_id() for _ in starts]
+        ar = AsyncMapResult(self.client, ids, [min(chunksize, length - s) for s in starts], fname=name,
+                            ordered=ordered)
+        base = self._header("") if ids else {}
+        for index, start in enumerate(starts):
+            chunk = tuple(s[start:start + chunksize] for s in seqs)
+            content, buffers, extra = serialize.serialize_call(payload, chunk, {})
+            header = {**base, "id": ids[index], **extra}
+            ar._outgoing.append(self.client._submit(header, content, buffers, ar, offset=index))
+        return self._finish(ar, block)
+
+    def imap(self, f: Callable, *seqs, chunksize: int = 1, ordered: bool = True) -> Iterator[Any]:
+        """Iterate over results as they arrive."""
+        return iter(self.map(f, *seqs, chunksize=chunksize, ordered=ordered, block=False))

@@ -1,0 +1,4 @@
+"""Starting and stopping controllers and engines: :class:`Cluster` and its launchers."""
+from .cluster import Cluster
+
+__all__ = ["Cluster"]

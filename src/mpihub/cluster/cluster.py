@@ -1,0 +1,202 @@
+"""Cluster: start a controller and engines, connect a Client, stop them all.
+
+The state of a running cluster (its PIDs and files) is saved as
+``<profile>/security/cluster-<id>.json``, so ``mpihub cluster stop`` in another
+process stops exactly what ``mpihub cluster start`` started.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import secrets
+import time
+from pathlib import Path
+
+from .. import config, errors
+from ..client.client import Client
+from ..protocol import connection
+from .launchers import LocalLauncher, pid_alive, stop_pids
+
+log = logging.getLogger("mpihub.cluster")
+
+ENGINE_KINDS = ("local", "mpi", "slurm", "pbs")
+
+
+def state_file(cluster_id: str, profile_dir=None) -> Path:
+    return connection.security_dir(profile_dir) / f"cluster-{cluster_id or 'default'}.json"
+
+
+class Cluster:
+    """A controller plus ``n`` engines, as a context manager or with explicit start/stop."""
+
+    def __init__(self, n: int | None = None, engines: str = "local", controller: str = "local",
+                 walltime: str | None = None, queue: str | None = None, account: str | None = None,
+                 cluster_id: str | None = None, profile_dir=None, controller_ip: str = "127.0.0.1",
+                 controller_args: list[str] | None = None, start_timeout: float = 60,
+                 detach: bool = False):
+        if engines not in ENGINE_KINDS:
+            raise ValueError(f"engines must be one of {ENGINE_KINDS}, not {engines!r}")
+        if engines != "local" or controller != "local":
+            raise NotImplementedError(
+                f"engines={engines!r}, controller={controller!r}: only local clusters are available in this "
+                "version of mpihub")
+        if n is not None and (not isinstance(n, int) or n < 0):
+            raise ValueError(f"n must be a non-negative number of engines, not {n!r}")
+        self.n = (os.cpu_count() or 1) if n is None else n
+        self.engines = engines
+        self.controller = controller
+        self.walltime, self.queue, self.account = walltime, queue, account
+        self.cluster_id = secrets.token_hex(4) if cluster_id is None else cluster_id
+        self.profile_dir = Path(profile_dir or config.default_profile_dir())
+        self.controller_ip = controller_ip
+        self.controller_args = list(controller_args or [])
+        self.start_timeout = start_timeout
+        self.launcher = LocalLauncher(self.profile_dir / "log", detach=detach)
+        self.client: Client | None = None
+        self._controller_process = None
+
+    def __repr__(self) -> str:
+        return f"<Cluster {self.cluster_id or 'default'}: {self.n} {self.engines} engines>"
+
+    # -- files ------------------------------------------------------------------------
+
+    @property
+    def client_file(self) -> Path:
+        return connection.connection_file("client", self.cluster_id, self.profile_dir)
+
+    @property
+    def engine_file(self) -> Path:
+        return connection.connection_file("engine", self.cluster_id, self.profile_dir)
+
+    def _save_state(self) -> None:
+        connection.write_atomic(state_file(self.cluster_id, self.profile_dir), {
+            "cluster_id": self.cluster_id, "profile_dir": str(self.profile_dir), "engines": self.engines,
+            "controller_pid": self._controller_process.pid if self._controller_process else None,
+            "engine_pids": [p.pid for p in self.launcher.processes if p is not self._controller_process],
+            "started": time.time(),
+        })
+
+    # -- starting ---------------------------------------------------------------------
+
+    def start_controller(self) -> None:
+        if self.client_file.exists():
+            raise RuntimeError(f"a controller for cluster {self.cluster_id!r} seems to be running already "
+                               f"({self.client_file} exists); stop it with `mpihub cluster stop "
+                               f"--cluster-id {self.cluster_id}` or remove the file if it is stale")
+        args = ["controller", "--ip", self.controller_ip, "--cluster-id", self.cluster_id,
+                "--profile-dir", str(self.profile_dir), *self.controller_args]
+        self._controller_process = self.launcher.start(args, f"controller-{self.cluster_id or 'default'}")
+        deadline = time.monotonic() + self.start_timeout
+        while not self.client_file.exists():
+            if self._controller_process.poll() is not None:
+                raise RuntimeError(f"the controller exited with code {self._controller_process.returncode}; "
+                                   f"see {self._controller_process.log_path}")
+            if time.monotonic() > deadline:
+                raise errors.TimeoutError(f"no controller connection file after {self.start_timeout} s")
+            time.sleep(0.02)
+        self._save_state()
+
+    def start_engines(self, n: int | None = None) -> None:
+        count = self.n if n is None else n
+        first = len(self.launcher.processes)
+        for i in range(count):
+            self.launcher.start(["engine", "--url-file", str(self.engine_file)],
+                                f"engine-{self.cluster_id or 'default'}-{first + i}")
+        self._save_state()
+
+    def start_cluster_sync(self) -> None:
+        self.start_controller()
+        self.start_engines()
+
+    def connect_client_sync(self, **kwargs) -> Client:
+        client = Client(self.client_file, timeout=self.start_timeout, **kwargs)
+        try:
+            client.wait_for_engines(self.n, timeout=self.start_timeout, interactive=False)
+        except errors.TimeoutError:
+            dead = [p for p in self.launcher.processes if p.poll() is not None]
+            client.close()
+            hint = f"; {len(dead)} processes exited, see {dead[0].log_path}" if dead else ""
+            raise errors.TimeoutError(f"{len(client.ids)} of {self.n} engines registered within "
+                                      f"{self.start_timeout} s{hint}") from None
+        self.client = client
+        return client
+
+    def start_and_connect_sync(self) -> Client:
+        """Start controller and engines, then return a Client once all engines registered."""
+        try:
+            self.start_cluster_sync()
+            return self.connect_client_sync()
+        except BaseException:
+            self.stop_cluster_sync()
+            raise
+
+    # -- stopping ---------------------------------------------------------------------
+
+    def stop_cluster_sync(self, grace: float = 5.0) -> None:
+        """Shut down through the controller, then make sure every started PID is gone."""
+        if self.client is not None:
+            try:
+                self.client.shutdown(hub=True, block=False)
+            except Exception as exc:  # noqa: BLE001 - fall through to signals
+                log.info("shutdown request failed (%s); signalling processes", exc)
+            self.client.close()
+            self.client = None
+        elif self._controller_process is not None and self._controller_process.poll() is None:
+            stop_pids([self._controller_process.pid], grace)
+        if not self.launcher.wait(grace):
+            self.launcher.stop(grace)
+        for path in (self.client_file, self.engine_file, state_file(self.cluster_id, self.profile_dir)):
+            path.unlink(missing_ok=True)
+
+    async def start_cluster(self) -> None:
+        await asyncio.to_thread(self.start_cluster_sync)
+
+    async def start_and_connect(self) -> Client:
+        return await asyncio.to_thread(self.start_and_connect_sync)
+
+    async def stop_cluster(self) -> None:
+        await asyncio.to_thread(self.stop_cluster_sync)
+
+    def __enter__(self) -> Client:
+        return self.start_and_connect_sync()
+
+    def __exit__(self, *exc) -> None:
+        self.stop_cluster_sync()
+
+
+def stop_saved(cluster_id: str, profile_dir=None, grace: float = 5.0) -> list[int]:
+    """Stop a cluster from its state file (``mpihub cluster stop``); returns its PIDs."""
+    path = state_file(cluster_id, profile_dir)
+    if not path.exists():
+        raise FileNotFoundError(f"no running cluster {cluster_id or 'default'!r} in "
+                                f"{connection.security_dir(profile_dir)}")
+    state = json.loads(path.read_text())
+    pids = [p for p in [state.get("controller_pid"), *state.get("engine_pids", [])] if p]
+    client_file = connection.connection_file("client", cluster_id, profile_dir)
+    if client_file.exists():
+        try:
+            with Client(client_file, timeout=3) as client:
+                client.shutdown(hub=True, block=False)
+        except Exception as exc:  # noqa: BLE001 - fall back to signals
+            log.info("could not ask the controller to shut down (%s); signalling processes", exc)
+    deadline = time.monotonic() + grace
+    while any(pid_alive(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    stop_pids(pids, grace)
+    for role in ("client", "engine"):
+        connection.connection_file(role, cluster_id, profile_dir).unlink(missing_ok=True)
+    path.unlink(missing_ok=True)
+    return pids
+
+
+def saved_clusters(profile_dir=None) -> list[dict]:
+    """State of every cluster started from this profile, with liveness."""
+    out = []
+    for path in sorted(connection.security_dir(profile_dir).glob("cluster-*.json")):
+        state = json.loads(path.read_text())
+        pids = [p for p in [state.get("controller_pid"), *state.get("engine_pids", [])] if p]
+        state["running"] = sum(pid_alive(p) for p in pids)
+        out.append(state)
+    return out

@@ -1,0 +1,119 @@
+"""Launchers start processes and stop exactly those they started.
+
+Each launcher records the PIDs it started; stopping signals only those PIDs, and only
+while they still run the command it started (a recycled PID is left alone).
+"""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+
+def mpihub_command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "mpihub", *args]
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return stat.rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return True
+
+
+def pid_runs_mpihub(pid: int) -> bool:
+    """True if ``pid`` is alive and its command line is an mpihub process."""
+    if not pid_alive(pid):
+        return False
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return True  # no /proc: trust the recorded PID
+    return b"mpihub" in b" ".join(cmdline)
+
+
+def stop_pids(pids: list[int], grace: float = 5.0) -> list[int]:
+    """SIGTERM, wait up to ``grace`` seconds, then SIGKILL what is left. Returns killed PIDs."""
+    ours = [pid for pid in pids if pid_runs_mpihub(pid)]
+    for pid in ours:
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + grace
+    while any(pid_alive(p) for p in ours) and time.monotonic() < deadline:
+        _reap(ours)
+        time.sleep(0.05)
+    killed = []
+    for pid in ours:
+        if pid_alive(pid):
+            try:
+                os.kill(pid, signal.SIGKILL)
+                killed.append(pid)
+            except ProcessLookupError:
+                pass
+    _reap(ours)
+    return killed
+
+
+def _reap(pids: list[int]) -> None:
+    for pid in pids:
+        try:
+            os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            pass
+
+
+class LocalLauncher:
+    """Runs mpihub processes on this machine, each with its own log file."""
+
+    def __init__(self, log_dir: Path, detach: bool = False):
+        self.log_dir = log_dir
+        self.detach = detach
+        self.processes: list[subprocess.Popen] = []
+
+    def start(self, args: list[str], name: str, env: dict | None = None) -> subprocess.Popen:
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        log_path = self.log_dir / f"{name}.log"
+        with open(log_path, "ab") as log:
+            process = subprocess.Popen(
+                mpihub_command(*args), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                env={**os.environ, **(env or {})}, start_new_session=True,
+            )
+        process.log_path = log_path
+        self.processes.append(process)
+        return process
+
+    @property
+    def pids(self) -> list[int]:
+        return [p.pid for p in self.processes]
+
+    def running(self) -> list[subprocess.Popen]:
+        return [p for p in self.processes if p.poll() is None]
+
+    def wait(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        for process in self.processes:
+            try:
+                process.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                return False
+        return True
+
+    def stop(self, grace: float = 5.0) -> None:
+        stop_pids([p.pid for p in self.running()], grace)
+        for process in self.processes:
+            try:
+                process.wait(1)
+            except subprocess.TimeoutExpired:
+                pass

@@ -1,0 +1,43 @@
+"""Defaults for timeouts, thresholds and paths, each overridable from the environment.
+
+Values are read when this module is imported; tests and launchers set the
+``MPIHUB_*`` variables before starting a process to change them there.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def _float(name: str, default: float) -> float:
+    value = os.environ.get(name)
+    return float(value) if value else default
+
+
+def _int(name: str, default: int) -> int:
+    value = os.environ.get(name)
+    return int(value) if value else default
+
+
+#: Seconds between engine heartbeats.
+HEARTBEAT_PERIOD = _float("MPIHUB_HEARTBEAT_PERIOD", 1.0)
+#: Seconds of silence after which the controller declares an engine dead.
+HEARTBEAT_TIMEOUT = _float("MPIHUB_HEARTBEAT_TIMEOUT", 5.0)
+#: Seconds without an answer from the controller after which an engine exits.
+ENGINE_CONTROLLER_TIMEOUT = _float("MPIHUB_ENGINE_CONTROLLER_TIMEOUT", 30.0)
+#: Bytes of request and result payload the Hub's result store keeps alive.
+STORE_BYTES = _int("MPIHUB_STORE_BYTES", 1 << 30)
+#: Load-balanced tasks in flight per engine (1 keeps uneven tasks balanced).
+SCHEDULER_HWM = _int("MPIHUB_SCHEDULER_HWM", 2)
+#: Numpy arrays of at least this many bytes use MPI collectives with via="auto".
+MPI_THRESHOLD = _int("MPIHUB_MPI_THRESHOLD", 1 << 20)
+#: Buffers of at least this many bytes travel as separate zero-copy frames.
+ZERO_COPY_THRESHOLD = _int("MPIHUB_ZERO_COPY_THRESHOLD", 64 * 1024)
+
+
+def default_profile_dir() -> Path:
+    """``$MPIHUB_DIR`` or ``~/.mpihub/profile_default``."""
+    env = os.environ.get("MPIHUB_DIR")
+    if env:
+        return Path(env).expanduser()
+    return Path.home() / ".mpihub" / "profile_default"

@@ -1,0 +1,95 @@
+"""Heartbeat monitor: its own thread and socket, so a busy Hub never misses a beat.
+
+Engines ping every ``period`` seconds from their own heartbeat thread; the monitor
+answers each ping at once (engines use the answers to notice a vanished controller)
+and reports an engine silent for ``timeout`` seconds to the controller loop over an
+inproc pair. The same socket carries control messages (abort, shutdown) to engines,
+which their heartbeat thread handles while the engine is busy with a task.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+import zmq
+
+from ..protocol import wire
+
+log = logging.getLogger("mpihub.controller.heartbeat")
+
+
+class HeartMonitor(threading.Thread):
+    def __init__(self, context: zmq.Context, socket: zmq.Socket, signer: wire.Signer,
+                 pipe_url: str, period: float, timeout: float):
+        super().__init__(name="mpihub-heart-monitor", daemon=True)
+        self.context = context
+        self.socket = socket
+        self.signer = signer
+        self.pipe_url = pipe_url
+        self.period = period
+        self.timeout = timeout
+        self._last_seen: dict[bytes, float] = {}
+        self._lock = threading.Lock()
+
+    def watch(self, uuid: bytes) -> None:
+        with self._lock:
+            self._last_seen[uuid] = time.monotonic()
+
+    def forget(self, uuid: bytes) -> None:
+        with self._lock:
+            self._last_seen.pop(uuid, None)
+
+    def run(self) -> None:
+        pipe = self.context.socket(zmq.PAIR)
+        pipe.linger = 0
+        pipe.connect(self.pipe_url)
+        poller = zmq.Poller()
+        poller.register(self.socket, zmq.POLLIN)
+        poller.register(pipe, zmq.POLLIN)
+        pong = wire.pack(self.signer, {"t": "pong"})
+        unknown = wire.pack(self.signer, {"t": "pong", "unknown": True})
+        next_check = time.monotonic() + self.period
+        try:
+            while True:
+                events = dict(poller.poll(self.period * 1000))
+                if pipe in events:
+                    frames = pipe.recv_multipart(copy=False)
+                    if frames[0].bytes == b"stop":
+                        return
+                    self.socket.send_multipart(frames, copy=False)  # control: [uuid, *message]
+                if self.socket in events:
+                    self._answer_pings(pong, unknown)
+                now = time.monotonic()
+                if now >= next_check:
+                    next_check = now + self.period
+                    for uuid in self._silent(now):
+                        log.warning("engine %s silent for %.1f s: declaring it dead", uuid.hex(), self.timeout)
+                        pipe.send_multipart([b"dead", uuid])
+        finally:
+            pipe.close()
+
+    def _answer_pings(self, pong: list, unknown: list) -> None:
+        while True:
+            try:
+                frames = self.socket.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            uuid = frames[0]
+            try:
+                wire.unpack(self.signer, frames[1:])
+            except wire.ProtocolError as exc:
+                log.warning("dropped heartbeat message from %r: %s", uuid[:32], exc)
+                continue
+            with self._lock:
+                known = uuid in self._last_seen
+                if known:
+                    self._last_seen[uuid] = time.monotonic()
+            self.socket.send_multipart([uuid, *(pong if known else unknown)])
+
+    def _silent(self, now: float) -> list[bytes]:
+        with self._lock:
+            dead = [uuid for uuid, seen in self._last_seen.items() if now - seen > self.timeout]
+            for uuid in dead:
+                del self._last_seen[uuid]
+        return dead

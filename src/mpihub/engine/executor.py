@@ -1,0 +1,138 @@
+"""Runs apply and execute requests in the engine's namespace and builds the replies.
+
+Pure Python, no sockets: the shell hands in a parsed request and sends what comes back.
+Output printed during a task is captured per task and returned with its reply.
+"""
+from __future__ import annotations
+
+import ast
+import builtins
+import io
+import sys
+import time
+import traceback
+import types
+from functools import lru_cache
+from typing import Any
+
+from ..protocol import serialize
+from . import ops
+
+
+class EngineStop(BaseException):
+    """Raised by the engine's signal handler to stop it, even inside user code."""
+
+
+class _Capture(io.StringIO):
+    """A per-task stdout/stderr that still looks like a terminal-less text stream."""
+
+    def isatty(self) -> bool:
+        return False
+
+
+def _resolve(value: Any, namespace: dict) -> Any:
+    if isinstance(value, serialize.Reference):
+        try:
+            return namespace[value.name]
+        except KeyError:
+            raise NameError(f"Reference({value.name!r}): name is not defined on this engine") from None
+    return value
+
+
+def bind_interactive(f: Any, namespace: dict, memo: dict | None = None) -> Any:
+    """Give a function defined in ``__main__`` the engine namespace as its globals.
+
+    Globals that cloudpickle shipped with it and that the namespace lacks are added (the
+    namespace's own values win), rebinding helper functions from ``__main__`` the same way.
+    """
+    if not (isinstance(f, types.FunctionType) and f.__module__ == "__main__"):
+        return f
+    if f.__globals__ is namespace:
+        return f
+    memo = {} if memo is None else memo
+    if id(f) in memo:
+        return memo[id(f)]
+    bound = types.FunctionType(f.__code__, namespace, f.__name__, f.__defaults__, f.__closure__)
+    memo[id(f)] = bound
+    bound.__kwdefaults__ = f.__kwdefaults__
+    bound.__qualname__ = f.__qualname__
+    bound.__dict__.update(f.__dict__)
+    bound.__module__ = "__main__"
+    for name in f.__code__.co_names:
+        if name not in namespace and name in f.__globals__:
+            namespace[name] = bind_interactive(f.__globals__[name], namespace, memo)
+    return bound
+
+
+@lru_cache(maxsize=256)
+def _compile(code: str, silent: bool) -> tuple[types.CodeType, types.CodeType | None]:
+    tree = ast.parse(code, "<mpihub-execute>")
+    last = None
+    if not silent and tree.body and isinstance(tree.body[-1], ast.Expr):
+        last = compile(ast.Expression(tree.body.pop().value), "<mpihub-execute>", "eval")
+    return compile(tree, "<mpihub-execute>", "exec"), last
+
+
+def _describe_import_error(exc: ImportError) -> ImportError:
+    module = getattr(exc, "name", None) or "?"
+    return ImportError(
+        f"module {module!r} cannot be imported on this engine, so the function (or an argument) "
+        f"that refers to it cannot be loaded. Install it where the engines run, or ship it by "
+        f"value: `cloudpickle.register_pickle_by_value({module})` on the client, or decorate the "
+        f"function with @mpihub.interactive. ({exc})"
+    )
+
+
+def _user_traceback(exc: BaseException) -> str:
+    """The traceback from the first frame outside this engine's own modules."""
+    tb = exc.__traceback__
+    engine_dir = __file__.rsplit("/", 1)[0]
+    while tb is not None and tb.tb_frame.f_code.co_filename.startswith(engine_dir):
+        tb = tb.tb_next
+    return "".join(traceback.format_exception(type(exc), exc, tb))
+
+
+class Executor:
+    def __init__(self, engine_id: int):
+        self.engine_id = engine_id
+        self.namespace: dict = {"__name__": "__main__", "__builtins__": builtins}
+        ops.bind_namespace(self.namespace)
+
+    def run(self, header: dict, content, buffers: list) -> tuple[dict, bytes, list]:
+        """Run one request; returns (reply header fields, content, buffers)."""
+        stdout, stderr = _Capture(), _Capture()
+        saved = sys.stdout, sys.stderr
+        sys.stdout, sys.stderr = stdout, stderr
+        started = time.time()
+        try:
+            if header["t"] == "execute":
+                result = self._execute(bytes(content).decode("utf-8"), bool(header.get("silent", True)))
+            else:
+                result = self._apply(header, content, buffers)
+            data, out_buffers = serialize.serialize(result)
+            fields: dict = {"st": "ok"}
+        except EngineStop:
+            raise
+        except BaseException as exc:  # noqa: BLE001 - sys.exit() in a task is the task's error too
+            data, out_buffers = b"", []
+            fields = {"st": "error", "ename": type(exc).__name__, "evalue": str(exc), "tb": _user_traceback(exc)}
+        finally:
+            sys.stdout, sys.stderr = saved
+        fields.update(started=started, completed=time.time(), out=stdout.getvalue(), err=stderr.getvalue())
+        return fields, data, out_buffers
+
+    def _execute(self, code: str, silent: bool) -> Any:
+        body, last = _compile(code, silent)
+        exec(body, self.namespace)
+        return eval(last, self.namespace) if last is not None else None
+
+    def _apply(self, header: dict, content, buffers: list) -> Any:
+        try:
+            f, args, kwargs = serialize.deserialize_call(content, buffers, header)
+        except ImportError as exc:
+            raise _describe_import_error(exc) from None
+        ns = self.namespace
+        f = bind_interactive(f, ns)
+        args = [bind_interactive(_resolve(a, ns), ns) for a in args]
+        kwargs = {k: bind_interactive(_resolve(v, ns), ns) for k, v in kwargs.items()}
+        return f(*args, **kwargs)

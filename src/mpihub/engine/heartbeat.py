@@ -1,0 +1,80 @@
+"""The engine's heartbeat thread: pings the controller and takes control messages.
+
+It runs beside the task thread, so a long pure-Python task never silences it (the GIL
+switches every few milliseconds). It also ends the process when the controller has
+been silent for ``controller_timeout`` seconds, when the controller no longer knows
+this engine, or on a shutdown request.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+
+import zmq
+
+from ..protocol import wire
+
+log = logging.getLogger("mpihub.engine.heartbeat")
+
+
+class Heart(threading.Thread):
+    def __init__(self, context: zmq.Context, url: str, uuid: bytes, signer: wire.Signer,
+                 period: float, controller_timeout: float, aborted: set):
+        super().__init__(name="mpihub-heart", daemon=True)
+        self.context = context
+        self.url = url
+        self.uuid = uuid
+        self.signer = signer
+        self.period = period
+        self.controller_timeout = controller_timeout
+        self.aborted = aborted
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        sock = self.context.socket(zmq.DEALER)
+        sock.routing_id = self.uuid
+        sock.linger = 0
+        sock.connect(self.url)
+        ping = wire.pack(self.signer, {"t": "ping"})
+        last_answer = time.monotonic()
+        next_ping = 0.0
+        try:
+            while not self.stopped.is_set():
+                now = time.monotonic()
+                if now >= next_ping:
+                    sock.send_multipart(ping)
+                    next_ping = now + self.period
+                if sock.poll(max(0.0, next_ping - now) * 1000):
+                    last_answer = time.monotonic()
+                    self._handle(sock.recv_multipart())
+                elif time.monotonic() - last_answer > self.controller_timeout:
+                    self._exit(1, f"controller silent for {self.controller_timeout:.0f} s; engine exits")
+        finally:
+            sock.close()
+
+    def _handle(self, frames: list) -> None:
+        try:
+            msg = wire.unpack(self.signer, frames)
+        except wire.ProtocolError as exc:
+            log.warning("dropped heartbeat-channel message: %s", exc)
+            return
+        header = msg.header
+        if header["t"] == "pong":
+            if header.get("unknown"):
+                self._exit(1, "the controller no longer knows this engine (declared dead); engine exits")
+        elif header["t"] == "control":
+            op = header.get("op")
+            if op == "abort":
+                self.aborted.update(i for i in header.get("ids", ()) if isinstance(i, str))
+            elif op == "shutdown":
+                self._exit(0, "shutdown requested by the controller")
+            else:
+                log.warning("unknown control operation %r", op)
+
+    def _exit(self, code: int, why: str) -> None:
+        (log.info if code == 0 else log.error)(why)
+        for handler in logging.getLogger().handlers:
+            handler.flush()
+        os._exit(code)

@@ -1,0 +1,83 @@
+"""Shared fixtures: a private profile dir, fast heartbeats, real clusters that always
+tear down, and a check that every process a test started is gone afterwards."""
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+
+# Fast failure detection for the whole test session; set before mpihub is imported so
+# both this process and every controller and engine it starts see them.
+os.environ.setdefault("MPIHUB_HEARTBEAT_PERIOD", "0.25")
+os.environ.setdefault("MPIHUB_HEARTBEAT_TIMEOUT", "3")
+
+import mpihub  # noqa: E402
+from mpihub.cluster.launchers import pid_alive  # noqa: E402
+
+
+@pytest.fixture(scope="session", autouse=True)
+def profile_dir(tmp_path_factory):
+    """Every test runs against a private profile directory."""
+    path = tmp_path_factory.mktemp("profile")
+    os.environ["MPIHUB_DIR"] = str(path)
+    return path
+
+
+def assert_gone(pids: list[int], timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while any(pid_alive(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    left = [p for p in pids if pid_alive(p)]
+    assert not left, f"processes still running after teardown: {left}"
+
+
+class RunningCluster:
+    """A started cluster and its client; records PIDs for the leak check."""
+
+    def __init__(self, n: int, **kwargs):
+        self.cluster = mpihub.Cluster(n=n, **kwargs)
+        self.client = self.cluster.start_and_connect_sync()
+        self.pids = list(self.cluster.launcher.pids)
+
+    def stop(self) -> None:
+        self.cluster.stop_cluster_sync()
+        assert_gone(self.pids)
+        assert not self.cluster.client_file.exists()
+        assert not self.cluster.engine_file.exists()
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """A controller and 2 engines shared by one test module, always torn down."""
+    running = RunningCluster(2)
+    try:
+        yield running
+    finally:
+        running.stop()
+
+
+@pytest.fixture
+def rc(cluster):
+    """The module cluster's client, with both engines present and idle."""
+    client = cluster.client
+    client.wait_for_engines(2, timeout=10, interactive=False)
+    client.wait(timeout=30)
+    return client
+
+
+@pytest.fixture
+def fresh_cluster():
+    """A cluster of its own, for tests that kill or stop parts of it."""
+    started: list[RunningCluster] = []
+
+    def start(n: int = 2, **kwargs) -> RunningCluster:
+        running = RunningCluster(n, **kwargs)
+        started.append(running)
+        return running
+
+    try:
+        yield start
+    finally:
+        for running in started:
+            running.stop()

@@ -1,0 +1,126 @@
+"""Cluster and CLI: start, connect, status, stop; nothing left behind."""
+import asyncio
+import json
+import os
+import stat
+import subprocess
+import sys
+
+import pytest
+
+import mpihub
+from conftest import assert_gone
+from mpihub.cluster.cluster import state_file
+
+pytestmark = pytest.mark.timeout(90)
+
+
+def mpihub_cli(*args, timeout=60):
+    return subprocess.run([sys.executable, "-m", "mpihub", *args], capture_output=True, text=True, timeout=timeout)
+
+
+def test_context_manager_starts_and_stops_everything():
+    cluster = mpihub.Cluster(n=2)
+    with cluster as rc:
+        assert rc.ids == [0, 1]
+        pids = cluster.launcher.pids
+        assert len(pids) == 3
+        for path in (cluster.client_file, cluster.engine_file):
+            assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+            info = json.loads(path.read_text())
+            assert info["version"] == 1 and info["signature_scheme"] == "hmac-sha256" and len(info["key"]) >= 32
+            assert all(url.startswith("tcp://127.0.0.1:") for urls in info["candidates"].values() for url in urls)
+        assert rc[:].apply_sync(lambda: 1) == [1, 1]
+    assert_gone(pids)
+    assert not cluster.client_file.exists() and not cluster.engine_file.exists()
+
+
+def test_sync_and_async_start_stop():
+    cluster = mpihub.Cluster(n=1, cluster_id="sync-async")
+    rc = cluster.start_and_connect_sync()
+    assert rc.cluster_id == "sync-async" and rc.ids == [0]
+    cluster.stop_cluster_sync()
+    assert_gone(cluster.launcher.pids)
+
+    async def run():
+        other = mpihub.Cluster(n=1)
+        client = await other.start_and_connect()
+        result = await client[0].apply_async(lambda: "async")
+        await other.stop_cluster()
+        return other, result
+
+    other, result = asyncio.run(run())
+    assert result == "async"
+    assert_gone(other.launcher.pids)
+
+
+def test_unsupported_kinds_and_bad_sizes_are_refused():
+    with pytest.raises(ValueError):
+        mpihub.Cluster(n=1, engines="condor")
+    with pytest.raises(NotImplementedError):
+        mpihub.Cluster(n=1, engines="slurm")
+    with pytest.raises(ValueError):
+        mpihub.Cluster(n=-1)
+
+
+def test_client_without_controller_explains():
+    with pytest.raises(FileNotFoundError, match="mpihub cluster start"):
+        mpihub.Client(cluster_id="nobody-home", timeout=0.2)
+
+
+def test_cli_cluster_start_status_list_stop(profile_dir):
+    started = mpihub_cli("cluster", "start", "-n", "2", "--daemonize", "--cluster-id", "cli")
+    assert started.returncode == 0, started.stderr
+    assert "2 engines running" in started.stdout
+    state = json.loads(state_file("cli").read_text())
+    pids = [state["controller_pid"], *state["engine_pids"]]
+    try:
+        status = mpihub_cli("status", "--cluster-id", "cli")
+        assert status.returncode == 0, status.stderr
+        assert "2 engines" in status.stdout and "engine    0" in status.stdout
+        listing = mpihub_cli("cluster", "list")
+        assert "cli" in listing.stdout and "3/3 processes running" in listing.stdout
+        with mpihub.Client(cluster_id="cli") as rc:
+            assert rc[:].apply_sync(lambda: 2) == [2, 2]
+    finally:
+        stopped = mpihub_cli("cluster", "stop", "--cluster-id", "cli")
+    assert stopped.returncode == 0, stopped.stderr
+    assert_gone(pids)
+    assert not state_file("cli").exists()
+    assert not (profile_dir / "security" / "mpihub-client-cli.json").exists()
+    again = mpihub_cli("cluster", "stop", "--cluster-id", "cli")
+    assert again.returncode == 1 and "no running cluster" in again.stderr
+    assert mpihub_cli("status", "--cluster-id", "cli", "--timeout", "0.2").returncode == 1
+
+
+def test_cli_foreground_cluster_stops_on_sigterm(profile_dir):
+    import signal
+    import time
+
+    process = subprocess.Popen([sys.executable, "-m", "mpihub", "cluster", "start", "-n", "1", "--cluster-id", "fg"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not state_file("fg").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        with mpihub.Client(cluster_id="fg", timeout=30) as rc:
+            rc.wait_for_engines(1, timeout=30, interactive=False)
+        state = json.loads(state_file("fg").read_text())
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(30) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert_gone([state["controller_pid"], *state["engine_pids"]])
+    assert not state_file("fg").exists()
+
+
+def test_second_controller_for_same_cluster_is_refused():
+    cluster = mpihub.Cluster(n=0, cluster_id="twice")
+    cluster.start_controller()
+    try:
+        with pytest.raises(RuntimeError, match="running already"):
+            mpihub.Cluster(n=0, cluster_id="twice").start_controller()
+    finally:
+        cluster.stop_cluster_sync()
+    assert_gone(cluster.launcher.pids)

@@ -1,0 +1,105 @@
+"""Dead engines, busy engines and a vanished controller, on real processes."""
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+import mpihub
+from conftest import assert_gone
+
+
+def engine_pid(client, engine_id):
+    return client._engines[engine_id]["pid"]
+
+
+@pytest.mark.timeout(90)
+def test_killed_engine_fails_its_tasks_and_leaves_ids(fresh_cluster):
+    running = fresh_cluster(3)
+    rc = running.client
+    with mpihub.Client(running.cluster.client_file) as watcher:
+        victim = 1
+        running_task = rc[victim].apply_async(time.sleep, 30)
+        queued_task = rc[victim].apply_async(lambda: "never")
+        lb_task = rc.load_balanced_view([victim]).apply_async(time.sleep, 30)
+        fanout = rc[:].apply_async(lambda: "fan")
+        time.sleep(0.3)
+        killed_at = time.monotonic()
+        os.kill(engine_pid(rc, victim), signal.SIGKILL)
+        for ar in (running_task, queued_task, lb_task):
+            with pytest.raises(mpihub.EngineError):
+                ar.get(timeout=15)
+        assert time.monotonic() - killed_at < 10
+        with pytest.raises(mpihub.CompositeError) as info:
+            fanout.get(timeout=15)
+        assert len(info.value.elist) == 1 and isinstance(info.value.elist[0], mpihub.EngineError)
+        assert rc.ids == [0, 2]
+        deadline = time.monotonic() + 5
+        while watcher.ids != [0, 2] and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert watcher.ids == [0, 2]
+        assert rc[:].apply_sync(lambda: "ok") == ["ok", "ok"]
+        assert rc.load_balanced_view().map_sync(lambda x: x, range(10)) == list(range(10))
+        with pytest.raises(mpihub.EngineError):
+            rc.direct_view(1).apply_sync(lambda: 1)
+
+
+@pytest.mark.timeout(150)
+def test_busy_engine_is_not_declared_dead(fresh_cluster):
+    """A 60 s pure-Python loop holds the GIL in bursts; heartbeats must keep flowing."""
+    running = fresh_cluster(1)
+    rc = running.client
+
+    def spin(seconds):
+        import time
+        end = time.monotonic() + seconds
+        n = 0
+        while time.monotonic() < end:
+            n += 1
+        return n
+
+    assert rc[0].apply_sync(spin, 60) > 0
+    assert rc.ids == [0]
+
+
+@pytest.mark.timeout(60)
+def test_engine_exits_when_controller_is_gone(tmp_path):
+    env = {**os.environ, "MPIHUB_ENGINE_CONTROLLER_TIMEOUT": "2", "MPIHUB_DIR": str(tmp_path)}
+    controller = subprocess.Popen([sys.executable, "-m", "mpihub", "controller", "--cluster-id", "lost"],
+                                  env=env, stderr=subprocess.DEVNULL)
+    engine_file = tmp_path / "security" / "mpihub-engine-lost.json"
+    engine = None
+    try:
+        deadline = time.monotonic() + 20
+        while not engine_file.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        engine = subprocess.Popen([sys.executable, "-m", "mpihub", "engine", "--url-file", str(engine_file)],
+                                  env=env, stderr=subprocess.PIPE, text=True)
+        with mpihub.Client(tmp_path / "security" / "mpihub-client-lost.json") as rc:
+            rc.wait_for_engines(1, timeout=20, interactive=False)
+        controller.kill()
+        controller.wait(10)
+        assert engine.wait(20) == 1
+        assert "controller silent" in engine.stderr.read()
+    finally:
+        for process in (controller, engine):
+            if process is not None and process.poll() is None:
+                process.kill()
+                process.wait(5)
+
+
+@pytest.mark.timeout(60)
+def test_shutdown_of_some_engines(fresh_cluster):
+    running = fresh_cluster(2)
+    rc = running.client
+    pid = engine_pid(rc, 0)
+    rc.shutdown(targets=[0], block=True)
+    assert rc.ids == [1]
+    assert_gone([pid])
+    assert rc[:].apply_sync(lambda: 1) == [1]
+    rc.shutdown(targets="all")
+    assert rc.ids == []
+    with pytest.raises(mpihub.NoEnginesRegistered):
+        rc.direct_view().apply_sync(lambda: 1)

@@ -1,0 +1,91 @@
+"""The Hub as a pure state machine: ids, task records, queries, purging, the store."""
+import pytest
+
+from mpihub.controller.hub import Hub
+from mpihub.controller.store import PayloadStore
+
+
+def hub_with_engines(n=2):
+    hub = Hub(store_limit=1 << 20)
+    for i in range(n):
+        hub.register_engine(f"uuid{i}".encode(), None, {"hostname": "h"}, now=0.0)
+    return hub
+
+
+def test_ids_count_up_and_are_never_reused():
+    hub = hub_with_engines(2)
+    assert sorted(hub.engines) == [0, 1]
+    hub.remove_engine(1)
+    assert hub.register_engine(b"new", None, {}, 0.0).id == 2
+    assert hub.register_engine(b"uuid0", None, {}, 0.0).id == 0  # same uuid: same record
+
+
+def test_requested_ids_are_honoured_when_free():
+    hub = Hub(store_limit=100)
+    assert hub.register_engine(b"a", 5, {}, 0.0).id == 5
+    assert hub.register_engine(b"b", 5, {}, 0.0).id == 6  # taken: next free
+    assert hub.register_engine(b"c", 1, {}, 0.0).id == 7  # below the counter: never reused
+
+
+def test_task_lifecycle_and_queue_status():
+    hub = hub_with_engines(2)
+    client = b"client-1"
+    hub.submit("d1", "direct", client, 0, 1.0, ["req"], 10)
+    hub.submit("t1", "task", client, None, 1.0, ["req"], 10)
+    assert hub.queue_status() == {0: {"queue": 1, "completed": 0, "tasks": 0},
+                                  1: {"queue": 0, "completed": 0, "tasks": 0}, "unassigned": 1}
+    hub.assign("t1", 1)
+    assert hub.queue_status([1]) == {1: {"queue": 0, "completed": 0, "tasks": 1}, "unassigned": 0}
+    rec = hub.finish("t1", 1, {"st": "ok", "started": 2.0, "completed": 3.0, "out": "hi"}, ["reply"], 5, 9.0)
+    assert rec.status == "ok" and rec.stdout == "hi" and rec.completed == 3.0
+    assert hub.reply_frames("t1") == ["reply"]
+    assert hub.finish("t1", 1, {}, [], 0, 9.0) is None  # a second reply changes nothing
+    assert hub.queue_status(verbose=True)[0]["queue"] == ["d1"]
+
+
+def test_removed_engine_hands_back_unfinished_tasks():
+    hub = hub_with_engines(2)
+    hub.submit("d1", "direct", b"c", 0, 1.0, [], 0)
+    hub.submit("t1", "task", b"c", None, 1.0, [], 0)
+    hub.assign("t1", 0)
+    record, lost = hub.remove_engine(0)
+    assert record.id == 0 and sorted(r.msg_id for r in lost) == ["d1", "t1"]
+    assert hub.remove_engine(0) == (None, [])
+
+
+def test_queries_with_operators_and_keys():
+    hub = hub_with_engines(2)
+    for i in range(4):
+        hub.submit(f"m{i}", "direct", b"c", i % 2, float(i), [], 0)
+    hub.finish("m0", 0, {"st": "ok", "completed": 5.0}, [], 0, 9.0)
+    hub.finish("m1", 1, {"st": "error", "ename": "ValueError", "completed": 6.0}, [], 0, 9.0)
+    assert [r["msg_id"] for r in hub.query({"engine_id": 1})] == ["m1", "m3"]
+    assert [r["msg_id"] for r in hub.query({"submitted": {"$gt": 1.0}})] == ["m2", "m3"]
+    assert [r["msg_id"] for r in hub.query({"submitted": {"$gte": 1.0, "$lt": 3.0}})] == ["m1", "m2"]
+    assert [r["msg_id"] for r in hub.query({"completed": {"$exists": True}})] == ["m0", "m1"]
+    assert [r["msg_id"] for r in hub.query({"ename": {"$in": ["ValueError"]}})] == ["m1"]
+    assert [r["msg_id"] for r in hub.query({"msg_id": {"$glob": "m[23]"}})] == ["m2", "m3"]
+    assert hub.query({"status": "ok"}, keys=["status"]) == [{"msg_id": "m0", "status": "ok"}]
+    with pytest.raises(KeyError):
+        hub.query({"bogus": 1})
+    with pytest.raises(ValueError):
+        hub.query({"submitted": {"$regex": "x"}})
+
+
+def test_purge_forgets_only_finished_tasks():
+    hub = hub_with_engines(1)
+    hub.submit("done", "direct", b"c", 0, 0.0, ["r"], 1)
+    hub.submit("running", "direct", b"c", 0, 0.0, ["r"], 1)
+    hub.finish("done", 0, {"st": "ok"}, ["x"], 1, 9.0)
+    assert hub.purge(None, None) == ["done"]
+    assert list(hub.tasks) == ["running"] and hub.reply_frames("done") is None
+
+
+def test_store_releases_oldest_payloads_past_its_limit():
+    store = PayloadStore(limit=100)
+    store.put("a", "A", 60)
+    store.put("b", "B", 30)
+    assert store.put("c", "C", 50) == ["a"]
+    assert store.get("a") is None and store.get("b") == "B" and store.nbytes == 80
+    store.put("b", "B2", 10)  # replacing re-counts
+    assert store.nbytes == 60 and len(store) == 2

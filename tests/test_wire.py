@@ -1,0 +1,67 @@
+"""Framing and signing: good messages round-trip, bad ones raise ProtocolError."""
+import msgpack
+import pytest
+import zmq
+
+from mpihub.protocol import wire
+
+SIGNER = wire.Signer("secret-key")
+
+
+def test_round_trip_keeps_header_content_and_buffers():
+    frames = wire.pack(SIGNER, {"t": "apply", "id": "m1"}, b"payload", [b"buf1", memoryview(b"buf2")])
+    msg = wire.unpack(SIGNER, frames)
+    assert msg.type == "apply"
+    assert msg.header["id"] == "m1"
+    assert msg.header["v"] == wire.PROTOCOL_VERSION
+    assert bytes(msg.content) == b"payload"
+    assert [bytes(b) for b in msg.buffers] == [b"buf1", b"buf2"]
+
+
+def test_zmq_frames_are_accepted():
+    ctx = zmq.Context.instance()
+    a, b = ctx.socket(zmq.PAIR), ctx.socket(zmq.PAIR)
+    a.bind("inproc://wire-test")
+    b.connect("inproc://wire-test")
+    a.send_multipart(wire.pack(SIGNER, {"t": "x"}, b"c", [b"z" * 100_000]), copy=False)
+    msg = wire.unpack(SIGNER, b.recv_multipart(copy=False))
+    assert bytes(msg.content) == b"c" and len(msg.buffers[0]) == 100_000
+    a.close()
+    b.close()
+
+
+@pytest.mark.parametrize("mangle", [
+    lambda f: [b"\0" * 32, *f[1:]],                       # wrong signature
+    lambda f: [f[0][:5], *f[1:]],                           # truncated signature
+    lambda f: f[:2],                                        # too few frames
+    lambda f: [f[0], f[1], b"other content", *f[3:]],      # content changed after signing
+    lambda f: [*f, b"extra buffer"],                        # buffer count mismatch
+    lambda f: [],                                           # nothing at all
+])
+def test_tampered_messages_are_refused(mangle):
+    frames = wire.pack(SIGNER, {"t": "apply"}, b"payload", [b"buf"])
+    with pytest.raises(wire.ProtocolError):
+        wire.unpack(SIGNER, mangle(frames))
+
+
+def test_other_key_is_refused():
+    frames = wire.pack(wire.Signer("other-key"), {"t": "apply"}, b"")
+    with pytest.raises(wire.ProtocolError, match="bad signature"):
+        wire.unpack(SIGNER, frames)
+
+
+@pytest.mark.parametrize("header", [
+    msgpack.packb([1, 2, 3]),                      # not a map
+    msgpack.packb({"v": 1, "nb": 0}),              # no type
+    msgpack.packb({"v": 99, "t": "x", "nb": 0}),   # other protocol version
+    b"\xc1 not msgpack",                           # undecodable
+])
+def test_signed_but_malformed_headers_are_refused(header):
+    frames = [SIGNER.sign(header, b""), header, b""]
+    with pytest.raises(wire.ProtocolError):
+        wire.unpack(SIGNER, frames)
+
+
+def test_empty_key_is_rejected():
+    with pytest.raises(ValueError):
+        wire.Signer("")
