@@ -11,5 +11,7 @@ if [ ! -x "$PY" ]; then
     echo "bench/run.sh: $PY not found; create the project venv first (make venv / make install)" >&2
     exit 1
 fi
-"$PY" -m pip install --quiet --disable-pip-version-check -r bench/requirements.txt
+if ! "$PY" -m pip install --quiet --disable-pip-version-check -r bench/requirements.txt; then
+    echo "bench/run.sh: WARNING: could not install bench/requirements.txt; peers that are missing show as n/a" >&2
+fi
 exec "$PY" bench/bench_core.py "$@"

@@ -121,7 +121,7 @@ class Controller:
 
     def close(self) -> None:
         for uuid in [rec.uuid for rec in self.hub.engines.values()]:
-            self._control(uuid, {"t": "control", "op": "shutdown"})
+            self._shutdown_engine(uuid)
         for path in self._files:
             path.unlink(missing_ok=True)
         self._files.clear()
@@ -153,6 +153,12 @@ class Controller:
     def _control(self, uuid: bytes, header: dict) -> None:
         """Send a control message to an engine's heartbeat thread (bypasses its queue)."""
         self.pipe.send_multipart([uuid, *wire.pack(self.signer, header)])
+
+    def _shutdown_engine(self, uuid: bytes) -> None:
+        """Stop an engine now (heartbeat channel) and for certain (its task queue, which
+        reaches even an engine whose heartbeat thread has not connected yet)."""
+        self._control(uuid, {"t": "control", "op": "shutdown"})
+        self.engine_sock.send_multipart([uuid, *wire.pack(self.signer, {"t": "shutdown"})])
 
     def _fail(self, msg_id: str, engine_id: int | None, status: str, ename: str, evalue: str) -> None:
         """Make up a reply for a task that will never run, and deliver it."""
@@ -313,7 +319,7 @@ class Controller:
         targets = header.get("targets")
         chosen = list(self.hub.engines) if targets is None else [t for t in targets if t in self.hub.engines]
         for engine_id in chosen:
-            self._control(self.hub.engines[engine_id].uuid, {"t": "control", "op": "shutdown"})
+            self._shutdown_engine(self.hub.engines[engine_id].uuid)
             self._engine_gone(engine_id, "was shut down")
         return chosen
 

@@ -39,7 +39,7 @@ class Engine:
     def register(self) -> dict:
         self.sock = self.context.socket(zmq.DEALER)
         self.sock.routing_id = self.uuid
-        self.sock.linger = 1000
+        self.sock.linger = 0
         self.sock.connect(self.info["engine"])
         details = {"hostname": socket.gethostname(), "pid": os.getpid(), "mpi_rank": self.mpi_rank}
         self.sock.send_multipart(wire.pack(self.signer, {"t": "register", "want_id": self.want_id, "info": details}))
@@ -73,6 +73,9 @@ class Engine:
                 except wire.ProtocolError as exc:
                     log.warning("dropped message: %s", exc)
                     continue
+                if msg.type == "shutdown":
+                    log.info("engine %s stopping: shutdown requested by the controller", self.id)
+                    break
                 if msg.type not in ("apply", "execute"):
                     log.warning("dropped message of unknown type %r", msg.type)
                     continue
@@ -101,14 +104,11 @@ class Engine:
                     self.sock.send_multipart(out)
         except EngineStop:
             log.info("engine %s stopping on SIGTERM", self.id)
+            self.sock.linger = 500
+            self.sock.send_multipart(wire.pack(self.signer, {"t": "unregister"}))  # the controller still runs
         finally:
-            heart.stopped.set()
-            try:
-                self.sock.send_multipart(wire.pack(self.signer, {"t": "unregister"}))
-            except zmq.ZMQError:
-                pass
             self.sock.close()
-            heart.join(timeout=2)
+            heart.stop()
             self.context.term()
 
 

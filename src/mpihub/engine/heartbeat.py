@@ -30,7 +30,17 @@ class Heart(threading.Thread):
         self.period = period
         self.controller_timeout = controller_timeout
         self.aborted = aborted
-        self.stopped = threading.Event()
+        self._stop_url = f"inproc://mpihub-heart-stop-{id(self)}"
+        self._stop_in = context.socket(zmq.PAIR)
+        self._stop_in.bind(self._stop_url)
+
+    def stop(self) -> None:
+        """Ask the thread to end and wait for it (it is polling, so at once)."""
+        stopper = self.context.socket(zmq.PAIR)
+        stopper.connect(self._stop_url)
+        stopper.send(b"")
+        self.join(timeout=2)
+        stopper.close(linger=0)
 
     def run(self) -> None:
         sock = self.context.socket(zmq.DEALER)
@@ -38,21 +48,28 @@ class Heart(threading.Thread):
         sock.linger = 0
         sock.connect(self.url)
         ping = wire.pack(self.signer, {"t": "ping"})
+        poller = zmq.Poller()
+        poller.register(sock, zmq.POLLIN)
+        poller.register(self._stop_in, zmq.POLLIN)
         last_answer = time.monotonic()
         next_ping = 0.0
         try:
-            while not self.stopped.is_set():
+            while True:
                 now = time.monotonic()
                 if now >= next_ping:
                     sock.send_multipart(ping)
                     next_ping = now + self.period
-                if sock.poll(max(0.0, next_ping - now) * 1000):
+                events = dict(poller.poll(max(0.0, next_ping - now) * 1000))
+                if self._stop_in in events:
+                    return
+                if sock in events:
                     last_answer = time.monotonic()
                     self._handle(sock.recv_multipart())
                 elif time.monotonic() - last_answer > self.controller_timeout:
                     self._exit(1, f"controller silent for {self.controller_timeout:.0f} s; engine exits")
         finally:
             sock.close()
+            self._stop_in.close(linger=0)
 
     def _handle(self, frames: list) -> None:
         try:
