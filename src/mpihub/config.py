@@ -33,6 +33,14 @@ SCHEDULER_HWM = _int("MPIHUB_SCHEDULER_HWM", 2)
 MPI_THRESHOLD = _int("MPIHUB_MPI_THRESHOLD", 1 << 20)
 #: Buffers of at least this many bytes travel as separate zero-copy frames.
 ZERO_COPY_THRESHOLD = _int("MPIHUB_ZERO_COPY_THRESHOLD", 64 * 1024)
+#: Results and single-engine payloads of at least this many bytes take the direct link.
+BULK_THRESHOLD = _int("MPIHUB_BULK_THRESHOLD", 1 << 20)
+#: Seconds an engine waits for the direct-link data a request announced.
+BULK_TIMEOUT = _float("MPIHUB_BULK_TIMEOUT", 60.0)
+#: Engines a client opens direct data links to (the rest relay through the controller).
+MAX_DATA_LINKS = _int("MPIHUB_MAX_DATA_LINKS", 256)
+#: Seconds a client waits for an engine to answer on its direct link before relaying.
+LINK_TIMEOUT = _float("MPIHUB_LINK_TIMEOUT", 2.0)
 
 
 def default_profile_dir() -> Path:

@@ -18,10 +18,10 @@ from typing import Any, Iterable
 
 import zmq
 
-from .. import errors
+from .. import config, errors
 from ..protocol import connection, wire
 from .asyncresult import AsyncResult
-from .io import Receiver, Sender
+from .io import IOThread, Sender
 
 
 class _QuerySlot:
@@ -68,10 +68,12 @@ class Client:
         self._results: weakref.WeakValueDictionary[str, AsyncResult] = weakref.WeakValueDictionary()
         self._closed = False
         receiving, sending, engines = self._connect(timeout)
+        self._sender = Sender(sending)
+        self._data_identity = f"client-{self._session}-d".encode()
+        self._io = IOThread(self._context, receiving, self._signer, self._data_identity, self._on_message)
         for engine in engines:
             self._engines[engine["id"]] = engine
-        self._sender = Sender(sending)
-        self._io = Receiver(self._context, receiving, self._signer, self._on_message)
+            self._link(engine)
         self._io.start()
 
     # -- connection -------------------------------------------------------------------
@@ -131,9 +133,16 @@ class Client:
                 if msg.header["ev"] == "registered":
                     engine = msg.header["engine"]
                     self._engines[engine["id"]] = engine
+                    self._link(engine)
                 elif msg.header["ev"] == "unregistered":
                     self._engines.pop(msg.header["id"], None)
+                    self._io.unlink(msg.header["id"])
                 self._engines_changed.notify_all()
+
+    def _link(self, engine: dict) -> None:
+        """Open a direct data link to a new engine, up to ``config.MAX_DATA_LINKS``."""
+        if len(self._io.links) < config.MAX_DATA_LINKS:
+            self._io.link(engine["id"], engine.get("data") or [])
 
     def _send(self, header: dict, content: bytes = b"", buffers: list = (), track: bool = False):
         if self._closed:
@@ -145,9 +154,19 @@ class Client:
                 track: bool = False):
         """Register reply slots for ``ar`` and send; returns the outgoing item."""
         pending, results = self._pending, self._results
-        for index, msg_id in enumerate(header["ids"] if "ids" in header else (header["id"],)):
+        ids = header["ids"] if "ids" in header else (header["id"],)
+        for index, msg_id in enumerate(ids):
             pending[msg_id] = (ar, offset + index)
             results[msg_id] = ar
+        if self._io.links:
+            header["rb"] = self._data_identity  # engines may send large results straight back
+            targets = header.get("tg")
+            if (buffers and targets and len(targets) == 1
+                    and sum(memoryview(b).nbytes for b in buffers) >= config.BULK_THRESHOLD
+                    and self._io.linked(targets[0], wait=True)):
+                header["bulk"] = ids[0]
+                self._send(header, content)
+                return self._io.send_bulk(targets[0], ids[0], buffers)
         return self._send(header, content, buffers, track)
 
     def _query(self, op: str, timeout: float = 30, **args) -> Any:
@@ -303,6 +322,7 @@ class Client:
             outcome = self._query("result", ids=missing)
             gone = {m: "unknown to the controller" for m in outcome["unknown"]}
             gone.update({m: "purged from the controller's store" for m in outcome["purged"]})
+            gone.update({m: "its data went straight to the client that submitted it" for m in outcome.get("direct", ())})
             if gone:
                 for msg_id in ids:
                     if self._pending.get(msg_id, (None,))[0] is ar:

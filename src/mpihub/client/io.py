@@ -1,19 +1,25 @@
-"""The client's two sockets to the controller: one to send on, one to receive on.
+"""The client's sockets: a sending socket for user threads, and an IO thread that owns
+everything that receives.
 
-User threads send directly on the sending DEALER (under a lock), with no hand-off to
-another thread. A background thread owns the receiving DEALER; the controller routes
-every reply there, because the client told it, at connection time, which sending
-identity belongs to which receiving one. The receiving thread verifies each message
-and hands it to a callback; results are unpickled later, by whoever asks for them.
+User threads send requests directly on the sending DEALER (under a lock), with no
+hand-off. The IO thread owns the receiving DEALER (the controller routes every reply
+and notice there, having been told at connection time which sending identity belongs
+to it) and one data-link DEALER per engine: large buffers go to and come from engines
+over those in one hop, matched to their request or reply by a token. Incoming messages
+are verified and handed to a callback on the IO thread; results are unpickled later,
+by whoever asks for them.
 """
 from __future__ import annotations
 
 import logging
 import threading
+import time
+from collections import deque
 from typing import Callable
 
 import zmq
 
+from .. import config
 from ..protocol import wire
 
 log = logging.getLogger("mpihub.client")
@@ -38,51 +44,226 @@ class Sender:
             self.sock.close(linger=1000)
 
 
-class Receiver(threading.Thread):
-    def __init__(self, context: zmq.Context, sock: zmq.Socket, signer: wire.Signer,
+class DeferredTracker:
+    """Tracks a send the IO thread makes later: done once it is made and complete."""
+
+    def __init__(self):
+        self.made = threading.Event()
+        self.tracker: zmq.MessageTracker | None = None
+
+    @property
+    def done(self) -> bool:
+        return self.made.is_set() and (self.tracker is None or self.tracker.done)
+
+    def wait(self, timeout: float = -1) -> None:
+        start = time.monotonic()
+        if not self.made.wait(None if timeout < 0 else timeout):
+            raise zmq.NotDone()
+        if self.tracker is not None:
+            self.tracker.wait(-1 if timeout < 0 else max(0.0, timeout - (time.monotonic() - start)))
+
+
+class Link:
+    """The state of one engine's data link."""
+
+    __slots__ = ("engine_id", "sock", "state", "ready", "deadline", "urls")
+
+    def __init__(self, engine_id: int, urls: list[str]):
+        self.engine_id = engine_id
+        self.urls = list(urls)
+        self.sock: zmq.Socket | None = None
+        self.state = "pending"
+        self.ready = threading.Event()
+        self.deadline = 0.0
+
+
+class IOThread(threading.Thread):
+    def __init__(self, context: zmq.Context, sock: zmq.Socket, signer: wire.Signer, data_identity: bytes,
                  on_message: Callable[[wire.Message], None]):
         super().__init__(name="mpihub-client-io", daemon=True)
+        self.context = context
         self.sock = sock
         self.signer = signer
+        self.data_identity = data_identity
         self.on_message = on_message
-        self._stop_url = f"inproc://mpihub-client-stop-{id(self)}"
-        self._stop_in = context.socket(zmq.PAIR)
-        self._stop_in.bind(self._stop_url)
-        self._stop_out = context.socket(zmq.PAIR)
-        self._stop_out.connect(self._stop_url)
+        self.links: dict[int, Link] = {}
+        self._by_socket: dict[zmq.Socket, Link] = {}
+        self._pending: set[Link] = set()  # links waiting for their hello answer
+        self._commands: deque = deque()
+        self._bulk: dict[str, list] = {}  # buffers that came before their reply
+        self._parked: dict[str, wire.Message] = {}  # replies that came before their buffers
+        self._wake_lock = threading.Lock()
+        wake_url = f"inproc://mpihub-client-wake-{id(self)}"
+        self._wake_in = context.socket(zmq.PAIR)
+        self._wake_in.bind(wake_url)
+        self._wake_out = context.socket(zmq.PAIR)
+        self._wake_out.connect(wake_url)
+        self._poller = zmq.Poller()
+        self._poller.register(self.sock, zmq.POLLIN)
+        self._poller.register(self._wake_in, zmq.POLLIN)
+        self._running = True
+
+    # -- called from user threads -------------------------------------------------------
+
+    def _command(self, *command) -> None:
+        self._commands.append(command)
+        with self._wake_lock:
+            self._wake_out.send(b"")
+
+    def link(self, engine_id: int, urls: list[str]) -> None:
+        """Start linking to an engine's data socket (once)."""
+        if engine_id not in self.links and urls:
+            self.links[engine_id] = Link(engine_id, urls)
+            self._command("link", engine_id)
+
+    def unlink(self, engine_id: int) -> None:
+        if engine_id in self.links:
+            self._command("unlink", engine_id)
+
+    def linked(self, engine_id: int, wait: bool = False) -> bool:
+        """True if large buffers can go straight to this engine (waits for a pending link)."""
+        link = self.links.get(engine_id)
+        if link is None:
+            return False
+        if wait:
+            link.ready.wait(config.LINK_TIMEOUT * (len(link.urls) + 1))
+        return link.state == "up"
+
+    def send_bulk(self, engine_id: int, token: str, buffers: list) -> DeferredTracker:
+        tracker = DeferredTracker()
+        frames = wire.pack(self.signer, {"t": "bulk", "tok": token}, b"", buffers)
+        self._command("bulk", engine_id, frames, tracker)
+        return tracker
 
     def stop(self) -> None:
-        self._stop_out.send(b"")
+        self._command("stop")
         self.join(timeout=5)
-        self._stop_out.close(linger=0)
+        self._wake_out.close(linger=0)
+
+    # -- the thread -----------------------------------------------------------------------
 
     def run(self) -> None:
-        poller = zmq.Poller()
-        poller.register(self.sock, zmq.POLLIN)
-        poller.register(self._stop_in, zmq.POLLIN)
         try:
-            while True:
-                events = dict(poller.poll())
+            while self._running:
+                pending = self._pending
+                timeout = None
+                if pending:
+                    timeout = max(0.0, min(link.deadline for link in pending) - time.monotonic()) * 1000
+                events = dict(self._poller.poll(timeout))
                 if self.sock in events:
-                    self._receive()
-                if self._stop_in in events:
-                    return
+                    self._receive_replies()
+                for sock in [s for s in events if s in self._by_socket]:
+                    self._receive_data(self._by_socket[sock])
+                if self._wake_in in events:
+                    self._run_commands()
+                if pending:
+                    self._expire_links()
         finally:
-            self._stop_in.close(linger=0)
+            for link in self.links.values():
+                if link.sock is not None:
+                    link.sock.close(linger=0)
+            self._wake_in.close(linger=0)
             self.sock.close(linger=0)
 
-    def _receive(self) -> None:
-        for _ in range(1000):
+    def _run_commands(self) -> None:
+        while self._wake_in.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+            self._wake_in.recv()
+        while self._commands:
+            command = self._commands.popleft()
+            kind = command[0]
+            if kind == "link":
+                self._connect(self.links[command[1]])
+            elif kind == "unlink":
+                self._close(self.links.pop(command[1], None))
+            elif kind == "bulk":
+                _, engine_id, frames, tracker = command
+                link = self.links.get(engine_id)
+                if link is not None and link.state == "up":
+                    tracker.tracker = link.sock.send_multipart(frames, copy=False, track=True)
+                else:
+                    log.warning("data link to engine %s went away; its request will fail", engine_id)
+                tracker.made.set()
+            elif kind == "stop":
+                self._running = False
+
+    def _connect(self, link: Link) -> None:
+        """Dial the next candidate address and say hello; the answer brings it up."""
+        if not link.urls:
+            link.state = "down"
+            link.ready.set()
+            self._pending.discard(link)
+            return
+        sock = self.context.socket(zmq.DEALER)
+        sock.routing_id = self.data_identity
+        sock.linger = 0
+        sock.connect(link.urls.pop(0))
+        sock.send_multipart(wire.pack(self.signer, {"t": "hello", "rid": str(link.engine_id)}))
+        link.sock = sock
+        link.deadline = time.monotonic() + config.LINK_TIMEOUT
+        self._by_socket[sock] = link
+        self._pending.add(link)
+        self._poller.register(sock, zmq.POLLIN)
+
+    def _close(self, link: Link | None) -> None:
+        if link is None or link.sock is None:
+            return
+        self._pending.discard(link)
+        self._poller.unregister(link.sock)
+        del self._by_socket[link.sock]
+        link.sock.close(linger=0)
+        link.sock = None
+
+    def _expire_links(self) -> None:
+        now = time.monotonic()
+        for link in list(self._pending):
+            if link.deadline <= now:
+                self._close(link)
+                self._connect(link)  # the next candidate, or down when none is left
+
+    def _receive_data(self, link: Link) -> None:
+        sock = link.sock
+        while sock is not None and sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
             try:
-                frames = self.sock.recv_multipart(zmq.NOBLOCK, copy=False)
-            except zmq.Again:
+                msg = wire.unpack(self.signer, sock.recv_multipart(copy=False))
+            except wire.ProtocolError as exc:
+                log.warning("dropped message from engine %s's data link: %s", link.engine_id, exc)
+                continue
+            if msg.type == "hello_reply":
+                link.state = "up"
+                link.ready.set()
+                self._pending.discard(link)
+            elif msg.type == "bulk" and isinstance(msg.header.get("tok"), str):
+                token = msg.header["tok"]
+                reply = self._parked.pop(token, None)
+                if reply is None:
+                    self._bulk[token] = msg.buffers
+                else:
+                    self._deliver(wire.Message(reply.header, reply.content, msg.buffers, reply.frames))
+
+    def _receive_replies(self) -> None:
+        for _ in range(1000):
+            if not self.sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
                 return
+            frames = self.sock.recv_multipart(copy=False)
             try:
                 msg = wire.unpack(self.signer, frames)
             except wire.ProtocolError as exc:
                 log.warning("dropped message from the controller: %s", exc)
                 continue
-            try:
-                self.on_message(msg)
-            except Exception:  # noqa: BLE001 - the IO thread must survive a bad message
-                log.exception("error handling %r", msg)
+            if msg.type == "reply":
+                token = msg.header.get("bulk")
+                if token is not None:
+                    buffers = self._bulk.pop(token, None)
+                    if buffers is None:
+                        self._parked[token] = msg
+                        continue
+                    msg = wire.Message(msg.header, msg.content, buffers, msg.frames)
+                elif self._bulk:
+                    self._bulk.pop(msg.header.get("id"), None)  # a failure replaced a bulk reply
+            self._deliver(msg)
+
+    def _deliver(self, msg: wire.Message) -> None:
+        try:
+            self.on_message(msg)
+        except Exception:  # noqa: BLE001 - the IO thread must survive a bad message
+            log.exception("error handling %r", msg)

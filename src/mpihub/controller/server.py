@@ -89,6 +89,8 @@ class Controller:
                 "heartbeat": primary["heartbeat"],
                 "candidates": {k: candidates[k] for k in ("engine", "heartbeat")},
                 "heartbeat_period": config.HEARTBEAT_PERIOD,
+                # engines listen for direct data links on loopback only when everything is local
+                "engine_bind_ip": "127.0.0.1" if self.ip.startswith("127.") else "*",
             },
         }
         for role, info in files.items():
@@ -283,7 +285,7 @@ class Controller:
 
     def _op_result(self, ident: bytes, header: dict) -> dict:
         """Send stored replies now, register for pending ones, report the rest."""
-        outcome: dict[str, list] = {"pending": [], "unknown": [], "purged": []}
+        outcome: dict[str, list] = {"pending": [], "unknown": [], "purged": [], "direct": []}
         for msg_id in header["ids"]:
             record = self.hub.tasks.get(msg_id)
             if record is None:
@@ -296,6 +298,8 @@ class Controller:
                 frames = self.hub.reply_frames(msg_id)
                 if frames is None:
                     outcome["purged"].append(msg_id)
+                elif "bulk" in wire.unpack(self.signer, frames).header:
+                    outcome["direct"].append(msg_id)
                 else:
                     self.client_sock.send_multipart([ident, *frames], copy=False)
         return outcome
@@ -331,9 +335,12 @@ class Controller:
         missing = [m for m in old_ids if self.hub.request_frames(m) is None]
         if missing:
             raise KeyError(f"no stored request for {missing}")
-        for old, new in zip(old_ids, new_ids):
-            stored = wire.unpack(self.signer, self.hub.request_frames(old))
-            request = {k: v for k, v in stored.header.items() if k not in ("tg", "ids", "only", "v", "nb")}
+        stored_requests = [wire.unpack(self.signer, self.hub.request_frames(m)) for m in old_ids]
+        direct = [m for m, stored in zip(old_ids, stored_requests) if "bulk" in stored.header]
+        if direct:
+            raise ValueError(f"the data of {direct} went straight to the engine and is not stored; submit them anew")
+        for old, new, stored in zip(old_ids, new_ids, stored_requests):
+            request = {k: v for k, v in stored.header.items() if k not in ("tg", "ids", "only", "v", "nb", "rb")}
             request.update(id=new, lb=True)
             frames = wire.pack(self.signer, request, stored.content, stored.buffers)
             self.hub.tasks[old].resubmitted = new

@@ -1,11 +1,14 @@
 """The engine process: register with the controller, then run requests in order.
 
 The task socket is a DEALER with the engine's uuid as routing id, connected into the
-controller's engine ROUTER; requests arrive in FIFO order and replies go back with
-their result buffers as zero-copy frames.
+controller's engine ROUTER; requests arrive in FIFO order and replies go back the same
+way. Large buffers of a request or reply may take the engine's direct data link
+(:mod:`.datalink`) instead, while the request and reply themselves keep their order
+through the controller.
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
@@ -17,6 +20,7 @@ import zmq
 
 from .. import config
 from ..protocol import connection, wire
+from .datalink import BulkMissing, DataLink
 from .executor import EngineStop, Executor
 from .heartbeat import Heart
 
@@ -35,13 +39,16 @@ class Engine:
         self.aborted: set[str] = set()
         self.context = zmq.Context()
         self.id: int | None = None
+        self._pending_send: zmq.MessageTracker | None = None
 
     def register(self) -> dict:
+        self.data = DataLink(self.context, self.signer, self.info.get("engine_bind_ip", "127.0.0.1"))
         self.sock = self.context.socket(zmq.DEALER)
         self.sock.routing_id = self.uuid
         self.sock.linger = 0
         self.sock.connect(self.info["engine"])
-        details = {"hostname": socket.gethostname(), "pid": os.getpid(), "mpi_rank": self.mpi_rank}
+        details = {"hostname": socket.gethostname(), "pid": os.getpid(), "mpi_rank": self.mpi_rank,
+                   "data": self.data.urls}
         self.sock.send_multipart(wire.pack(self.signer, {"t": "register", "want_id": self.want_id, "info": details}))
         if not self.sock.poll(self.register_timeout * 1000):
             raise TimeoutError(f"no answer from the controller at {self.info['engine']} "
@@ -64,59 +71,94 @@ class Engine:
                       self.aborted)
         heart.start()
         executor = Executor(self.id)
-        pending_send = None
+        poller = zmq.Poller()
+        poller.register(self.sock, zmq.POLLIN)
+        poller.register(self.data.sock, zmq.POLLIN)
         try:
             while True:
-                frames = self.sock.recv_multipart(copy=False)
-                try:
-                    msg = wire.unpack(self.signer, frames)
-                except wire.ProtocolError as exc:
-                    log.warning("dropped message: %s", exc)
-                    continue
-                if msg.type == "shutdown":
-                    log.info("engine %s stopping: shutdown requested by the controller", self.id)
+                events = dict(poller.poll())
+                if self.data.sock in events:
+                    self.data.receive_pending()
+                if self.sock in events and not self._handle_requests(executor):
                     break
-                if msg.type not in ("apply", "execute"):
-                    log.warning("dropped message of unknown type %r", msg.type)
-                    continue
-                try:
-                    header = msg.header
-                    msg_id = header["id"] if "id" in header else header["ids"][header["tg"].index(self.id)]
-                except (KeyError, ValueError, TypeError, IndexError) as exc:
-                    log.warning("dropped malformed request: %r", exc)
-                    continue
-                if pending_send is not None:  # our last result's buffers may still be in flight
-                    pending_send.wait()
-                    pending_send = None
-                reply = {"t": "reply", "id": msg_id, "eng": self.id}
-                if msg_id in self.aborted:
-                    self.aborted.discard(msg_id)
-                    reply.update(st="aborted", ename="TaskAborted", evalue="task aborted before it started",
-                                 tb="", started=None, completed=None, out="", err="")
-                    self.sock.send_multipart(wire.pack(self.signer, reply))
-                    continue
-                fields, data, buffers = executor.run(header, msg.content, msg.buffers)
-                reply.update(fields)
-                out = wire.pack(self.signer, reply, data, buffers)
-                if buffers:
-                    pending_send = self.sock.send_multipart(out, copy=False, track=True)
-                else:
-                    self.sock.send_multipart(out)
         except EngineStop:
             log.info("engine %s stopping on SIGTERM", self.id)
             self.sock.linger = 500
             self.sock.send_multipart(wire.pack(self.signer, {"t": "unregister"}))  # the controller still runs
         finally:
             self.sock.close()
+            self.data.close()
             heart.stop()
             self.context.term()
+
+    def _handle_requests(self, executor: Executor) -> bool:
+        """Run every queued request; False once told to shut down."""
+        while self.sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+            frames = self.sock.recv_multipart(copy=False)
+            try:
+                msg = wire.unpack(self.signer, frames)
+            except wire.ProtocolError as exc:
+                log.warning("dropped message: %s", exc)
+                continue
+            if msg.type == "shutdown":
+                log.info("engine %s stopping: shutdown requested by the controller", self.id)
+                return False
+            if msg.type not in ("apply", "execute"):
+                log.warning("dropped message of unknown type %r", msg.type)
+                continue
+            header = msg.header
+            try:
+                msg_id = header["id"] if "id" in header else header["ids"][header["tg"].index(self.id)]
+            except (KeyError, ValueError, TypeError, IndexError) as exc:
+                log.warning("dropped malformed request: %r", exc)
+                continue
+            self._run(executor, msg_id, msg)
+        return True
+
+    def _run(self, executor: Executor, msg_id: str, msg: wire.Message) -> None:
+        header = msg.header
+        if self._pending_send is not None:  # our last result's buffers may still be in flight
+            self._pending_send.wait()
+            self._pending_send = None
+        reply = {"t": "reply", "id": msg_id, "eng": self.id}
+        token = header.get("bulk")
+        if msg_id in self.aborted:
+            self.aborted.discard(msg_id)
+            if isinstance(token, str):
+                self.data.discard(token)
+            reply.update(st="aborted", ename="TaskAborted", evalue="task aborted before it started",
+                         tb="", started=None, completed=None, out="", err="")
+            self.sock.send_multipart(wire.pack(self.signer, reply))
+            return
+        buffers = msg.buffers
+        if isinstance(token, str):
+            try:
+                buffers = self.data.take(token, config.BULK_TIMEOUT)
+            except BulkMissing as exc:
+                reply.update(st="error", ename="BulkMissing", evalue=str(exc), tb="", started=None,
+                             completed=None, out="", err="")
+                self.sock.send_multipart(wire.pack(self.signer, reply))
+                return
+        fields, data, out_buffers = executor.run(header, msg.content, buffers)
+        reply.update(fields)
+        client = header.get("rb")
+        if out_buffers and isinstance(client, bytes) and sum(memoryview(b).nbytes for b in out_buffers) >= config.BULK_THRESHOLD:
+            tracker = self.data.try_send(client, msg_id, out_buffers)
+            if tracker is not None:
+                reply["bulk"] = msg_id
+                self._pending_send = tracker
+                self.sock.send_multipart(wire.pack(self.signer, reply, data))
+                return
+        out = wire.pack(self.signer, reply, data, out_buffers)
+        if out_buffers:
+            self._pending_send = self.sock.send_multipart(out, copy=False, track=True)
+        else:
+            self.sock.send_multipart(out)
 
 
 def main(url_file: str | None, cluster_id: str | None, profile_dir: str | None, want_id: int | None,
          timeout: float) -> int:
     """Entry point of ``mpihub engine``; connection info from a file or $MPIHUB_CONNECTION_INFO."""
-    import json
-
     raw = os.environ.get("MPIHUB_CONNECTION_INFO")
     if raw and not url_file:
         info = connection.check(json.loads(raw), "$MPIHUB_CONNECTION_INFO")

@@ -1,0 +1,94 @@
+"""The engine's direct data link: large buffers to and from clients in one hop.
+
+Requests and replies always travel through the controller, which keeps them in order
+per engine. Their large buffers can skip that second hop: the client sends them to the
+engine's own ROUTER socket under a token named in the request, and the engine sends
+large results straight back the same way. A client that cannot reach an engine (or
+has not linked to it yet) simply gets everything through the controller.
+"""
+from __future__ import annotations
+
+import logging
+import time
+
+import zmq
+
+from .. import config
+from ..protocol import connection, wire
+
+log = logging.getLogger("mpihub.engine.datalink")
+
+
+class BulkMissing(RuntimeError):
+    """The buffers a request announced never arrived."""
+
+
+class DataLink:
+    def __init__(self, context: zmq.Context, signer: wire.Signer, bind_ip: str):
+        self.signer = signer
+        self.sock = context.socket(zmq.ROUTER)
+        self.sock.linger = 0
+        self.sock.router_mandatory = True  # sending to a client that is not linked fails at once
+        port = self.sock.bind_to_random_port("tcp://*" if bind_ip in ("*", "0.0.0.0") else f"tcp://{bind_ip}")
+        self.urls = connection.channel_urls(bind_ip, {"data": port})[1]["data"]
+        self._stash: dict[str, tuple[float, list]] = {}
+
+    def receive_pending(self) -> None:
+        """Take in whatever arrived: bulk buffers are stashed, hellos answered."""
+        while self.sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+            frames = self.sock.recv_multipart(copy=False)
+            ident = frames[0].bytes
+            try:
+                msg = wire.unpack(self.signer, frames[1:])
+            except wire.ProtocolError as exc:
+                log.warning("dropped data-link message: %s", exc)
+                continue
+            kind = msg.type
+            if kind == "bulk" and isinstance(msg.header.get("tok"), str):
+                self._stash[msg.header["tok"]] = (time.monotonic(), msg.buffers)
+            elif kind == "hello":
+                self._send(ident, {"t": "hello_reply", "rid": msg.header.get("rid")})
+            else:
+                log.warning("dropped data-link message of type %r", kind)
+        self._expire()
+
+    def take(self, token: str, timeout: float) -> list:
+        """The buffers stashed under ``token``, waiting up to ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        while token not in self._stash:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise BulkMissing(f"the data for this request did not arrive within {timeout:g} s")
+            if self.sock.poll(left * 1000):
+                self.receive_pending()
+        return self._stash.pop(token)[1]
+
+    def discard(self, token: str) -> None:
+        self._stash.pop(token, None)
+
+    def try_send(self, ident: bytes, token: str, buffers: list) -> zmq.MessageTracker | None:
+        """Send result buffers straight to a linked client; None if it is not linked."""
+        try:
+            return self._send(ident, {"t": "bulk", "tok": token}, buffers, track=True)
+        except zmq.ZMQError as exc:
+            if exc.errno == zmq.EHOSTUNREACH:
+                return None
+            raise
+
+    def _send(self, ident: bytes, header: dict, buffers: list = (), track: bool = False):
+        frames = [ident, *wire.pack(self.signer, header, b"", buffers)]
+        if track:
+            return self.sock.send_multipart(frames, copy=False, track=True)
+        self.sock.send_multipart(frames)
+        return None
+
+    def _expire(self) -> None:
+        """Forget stashed data nobody claimed in time (its request was lost or aborted)."""
+        if not self._stash:
+            return
+        cutoff = time.monotonic() - config.BULK_TIMEOUT
+        for token in [t for t, (arrived, _) in self._stash.items() if arrived < cutoff]:
+            del self._stash[token]
+
+    def close(self) -> None:
+        self.sock.close(linger=0)
