@@ -91,7 +91,7 @@ class IOThread(threading.Thread):
         self._pending: set[Link] = set()  # links waiting for their hello answer
         self._commands: deque = deque()
         self._bulk: dict[str, list] = {}  # buffers that came before their reply
-        self._parked: dict[str, wire.Message] = {}  # replies that came before their buffers
+        self._parked: dict[str, tuple[wire.Message, float]] = {}  # replies waiting for their buffers
         self._wake_lock = threading.Lock()
         wake_url = f"inproc://mpihub-client-wake-{id(self)}"
         self._wake_in = context.socket(zmq.PAIR)
@@ -145,10 +145,9 @@ class IOThread(threading.Thread):
     def run(self) -> None:
         try:
             while self._running:
-                pending = self._pending
-                timeout = None
-                if pending:
-                    timeout = max(0.0, min(link.deadline for link in pending) - time.monotonic()) * 1000
+                deadlines = [link.deadline for link in self._pending]
+                deadlines += [deadline for _, deadline in self._parked.values()]
+                timeout = max(0.0, min(deadlines) - time.monotonic()) * 1000 if deadlines else None
                 events = dict(self._poller.poll(timeout))
                 if self.sock in events:
                     self._receive_replies()
@@ -156,8 +155,9 @@ class IOThread(threading.Thread):
                     self._receive_data(self._by_socket[sock])
                 if self._wake_in in events:
                     self._run_commands()
-                if pending:
+                if deadlines:
                     self._expire_links()
+                    self._expire_parked()
         finally:
             for link in self.links.values():
                 if link.sock is not None:
@@ -220,6 +220,17 @@ class IOThread(threading.Thread):
                 self._close(link)
                 self._connect(link)  # the next candidate, or down when none is left
 
+    def _expire_parked(self) -> None:
+        """A reply whose direct-link data never came becomes an error, not a hang."""
+        now = time.monotonic()
+        for token, (reply, deadline) in list(self._parked.items()):
+            if deadline <= now:
+                del self._parked[token]
+                header = {"t": "reply", "id": reply.header.get("id"), "eng": reply.header.get("eng"), "st": "error",
+                          "ename": "BulkMissing", "tb": "",
+                          "evalue": f"the result data did not arrive over the direct link within {config.BULK_TIMEOUT:g} s"}
+                self._deliver(wire.Message(header, b"", [], []))
+
     def _receive_data(self, link: Link) -> None:
         sock = link.sock
         while sock is not None and sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
@@ -234,10 +245,11 @@ class IOThread(threading.Thread):
                 self._pending.discard(link)
             elif msg.type == "bulk" and isinstance(msg.header.get("tok"), str):
                 token = msg.header["tok"]
-                reply = self._parked.pop(token, None)
-                if reply is None:
+                parked = self._parked.pop(token, None)
+                if parked is None:
                     self._bulk[token] = msg.buffers
                 else:
+                    reply = parked[0]
                     self._deliver(wire.Message(reply.header, reply.content, msg.buffers, reply.frames))
 
     def _receive_replies(self) -> None:
@@ -255,7 +267,7 @@ class IOThread(threading.Thread):
                 if token is not None:
                     buffers = self._bulk.pop(token, None)
                     if buffers is None:
-                        self._parked[token] = msg
+                        self._parked[token] = (msg, time.monotonic() + config.BULK_TIMEOUT)
                         continue
                     msg = wire.Message(msg.header, msg.content, buffers, msg.frames)
                 elif self._bulk:

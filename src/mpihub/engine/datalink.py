@@ -29,6 +29,7 @@ class DataLink:
         self.sock = context.socket(zmq.ROUTER)
         self.sock.linger = 0
         self.sock.router_mandatory = True  # sending to a client that is not linked fails at once
+        self.sock.router_handover = True  # a client that relinks takes its identity over
         port = self.sock.bind_to_random_port("tcp://*" if bind_ip in ("*", "0.0.0.0") else f"tcp://{bind_ip}")
         self.urls = connection.channel_urls(bind_ip, {"data": port})[1]["data"]
         self._stash: dict[str, tuple[float, list]] = {}
@@ -47,7 +48,10 @@ class DataLink:
             if kind == "bulk" and isinstance(msg.header.get("tok"), str):
                 self._stash[msg.header["tok"]] = (time.monotonic(), msg.buffers)
             elif kind == "hello":
-                self._send(ident, {"t": "hello_reply", "rid": msg.header.get("rid")})
+                try:
+                    self._send(ident, {"t": "hello_reply", "rid": msg.header.get("rid")})
+                except zmq.ZMQError as exc:  # the client left already
+                    log.info("could not answer a data-link hello: %s", exc)
             else:
                 log.warning("dropped data-link message of type %r", kind)
         self._expire()
@@ -67,19 +71,19 @@ class DataLink:
         self._stash.pop(token, None)
 
     def try_send(self, ident: bytes, token: str, buffers: list) -> zmq.MessageTracker | None:
-        """Send result buffers straight to a linked client; None if it is not linked."""
+        """Send result buffers straight to a linked client; None if it is not linked
+        (or its queue is full), and the caller relays them through the controller."""
         try:
             return self._send(ident, {"t": "bulk", "tok": token}, buffers, track=True)
         except zmq.ZMQError as exc:
-            if exc.errno == zmq.EHOSTUNREACH:
-                return None
-            raise
+            log.debug("direct link to %r unavailable (%s); relaying", ident, exc)
+            return None
 
     def _send(self, ident: bytes, header: dict, buffers: list = (), track: bool = False):
         frames = [ident, *wire.pack(self.signer, header, b"", buffers)]
         if track:
-            return self.sock.send_multipart(frames, copy=False, track=True)
-        self.sock.send_multipart(frames)
+            return self.sock.send_multipart(frames, zmq.NOBLOCK, copy=False, track=True)
+        self.sock.send_multipart(frames, zmq.NOBLOCK)
         return None
 
     def _expire(self) -> None:
