@@ -82,8 +82,8 @@ def test_forged_requests_run_nothing(rc, cluster):
     sock, signer = signed_dealer(info["client"], "not-the-key")
     sock.send_multipart(wire.pack(signer, {"t": "execute", "tg": [0, 1], "ids": ["f1", "f2"]}, b"forged = 'yes'"))
     good = wire.Signer(info["key"])
-    header = wire.pack(good, {"t": "execute", "tg": [0, 1], "ids": ["f3", "f4"]}, b"forged = 'yes'")
-    sock.send_multipart([header[0], header[1], b"forged = 'yes' # changed after signing"])
+    (signed,) = wire.pack(good, {"t": "execute", "tg": [0, 1], "ids": ["f3", "f4"]}, b"forged = 'no!'")
+    sock.send_multipart([signed.replace(b"forged = 'no!'", b"forged = 'yes'")])  # changed after signing
     time.sleep(0.5)
     sock.close()
     assert rc[:].pull("forged", block=True) == ["no", "no"]

@@ -30,13 +30,17 @@ def test_zmq_frames_are_accepted():
     b.close()
 
 
+def flip_last_byte(envelope: bytes) -> bytes:
+    return envelope[:-1] + bytes([envelope[-1] ^ 1])
+
+
 @pytest.mark.parametrize("mangle", [
-    lambda f: [b"\0" * 32, *f[1:]],                       # wrong signature
-    lambda f: [f[0][:5], *f[1:]],                           # truncated signature
-    lambda f: f[:2],                                        # too few frames
-    lambda f: [f[0], f[1], b"other content", *f[3:]],      # content changed after signing
-    lambda f: [*f, b"extra buffer"],                        # buffer count mismatch
-    lambda f: [],                                           # nothing at all
+    lambda f: [b"\0" * 32 + f[0][32:], *f[1:]],             # wrong signature
+    lambda f: [f[0][:20], *f[1:]],                            # truncated envelope
+    lambda f: [flip_last_byte(f[0]), *f[1:]],                 # content changed after signing
+    lambda f: [*f, b"extra buffer"],                          # buffer count mismatch
+    lambda f: f[1:],                                          # envelope missing
+    lambda f: [],                                             # nothing at all
 ])
 def test_tampered_messages_are_refused(mangle):
     frames = wire.pack(SIGNER, {"t": "apply"}, b"payload", [b"buf"])
@@ -50,16 +54,36 @@ def test_other_key_is_refused():
         wire.unpack(SIGNER, frames)
 
 
-@pytest.mark.parametrize("header", [
-    msgpack.packb([1, 2, 3]),                      # not a map
-    msgpack.packb({"v": 1, "nb": 0}),              # no type
-    msgpack.packb({"v": 99, "t": "x", "nb": 0}),   # other protocol version
-    b"\xc1 not msgpack",                           # undecodable
+def envelope(header: bytes, declared_length: int | None = None) -> list:
+    length = len(header) if declared_length is None else declared_length
+    body = length.to_bytes(4, "big") + header
+    return [SIGNER.sign(body) + body]
+
+
+@pytest.mark.parametrize("frames", [
+    envelope(msgpack.packb([1, 2, 3])),                       # not a map
+    envelope(msgpack.packb({"v": 1, "nb": 0})),               # no type
+    envelope(msgpack.packb({"v": 99, "t": "x", "nb": 0})),    # other protocol version
+    envelope(b"\xc1 not msgpack"),                            # undecodable
+    envelope(msgpack.packb({"v": 1, "t": "x", "nb": 0}), 10_000),  # length past the end
 ])
-def test_signed_but_malformed_headers_are_refused(header):
-    frames = [SIGNER.sign(header, b""), header, b""]
+def test_signed_but_malformed_headers_are_refused(frames):
     with pytest.raises(wire.ProtocolError):
         wire.unpack(SIGNER, frames)
+
+
+def test_fast_send_and_recv_keep_frames_together():
+    ctx = zmq.Context.instance()
+    a, b = ctx.socket(zmq.PAIR), ctx.socket(zmq.PAIR)
+    a.bind("inproc://wire-fast")
+    b.connect("inproc://wire-fast")
+    wire.send(a, wire.pack(SIGNER, {"t": "x"}, b"c", [b"1", b"2"]))
+    wire.send(a, wire.pack(SIGNER, {"t": "y"}))
+    first, second = wire.unpack(SIGNER, wire.recv(b)), wire.unpack(SIGNER, wire.recv(b))
+    assert first.type == "x" and [bytes(x) for x in first.buffers] == [b"1", b"2"]
+    assert second.type == "y" and second.buffers == []
+    a.close()
+    b.close()
 
 
 def test_empty_key_is_rejected():

@@ -92,7 +92,7 @@ class AsyncResult:
 
     def wait(self, timeout: float | None = -1) -> bool:
         """Wait for every reply; True if all came within ``timeout`` seconds (-1/None: forever)."""
-        return self._event.wait(None if timeout is None or timeout < 0 else timeout)
+        return self._client._io.wait_for(self._event, None if timeout is None or timeout < 0 else timeout)
 
     def get(self, timeout: float | None = -1) -> Any:
         """The result; raises the remote error, or TimeoutError (retrievable later)."""
@@ -139,7 +139,7 @@ class AsyncResult:
         self._client.abort(self.msg_ids)
 
     def add_done_callback(self, callback: Callable[["AsyncResult"], None]) -> None:
-        """Call ``callback(self)`` once every reply is in (on the IO thread)."""
+        """Call ``callback(self)`` once every reply is in (on the thread that received it)."""
         self._callbacks.append(callback)
         if self.ready() and callback in self._callbacks:
             self._callbacks.remove(callback)

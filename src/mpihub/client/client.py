@@ -173,7 +173,7 @@ class Client:
         rid = self._new_id()
         slot = self._queries[rid] = _QuerySlot()
         self._send({"t": "query", "op": op, "rid": rid, **args})
-        if not slot.event.wait(timeout):
+        if not self._io.wait_for(slot.event, timeout):
             self._queries.pop(rid, None)
             raise errors.TimeoutError(f"the controller did not answer {op!r} within {timeout} s")
         if not slot.header["ok"]:

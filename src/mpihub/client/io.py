@@ -36,7 +36,10 @@ class Sender:
         with self._lock:
             if track:
                 return self.sock.send_multipart(frames, copy=False, track=True)
-            self.sock.send_multipart(frames, copy=not zero_copy)
+            if zero_copy:
+                self.sock.send_multipart(frames, copy=False)
+            else:
+                wire.send(self.sock, frames)
             return None
 
     def close(self) -> None:
@@ -102,6 +105,9 @@ class IOThread(threading.Thread):
         self._poller.register(self.sock, zmq.POLLIN)
         self._poller.register(self._wake_in, zmq.POLLIN)
         self._running = True
+        self._owner = threading.Lock()  # held by whichever thread is using the sockets
+        self._turn = threading.Condition()  # hands the sockets between the IO thread and a borrower
+        self._borrowed = False
 
     # -- called from user threads -------------------------------------------------------
 
@@ -142,28 +148,75 @@ class IOThread(threading.Thread):
 
     # -- the thread -----------------------------------------------------------------------
 
+    def wait_for(self, event: threading.Event, timeout: float | None = None) -> bool:
+        """Wait for ``event``, receiving on this thread meanwhile when it can.
+
+        A blocked caller borrows the sockets from the IO thread (which steps aside until
+        it is done) and handles replies itself, so the reply it waits for needs no
+        hand-off between threads. Only one thread borrows at a time; others just wait.
+        """
+        if event.is_set():
+            return True
+        if threading.current_thread() is self or not self._running:
+            return event.wait(timeout)
+        with self._turn:
+            if self._borrowed:
+                borrowed = False
+            else:
+                self._borrowed = borrowed = True
+        if not borrowed:
+            return event.wait(timeout)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        try:
+            with self._wake_lock:
+                self._wake_out.send(b"")  # the IO thread leaves its poll and steps aside
+            with self._owner:
+                while not event.is_set() and self._running:
+                    left = None if deadline is None else deadline - time.monotonic()
+                    if left is not None and left <= 0:
+                        break
+                    self._poll_once(left)
+        finally:
+            with self._turn:
+                self._borrowed = False
+                self._turn.notify_all()
+        if event.is_set():
+            return True
+        return event.wait(None if deadline is None else max(0.0, deadline - time.monotonic()))
+
     def run(self) -> None:
         try:
             while self._running:
-                deadlines = [link.deadline for link in self._pending]
-                deadlines += [deadline for _, deadline in self._parked.values()]
-                timeout = max(0.0, min(deadlines) - time.monotonic()) * 1000 if deadlines else None
-                events = dict(self._poller.poll(timeout))
-                if self.sock in events:
-                    self._receive_replies()
-                for sock in [s for s in events if s in self._by_socket]:
-                    self._receive_data(self._by_socket[sock])
-                if self._wake_in in events:
-                    self._run_commands()
-                if deadlines:
-                    self._expire_links()
-                    self._expire_parked()
+                with self._turn:
+                    while self._borrowed:
+                        self._turn.wait()
+                with self._owner:
+                    self._poll_once(None)
         finally:
-            for link in self.links.values():
-                if link.sock is not None:
-                    link.sock.close(linger=0)
-            self._wake_in.close(linger=0)
-            self.sock.close(linger=0)
+            with self._owner:
+                for link in self.links.values():
+                    if link.sock is not None:
+                        link.sock.close(linger=0)
+                self._wake_in.close(linger=0)
+                self.sock.close(linger=0)
+
+    def _poll_once(self, limit: float | None) -> None:
+        """Wait (at most ``limit`` seconds) for socket events and handle them all."""
+        deadlines = [link.deadline for link in self._pending]
+        deadlines += [deadline for _, deadline in self._parked.values()]
+        if limit is not None:
+            deadlines.append(time.monotonic() + limit)
+        timeout = max(0.0, min(deadlines) - time.monotonic()) * 1000 if deadlines else None
+        events = dict(self._poller.poll(timeout))
+        if self.sock in events:
+            self._receive_replies()
+        for sock in [s for s in events if s in self._by_socket]:
+            self._receive_data(self._by_socket[sock])
+        if self._wake_in in events:
+            self._run_commands()
+        if self._pending or self._parked:
+            self._expire_links()
+            self._expire_parked()
 
     def _run_commands(self) -> None:
         while self._wake_in.getsockopt(zmq.EVENTS) & zmq.POLLIN:
@@ -256,7 +309,7 @@ class IOThread(threading.Thread):
         for _ in range(1000):
             if not self.sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
                 return
-            frames = self.sock.recv_multipart(copy=False)
+            frames = wire.recv(self.sock)
             try:
                 msg = wire.unpack(self.signer, frames)
             except wire.ProtocolError as exc:

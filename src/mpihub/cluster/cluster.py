@@ -136,15 +136,16 @@ class Cluster:
 
     def stop_cluster_sync(self, grace: float = 5.0) -> None:
         """Shut down through the controller, then make sure every started PID is gone."""
-        if self.client is not None:
+        client, self.client = self.client, None
+        controller = self._controller_process
+        if client is not None and not client._closed:
             try:
-                self.client.shutdown(hub=True, block=False)
+                client.shutdown(hub=True, block=False)
             except Exception as exc:  # noqa: BLE001 - fall through to signals
                 log.info("shutdown request failed (%s); signalling processes", exc)
-            self.client.close()
-            self.client = None
-        elif self._controller_process is not None and self._controller_process.poll() is None:
-            stop_pids([self._controller_process.pid], grace)
+            client.close()
+        elif controller is not None and controller.poll() is None:
+            controller.terminate()  # a controller stopping cleanly stops its engines
         if not self.launcher.wait(grace):
             self.launcher.stop(grace)
         for path in (self.client_file, self.engine_file, state_file(self.cluster_id, self.profile_dir)):

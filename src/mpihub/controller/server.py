@@ -112,12 +112,11 @@ class Controller:
         try:
             while not self._stopping:
                 for sock, _ in poller.poll():
-                    for _ in range(256):
-                        try:
-                            frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
-                        except zmq.Again:
+                    handle = handlers[sock]
+                    for _ in range(256):  # then let the other sockets have a turn
+                        if not sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
                             break
-                        handlers[sock](frames)
+                        handle(wire.recv(sock))
         finally:
             self.close()
 
@@ -145,12 +144,12 @@ class Controller:
             log.warning("dropped message on %s socket (%d so far): %s", where, self._dropped, reason)
 
     def _send_client(self, ident: bytes, header: dict, content: bytes = b"") -> None:
-        self.client_sock.send_multipart([ident, *wire.pack(self.signer, header, content)])
+        wire.send(self.client_sock, [ident, *wire.pack(self.signer, header, content)])
 
     def _notify(self, header: dict) -> None:
         frames = wire.pack(self.signer, header)
         for ident in self.hub.clients:
-            self.client_sock.send_multipart([ident, *frames])
+            wire.send(self.client_sock, [ident, *frames])
 
     def _control(self, uuid: bytes, header: dict) -> None:
         """Send a control message to an engine's heartbeat thread (bypasses its queue)."""
@@ -160,7 +159,7 @@ class Controller:
         """Stop an engine now (heartbeat channel) and for certain (its task queue, which
         reaches even an engine whose heartbeat thread has not connected yet)."""
         self._control(uuid, {"t": "control", "op": "shutdown"})
-        self.engine_sock.send_multipart([uuid, *wire.pack(self.signer, {"t": "shutdown"})])
+        wire.send(self.engine_sock, [uuid, *wire.pack(self.signer, {"t": "shutdown"})])
 
     def _fail(self, msg_id: str, engine_id: int | None, status: str, ename: str, evalue: str) -> None:
         """Make up a reply for a task that will never run, and deliver it."""
@@ -175,9 +174,9 @@ class Controller:
         record = self.hub.tasks.get(msg_id)
         if record is None:
             return
-        self.client_sock.send_multipart([record.client_ident, *frames], copy=False)
+        wire.send(self.client_sock, [record.client_ident, *frames])
         for watcher in record.watchers:
-            self.client_sock.send_multipart([watcher, *frames], copy=False)
+            wire.send(self.client_sock, [watcher, *frames])
 
     # -- client socket --------------------------------------------------------------
 
@@ -232,7 +231,7 @@ class Controller:
             if engine is None:
                 self._fail(msg_id, engine_id, "error", "EngineError", f"engine {engine_id} is not registered")
             else:
-                self.engine_sock.send_multipart([engine.uuid, *msg.frames], copy=False)
+                wire.send(self.engine_sock, [engine.uuid, *msg.frames])
 
     def _submit_task(self, ident: bytes, msg: wire.Message) -> None:
         msg_id = msg.header["id"]
@@ -254,7 +253,7 @@ class Controller:
         for msg_id, engine_id in assignments:
             frames = self._waiting_frames.pop(msg_id)
             self.hub.assign(msg_id, engine_id)
-            self.engine_sock.send_multipart([self.hub.engines[engine_id].uuid, *frames], copy=False)
+            wire.send(self.engine_sock, [self.hub.engines[engine_id].uuid, *frames])
 
     # -- hub queries ----------------------------------------------------------------
 
@@ -301,7 +300,7 @@ class Controller:
                 elif "bulk" in wire.unpack(self.signer, frames).header:
                     outcome["direct"].append(msg_id)
                 else:
-                    self.client_sock.send_multipart([ident, *frames], copy=False)
+                    wire.send(self.client_sock, [ident, *frames])
         return outcome
 
     def _op_abort(self, ident: bytes, header: dict) -> list:
@@ -388,7 +387,7 @@ class Controller:
         self.monitor.watch(uuid)
         reply = {"t": "register_reply", "id": record.id, "hb_period": config.HEARTBEAT_PERIOD,
                  "controller_timeout": config.ENGINE_CONTROLLER_TIMEOUT}
-        self.engine_sock.send_multipart([uuid, *wire.pack(self.signer, reply)])
+        wire.send(self.engine_sock, [uuid, *wire.pack(self.signer, reply)])
         log.info("engine %d registered (%s, pid %s)", record.id, info.get("hostname"), info.get("pid"))
         self._notify({"t": "notify", "ev": "registered", "engine": record.describe()})
         self._send_tasks(self.scheduler.add_engine(record.id))

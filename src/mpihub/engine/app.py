@@ -94,7 +94,7 @@ class Engine:
     def _handle_requests(self, executor: Executor) -> bool:
         """Run every queued request; False once told to shut down."""
         while self.sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
-            frames = self.sock.recv_multipart(copy=False)
+            frames = wire.recv(self.sock)
             try:
                 msg = wire.unpack(self.signer, frames)
             except wire.ProtocolError as exc:
@@ -128,7 +128,7 @@ class Engine:
                 self.data.discard(token)
             reply.update(st="aborted", ename="TaskAborted", evalue="task aborted before it started",
                          tb="", started=None, completed=None, out="", err="")
-            self.sock.send_multipart(wire.pack(self.signer, reply))
+            wire.send(self.sock, wire.pack(self.signer, reply))
             return
         buffers = msg.buffers
         if isinstance(token, str):
@@ -137,7 +137,7 @@ class Engine:
             except BulkMissing as exc:
                 reply.update(st="error", ename="BulkMissing", evalue=str(exc), tb="", started=None,
                              completed=None, out="", err="")
-                self.sock.send_multipart(wire.pack(self.signer, reply))
+                wire.send(self.sock, wire.pack(self.signer, reply))
                 return
         fields, data, out_buffers = executor.run(header, msg.content, buffers)
         reply.update(fields)
@@ -147,13 +147,13 @@ class Engine:
             if tracker is not None:
                 reply["bulk"] = msg_id
                 self._pending_send = tracker
-                self.sock.send_multipart(wire.pack(self.signer, reply, data))
+                wire.send(self.sock, wire.pack(self.signer, reply, data))
                 return
         out = wire.pack(self.signer, reply, data, out_buffers)
         if out_buffers:
             self._pending_send = self.sock.send_multipart(out, copy=False, track=True)
         else:
-            self.sock.send_multipart(out)
+            wire.send(self.sock, out)
 
 
 def main(url_file: str | None, cluster_id: str | None, profile_dir: str | None, want_id: int | None,
