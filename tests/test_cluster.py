@@ -124,3 +124,56 @@ def test_second_controller_for_same_cluster_is_refused():
     finally:
         cluster.stop_cluster_sync()
     assert_gone(cluster.launcher.pids)
+
+
+def test_stop_after_client_closed_is_prompt_and_clean():
+    import time
+
+    cluster = mpihub.Cluster(n=2)
+    rc = cluster.start_and_connect_sync()
+    rc.close()
+    started = time.monotonic()
+    cluster.stop_cluster_sync()
+    assert time.monotonic() - started < 3
+    assert [p.returncode for p in cluster.launcher.processes] == [0, 0, 0]  # clean exits, no kill
+
+
+def test_client_connection_spellings():
+    cluster = mpihub.Cluster(n=1, cluster_id="spell")
+    cluster.start_cluster_sync()
+    try:
+        for client in (mpihub.Client(url_file=str(cluster.client_file)),
+                       mpihub.Client(cluster_id="spell", timeout=30),
+                       mpihub.Client(json.loads(cluster.client_file.read_text())),
+                       mpihub.Client(profile_dir=os.environ["MPIHUB_DIR"], cluster_id="spell")):
+            with client:
+                client.wait_for_engines(1, timeout=30, interactive=False)
+                assert client[0].apply_sync(lambda: 5) == 5
+                ar = client[0].apply_async(lambda: 6)
+                assert ar.r == 6 and ar.result == 6
+    finally:
+        cluster.stop_cluster_sync()
+    assert_gone(cluster.launcher.pids)
+
+
+def test_controller_on_all_interfaces_lists_every_address():
+    # No engines here: they would dial the machine's own non-loopback address, and tests
+    # send traffic to loopback only.
+    cluster = mpihub.Cluster(n=0, controller_ip="0.0.0.0")
+    cluster.start_cluster_sync()
+    try:
+        for path in (cluster.client_file, cluster.engine_file):
+            info = json.loads(path.read_text())
+            for channel, urls in info["candidates"].items():
+                port = info[channel].rsplit(":", 1)[1]
+                assert f"tcp://127.0.0.1:{port}" in urls and info[channel] == urls[0]
+        engine_info = json.loads(cluster.engine_file.read_text())
+        assert engine_info["engine_bind_ip"] == "*"
+        info = json.loads(cluster.client_file.read_text())
+        info["candidates"]["client"] = [u for u in info["candidates"]["client"] if "127.0.0.1" in u]
+        info["client"] = info["candidates"]["client"][0]
+        with mpihub.Client(info) as rc:
+            assert rc.ids == [] and rc.queue_status() == {"unassigned": 0}
+    finally:
+        cluster.stop_cluster_sync()
+    assert_gone(cluster.launcher.pids)

@@ -274,3 +274,19 @@ def test_iterating_results(rc):
     ar = rc[:].apply_async(lambda: 7)
     assert list(ar) == [7, 7]
     assert list(rc[0].apply_async(lambda: 8)) == [8]
+
+
+def test_waiting_inside_a_done_callback_is_refused(rc):
+    slow = rc[0].apply_async(time.sleep, 1)
+    seen = []
+
+    def callback(ar):
+        try:
+            slow.get(timeout=5)
+        except RuntimeError as exc:
+            seen.append(str(exc))
+
+    quick = rc[1].apply_async(lambda: 1)
+    quick.add_done_callback(callback)
+    assert rc.wait([quick, slow], timeout=10)
+    assert seen and "done-callback" in seen[0]

@@ -89,3 +89,14 @@ def test_store_releases_oldest_payloads_past_its_limit():
     assert store.get("a") is None and store.get("b") == "B" and store.nbytes == 80
     store.put("b", "B2", 10)  # replacing re-counts
     assert store.nbytes == 60 and len(store) == 2
+
+
+def test_finished_records_are_bounded_oldest_first():
+    hub = Hub(store_limit=1 << 20, record_limit=2)
+    hub.register_engine(b"e", None, {}, 0.0)
+    for i in range(4):
+        hub.submit(f"m{i}", "direct", b"c", 0, 0.0, ["r"], 1)
+    for i in range(3):
+        hub.finish(f"m{i}", 0, {"st": "ok"}, ["x"], 1, 9.0)
+    assert sorted(hub.tasks) == ["m1", "m2", "m3"]  # m0 forgotten; unfinished m3 kept
+    assert hub.reply_frames("m0") is None and hub.tasks["m2"].received == 9.0

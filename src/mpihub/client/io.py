@@ -108,6 +108,7 @@ class IOThread(threading.Thread):
         self._owner = threading.Lock()  # held by whichever thread is using the sockets
         self._turn = threading.Condition()  # hands the sockets between the IO thread and a borrower
         self._borrowed = False
+        self._owner_thread: int | None = None
 
     # -- called from user threads -------------------------------------------------------
 
@@ -157,7 +158,10 @@ class IOThread(threading.Thread):
         """
         if event.is_set():
             return True
-        if threading.current_thread() is self or not self._running:
+        if self._owner_thread == threading.get_ident():
+            raise RuntimeError("a result cannot be waited for inside a done-callback or await hook, which "
+                               "run on the thread that receives results; wait in your own code instead")
+        if not self._running:
             return event.wait(timeout)
         with self._turn:
             if self._borrowed:
@@ -171,12 +175,14 @@ class IOThread(threading.Thread):
             with self._wake_lock:
                 self._wake_out.send(b"")  # the IO thread leaves its poll and steps aside
             with self._owner:
+                self._owner_thread = threading.get_ident()
                 while not event.is_set() and self._running:
                     left = None if deadline is None else deadline - time.monotonic()
                     if left is not None and left <= 0:
                         break
                     self._poll_once(left)
         finally:
+            self._owner_thread = None
             with self._turn:
                 self._borrowed = False
                 self._turn.notify_all()
@@ -191,7 +197,9 @@ class IOThread(threading.Thread):
                     while self._borrowed:
                         self._turn.wait()
                 with self._owner:
+                    self._owner_thread = threading.get_ident()
                     self._poll_once(None)
+                    self._owner_thread = None
         finally:
             with self._owner:
                 for link in self.links.values():

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import fnmatch
 import operator
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
 from .store import PayloadStore
 
 TASK_FIELDS = (
-    "msg_id", "queue", "engine_id", "client", "submitted", "started", "completed",
+    "msg_id", "queue", "engine_id", "client", "submitted", "started", "completed", "received",
     "status", "stdout", "stderr", "ename", "resubmitted",
 )
 
@@ -45,7 +46,7 @@ class TaskRecord:
         self.client = client_ident.hex()
         self.submitted = submitted
         self.engine_id = engine_id
-        self.started = self.completed = None
+        self.started = self.completed = self.received = None
         self.status = "pending"
         self.stdout = self.stderr = ""
         self.ename = None
@@ -58,7 +59,12 @@ class TaskRecord:
 
 
 class Hub:
-    def __init__(self, store_limit: int):
+    """``store_limit`` bounds payload bytes kept; ``record_limit`` the finished task
+    records kept (the oldest are forgotten first)."""
+
+    def __init__(self, store_limit: int, record_limit: int = 1_000_000):
+        self.record_limit = record_limit
+        self._finished: OrderedDict[str, None] = OrderedDict()
         self.engines: dict[int, EngineRecord] = {}
         self.by_uuid: dict[bytes, int] = {}
         self.clients: set[bytes] = set()
@@ -129,12 +135,22 @@ class Hub:
             self.unassigned -= 1
         record.started = header.get("started")
         record.completed = header.get("completed") or now
+        record.received = now
         record.status = header.get("st", "ok")
         record.stdout = header.get("out", "")
         record.stderr = header.get("err", "")
         record.ename = header.get("ename")
         self.store.put((msg_id, "reply"), reply, nbytes)
+        self._finished[msg_id] = None
+        while len(self._finished) > self.record_limit:
+            self._forget(self._finished.popitem(last=False)[0])
         return record
+
+    def _forget(self, msg_id: str) -> None:
+        self.tasks.pop(msg_id, None)
+        self._finished.pop(msg_id, None)
+        self.store.drop((msg_id, "request"))
+        self.store.drop((msg_id, "reply"))
 
     def reply_frames(self, msg_id: str) -> Any | None:
         return self.store.get((msg_id, "reply"))
@@ -177,9 +193,7 @@ class Hub:
             chosen += [m for m, rec in self.tasks.items() if rec.engine_id in engines]
             chosen = [m for m in dict.fromkeys(chosen) if self.tasks[m].completed is not None]
         for msg_id in chosen:
-            del self.tasks[msg_id]
-            self.store.drop((msg_id, "request"))
-            self.store.drop((msg_id, "reply"))
+            self._forget(msg_id)
         return chosen
 
 

@@ -38,7 +38,7 @@ class Controller:
         self.profile_dir = profile_dir
         self.key = key or secrets.token_hex(32)
         self.signer = wire.Signer(self.key)
-        self.hub = Hub(config.STORE_BYTES)
+        self.hub = Hub(config.STORE_BYTES, config.MAX_RECORDS)
         self.scheduler = SCHEDULERS[scheduler](config.SCHEDULER_HWM)
         self.scheduler_name = scheduler
         self._waiting_frames: dict[str, list] = {}  # queued load-balanced requests
