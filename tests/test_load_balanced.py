@@ -188,3 +188,27 @@ def test_client_wait_all(rc):
     slow = rc[0].apply_async(time.sleep, 1)
     assert rc.wait([slow], timeout=0.05) is False
     assert rc.wait([slow.msg_ids[0]], timeout=10)
+
+
+def test_lb_remote_and_parallel_decorators(rc):
+    lbview = rc.load_balanced_view()
+
+    @lbview.remote(block=True)
+    def add(a, b):
+        return a + b
+
+    @lbview.parallel(block=True)
+    def square(x):
+        return x * x
+
+    assert add(2, 3) == 5
+    assert square(range(6)) == [0, 1, 4, 9, 16, 25]
+
+
+def test_get_result_of_own_tasks_in_flight_and_done(rc):
+    done = rc[0].apply_async(lambda: "done")
+    done.get(timeout=10)
+    running = rc[1].apply_async(lambda: time.sleep(0.5) or "running")
+    both = rc.get_result(done.msg_ids + running.msg_ids)
+    assert both.get(timeout=10) == ["done", "running"]
+    assert rc.get_result(running.msg_ids[0]) is running

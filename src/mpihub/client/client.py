@@ -65,6 +65,7 @@ class Client:
         self._engines_changed = threading.Condition()
         self._pending: dict[str, tuple[AsyncResult, int]] = {}
         self._queries: dict[str, _QuerySlot] = {}
+        self._also_deliver: dict[str, list[tuple[AsyncResult, int]]] = {}  # get_result of own pending tasks
         self._results: weakref.WeakValueDictionary[str, AsyncResult] = weakref.WeakValueDictionary()
         self._closed = False
         receiving, sending, engines = self._connect(timeout)
@@ -120,9 +121,13 @@ class Client:
         """Runs on the IO thread for every verified message from the controller."""
         kind = msg.header["t"]
         if kind == "reply":
-            slot = self._pending.pop(msg.header.get("id"), None)
+            msg_id = msg.header.get("id")
+            slot = self._pending.pop(msg_id, None)
             if slot is not None:
                 slot[0]._deliver(slot[1], msg)
+            if self._also_deliver:
+                for ar, index in self._also_deliver.pop(msg_id, ()):
+                    ar._deliver(index, msg)
         elif kind == "query_reply":
             query = self._queries.pop(msg.header.get("rid"), None)
             if query is not None:
@@ -311,22 +316,25 @@ class Client:
         if len(ids) == 1 and known[0] is not None and known[0].msg_ids == ids:
             return known[0]
         ar = AsyncResult(self, ids, fname="get_result", single=isinstance(indices_or_msg_ids, str))
+        missing = []
         for index, msg_id in enumerate(ids):
             local = self._results.get(msg_id)
-            if local is not None and local.ready():
-                ar._deliver(index, local._replies[local.msg_ids.index(msg_id)][0])
+            reply = local._replies[local.msg_ids.index(msg_id)] if local is not None else None
+            if reply is not None:
+                ar._deliver(index, reply[0])
+            elif msg_id in self._pending:  # still running for this client: share its reply
+                self._also_deliver.setdefault(msg_id, []).append((ar, index))
             else:
-                self._pending.setdefault(msg_id, (ar, index))
-        missing = [m for i, m in enumerate(ids) if ar._replies[i] is None and self._pending.get(m, (None,))[0] is ar]
+                self._pending[msg_id] = (ar, index)
+                missing.append(msg_id)
         if missing:
             outcome = self._query("result", ids=missing)
             gone = {m: "unknown to the controller" for m in outcome["unknown"]}
             gone.update({m: "purged from the controller's store" for m in outcome["purged"]})
             gone.update({m: "its data went straight to the client that submitted it" for m in outcome.get("direct", ())})
             if gone:
-                for msg_id in ids:
-                    if self._pending.get(msg_id, (None,))[0] is ar:
-                        del self._pending[msg_id]
+                for msg_id in missing:
+                    self._pending.pop(msg_id, None)
                 raise KeyError("no result for " + ", ".join(f"{m!r} ({why})" for m, why in gone.items()))
         if block:
             return ar.get()

@@ -24,16 +24,14 @@ class RemoteFunction:
 class ParallelFunction(RemoteFunction):
     """Calling it maps the wrapped function over its sequence arguments."""
 
-    def __init__(self, view, f: Callable, dist: str = "b", block: bool | None = None, **flags):
+    def __init__(self, view, f: Callable, map_options: dict, block: bool | None = None, **flags):
         super().__init__(view, f, block=block, **flags)
-        self.dist = dist
+        self.map_options = map_options
 
     def __call__(self, *seqs) -> Any:
         block = self.view.block if self.block is None else self.block
         with self.view.temp_flags(**self.flags):
-            if hasattr(self.view, "_single"):
-                return self.view.map(self.func, *seqs, block=block, dist=self.dist)
-            return self.view.map(self.func, *seqs, block=block)
+            return self.view.map(self.func, *seqs, block=block, **self.map_options)
 
     def map(self, *seqs) -> Any:
         return self(*seqs)

@@ -22,9 +22,6 @@ from . import partition
 from .asyncresult import AsyncMapResult, AsyncResult
 from .remotefunction import ParallelFunction, RemoteFunction
 
-_FLAGS = ("block", "track")
-
-
 @functools.lru_cache(maxsize=None)
 def _payload_of(f: Callable) -> tuple[bytes, list]:
     """Serialized helper from :mod:`mpihub.engine.ops` (pickled by reference, cached)."""
@@ -33,6 +30,8 @@ def _payload_of(f: Callable) -> tuple[bytes, list]:
 
 class View:
     """What both views share: flags, apply/map spellings and waiting."""
+
+    flag_names: tuple[str, ...] = ("block", "track")
 
     def __init__(self, client, targets):
         self.client = client
@@ -44,12 +43,9 @@ class View:
 
     def set_flags(self, **flags) -> None:
         for name, value in flags.items():
-            if name not in self._flag_names():
-                raise KeyError(f"{type(self).__name__} has no flag {name!r}; flags: {sorted(self._flag_names())}")
+            if name not in self.flag_names:
+                raise KeyError(f"{type(self).__name__} has no flag {name!r}; flags: {sorted(self.flag_names)}")
             setattr(self, name, value)
-
-    def _flag_names(self) -> tuple[str, ...]:
-        return _FLAGS
 
     @contextlib.contextmanager
     def temp_flags(self, **flags) -> Iterator["View"]:
@@ -107,7 +103,11 @@ class View:
 
     def parallel(self, dist: str = "b", block: bool | None = None, **flags) -> Callable[[Callable], ParallelFunction]:
         """Decorator: calling the function maps it over its (partitioned) arguments."""
-        return lambda f: ParallelFunction(self, f, dist=dist, block=block, **flags)
+        return lambda f: ParallelFunction(self, f, self._map_options(dist), block=block, **flags)
+
+    def _map_options(self, dist: str) -> dict:
+        """Keyword arguments of this view's ``map`` that ``parallel`` passes on."""
+        return {}
 
 
 def _check_callable(f: Callable) -> None:
@@ -129,6 +129,9 @@ class DirectView(View):
 
     def _abort_targets(self):
         return self._targets
+
+    def _map_options(self, dist: str) -> dict:
+        return {"dist": dist}
 
     def _send(self, kind: str, content: bytes, buffers: list, extra: dict, targets, track, fname: str,
               postprocess=None) -> AsyncResult:
