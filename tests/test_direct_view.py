@@ -290,3 +290,27 @@ def test_waiting_inside_a_done_callback_is_refused(rc):
     quick.add_done_callback(callback)
     assert rc.wait([quick, slow], timeout=10)
     assert seen and "done-callback" in seen[0]
+
+
+def test_blocking_calls_from_many_threads(rc):
+    """Each thread's blocking calls use its own socket; async results still flow."""
+    import threading
+
+    results, failures = {}, []
+    pending = rc[:].apply_async(lambda: time.sleep(0.3) or "async")
+
+    def worker(n):
+        try:
+            results[n] = [rc[n % 2].apply_sync(lambda x: x * 10, n) for _ in range(30)]
+            results[n].append(rc.load_balanced_view().map_sync(lambda x: -x, [n, n]))
+        except Exception as exc:  # noqa: BLE001 - reported below
+            failures.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not failures
+    assert results == {n: [n * 10] * 30 + [[-n, -n]] for n in range(4)}
+    assert pending.get(timeout=10) == ["async", "async"]

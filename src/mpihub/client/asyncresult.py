@@ -67,6 +67,7 @@ class AsyncResult:
         self._arrived = threading.Condition()
         self._callbacks: list[Callable[[AsyncResult], None]] = []
         self._result: Any = _MISSING
+        self._local = None  # the caller's own socket, for a blocking call
         self._submitted = time.time()
         if not self.msg_ids:
             self._event.set()
@@ -92,7 +93,11 @@ class AsyncResult:
 
     def wait(self, timeout: float | None = -1) -> bool:
         """Wait for every reply; True if all came within ``timeout`` seconds (-1/None: forever)."""
-        return self._client._io.wait_for(self._event, None if timeout is None or timeout < 0 else timeout)
+        limit = None if timeout is None or timeout < 0 else timeout
+        local = self._local
+        if local is not None and local.thread == threading.get_ident() and not self._event.is_set():
+            return self._client._wait_local(local, self._event, limit)
+        return self._client._io.wait_for(self._event, limit)
 
     def get(self, timeout: float | None = -1) -> Any:
         """The result; raises the remote error, or TimeoutError (retrievable later)."""

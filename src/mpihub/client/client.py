@@ -21,7 +21,7 @@ import zmq
 from .. import config, errors
 from ..protocol import connection, wire
 from .asyncresult import AsyncResult
-from .io import IOThread, Sender
+from .io import IOThread, LocalSender, Sender
 
 
 class _QuerySlot:
@@ -70,6 +70,9 @@ class Client:
         self._closed = False
         receiving, sending, engines = self._connect(timeout)
         self._sender = Sender(sending)
+        self._url = sending.getsockopt_string(zmq.LAST_ENDPOINT)
+        self._thread_local = threading.local()
+        self._local_senders: list[LocalSender] = []
         self._data_identity = f"client-{self._session}-d".encode()
         self._io = IOThread(self._context, receiving, self._signer, self._data_identity, self._on_message)
         for engine in engines:
@@ -149,20 +152,63 @@ class Client:
         if len(self._io.links) < config.MAX_DATA_LINKS:
             self._io.link(engine["id"], engine.get("data") or [])
 
-    def _send(self, header: dict, content: bytes = b"", buffers: list = (), track: bool = False):
+    def _send(self, header: dict, content: bytes = b"", buffers: list = (), track: bool = False,
+              sender: Sender | None = None):
         if self._closed:
             raise RuntimeError("this Client is closed")
         frames = wire.pack(self._signer, header, content, buffers)
-        return self._sender.send(frames, zero_copy=bool(buffers), track=track)
+        return (sender or self._sender).send(frames, zero_copy=bool(buffers), track=track)
+
+    def _local_sender(self) -> "LocalSender":
+        """This thread's own socket for blocking calls (made on first use)."""
+        local = getattr(self._thread_local, "sender", None)
+        if local is None:
+            sock = self._context.socket(zmq.DEALER)
+            sock.routing_id = f"client-{self._session}-t{next(self._counter)}".encode()
+            sock.linger = 1000
+            sock.connect(self._url)
+            local = self._thread_local.sender = LocalSender(sock)
+            with self._engines_changed:
+                self._local_senders.append(local)
+        return local
+
+    def _wait_local(self, local: "LocalSender", event: threading.Event, timeout: float | None) -> bool:
+        """Read this thread's socket until ``event`` is set: replies to blocking calls."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        sock = local.sock
+        while not event.is_set():
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                return False
+            if not sock.poll(None if left is None else left * 1000):
+                continue
+            while sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+                try:
+                    msg = wire.unpack(self._signer, wire.recv(sock))
+                except wire.ProtocolError:
+                    continue
+                token = msg.header.get("bulk")
+                if token is not None:
+                    msg = self._io.complete_bulk(msg, token)
+                self._on_message(msg)
+        return True
 
     def _submit(self, header: dict, content: bytes, buffers: list, ar: AsyncResult, offset: int = 0,
-                track: bool = False):
-        """Register reply slots for ``ar`` and send; returns the outgoing item."""
+                track: bool = False, sync: bool = False):
+        """Register reply slots for ``ar`` and send; returns the send's tracker, if any.
+
+        A ``sync`` request (its caller blocks on the result) goes out on the calling
+        thread's own socket, so its reply comes back there and is read by the thread that
+        waits for it, with no other thread involved.
+        """
         pending, results = self._pending, self._results
         ids = header["ids"] if "ids" in header else (header["id"],)
         for index, msg_id in enumerate(ids):
             pending[msg_id] = (ar, offset + index)
             results[msg_id] = ar
+        sender = self._sender
+        if sync:
+            sender = ar._local = self._local_sender()
         if self._io.links:
             header["rb"] = self._data_identity  # engines may send large results straight back
             targets = header.get("tg")
@@ -170,9 +216,9 @@ class Client:
                     and sum(memoryview(b).nbytes for b in buffers) >= config.BULK_THRESHOLD
                     and self._io.linked(targets[0], wait=True)):
                 header["bulk"] = ids[0]
-                self._send(header, content)
+                self._send(header, content, sender=sender)
                 return self._io.send_bulk(targets[0], ids[0], buffers)
-        return self._send(header, content, buffers, track)
+        return self._send(header, content, buffers, track, sender)
 
     def _query(self, op: str, timeout: float = 30, **args) -> Any:
         rid = self._new_id()
@@ -413,6 +459,8 @@ class Client:
         finally:
             self._closed = True
             self._sender.close()
+            for local in self._local_senders:
+                local.close()
             self._io.stop()
 
     def __enter__(self) -> "Client":

@@ -47,6 +47,14 @@ class Sender:
             self.sock.close(linger=1000)
 
 
+class LocalSender(Sender):
+    """A thread's own socket for its blocking calls: it sends there and reads the reply."""
+
+    def __init__(self, sock: zmq.Socket):
+        super().__init__(sock)
+        self.thread = threading.get_ident()
+
+
 class DeferredTracker:
     """Tracks a send the IO thread makes later: done once it is made and complete."""
 
@@ -94,6 +102,8 @@ class IOThread(threading.Thread):
         self._pending: set[Link] = set()  # links waiting for their hello answer
         self._commands: deque = deque()
         self._bulk: dict[str, list] = {}  # buffers that came before their reply
+        self._bulk_waiters: dict[str, threading.Event] = {}  # blocking callers waiting for buffers
+        self._bulk_lock = threading.Lock()
         self._parked: dict[str, tuple[wire.Message, float]] = {}  # replies waiting for their buffers
         self._wake_lock = threading.Lock()
         wake_url = f"inproc://mpihub-client-wake-{id(self)}"
@@ -281,6 +291,24 @@ class IOThread(threading.Thread):
                 self._close(link)
                 self._connect(link)  # the next candidate, or down when none is left
 
+    def complete_bulk(self, reply: wire.Message, token: str) -> wire.Message:
+        """The reply with its direct-link buffers, for a reply read by a blocking caller."""
+        with self._bulk_lock:
+            buffers = self._bulk.pop(token, None)
+            if buffers is None:
+                waiter = self._bulk_waiters[token] = threading.Event()
+        if buffers is None:
+            self.wait_for(waiter, config.BULK_TIMEOUT)
+            with self._bulk_lock:
+                self._bulk_waiters.pop(token, None)
+                buffers = self._bulk.pop(token, None)
+        if buffers is None:
+            header = {"t": "reply", "id": reply.header.get("id"), "eng": reply.header.get("eng"), "st": "error",
+                      "ename": "BulkMissing", "tb": "",
+                      "evalue": f"the result data did not arrive over the direct link within {config.BULK_TIMEOUT:g} s"}
+            return wire.Message(header, b"", [], [])
+        return wire.Message(reply.header, reply.content, buffers, reply.frames)
+
     def _expire_parked(self) -> None:
         """A reply whose direct-link data never came becomes an error, not a hang."""
         now = time.monotonic()
@@ -308,7 +336,11 @@ class IOThread(threading.Thread):
                 token = msg.header["tok"]
                 parked = self._parked.pop(token, None)
                 if parked is None:
-                    self._bulk[token] = msg.buffers
+                    with self._bulk_lock:
+                        self._bulk[token] = msg.buffers
+                        waiter = self._bulk_waiters.pop(token, None)
+                    if waiter is not None:
+                        waiter.set()
                 else:
                     reply = parked[0]
                     self._deliver(wire.Message(reply.header, reply.content, msg.buffers, reply.frames))
@@ -326,13 +358,15 @@ class IOThread(threading.Thread):
             if msg.type == "reply":
                 token = msg.header.get("bulk")
                 if token is not None:
-                    buffers = self._bulk.pop(token, None)
+                    with self._bulk_lock:
+                        buffers = self._bulk.pop(token, None)
                     if buffers is None:
                         self._parked[token] = (msg, time.monotonic() + config.BULK_TIMEOUT)
                         continue
                     msg = wire.Message(msg.header, msg.content, buffers, msg.frames)
                 elif self._bulk:
-                    self._bulk.pop(msg.header.get("id"), None)  # a failure replaced a bulk reply
+                    with self._bulk_lock:
+                        self._bulk.pop(msg.header.get("id"), None)  # a failure replaced a bulk reply
             self._deliver(msg)
 
     def _deliver(self, msg: wire.Message) -> None:

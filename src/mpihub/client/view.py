@@ -77,8 +77,11 @@ class View:
     def map_async(self, f: Callable, *seqs, **kwargs) -> AsyncMapResult:
         return self.map(f, *seqs, block=False, **kwargs)
 
+    def _blocking(self, block: bool | None) -> bool:
+        return self.block if block is None else block
+
     def _finish(self, ar: AsyncResult, block: bool | None) -> Any:
-        if self.block if block is None else block:
+        if self._blocking(block):
             return ar.get()
         return ar
 
@@ -134,20 +137,21 @@ class DirectView(View):
         return {"dist": dist}
 
     def _send(self, kind: str, content: bytes, buffers: list, extra: dict, targets, track, fname: str,
-              postprocess=None) -> AsyncResult:
+              sync: bool, postprocess=None) -> AsyncResult:
         engines = self._target_list(targets)
         ids = [self.client._new_id() for _ in engines]
         ar = AsyncResult(self.client, ids, fname=fname, single=self._single(targets), postprocess=postprocess)
         header = {"t": kind, "tg": engines, "ids": ids, **extra}
-        ar._outgoing.append(self.client._submit(header, content, buffers, ar, track=self.track if track is None else track))
+        track = self.track if track is None else track
+        ar._outgoing.append(self.client._submit(header, content, buffers, ar, track=track, sync=sync))
         return ar
 
-    def _call(self, f_payload, args, kwargs, targets=None, track=None, fname="", postprocess=None) -> AsyncResult:
+    def _call(self, f_payload, args, kwargs, targets, track, fname: str, sync: bool, postprocess=None) -> AsyncResult:
         try:
             content, buffers, extra = serialize.serialize_call(f_payload, args, kwargs)
         except Exception as exc:
             raise TypeError(f"cannot serialize the arguments of {fname or 'the call'}: {exc}") from exc
-        return self._send("apply", content, buffers, extra, targets, track, fname, postprocess)
+        return self._send("apply", content, buffers, extra, targets, track, fname, sync, postprocess)
 
     def _apply(self, f, args, kwargs, block=None, track=None, targets=None):
         _check_callable(f)
@@ -156,10 +160,10 @@ class DirectView(View):
             payload = serialize.serialize(f)
         except Exception as exc:
             raise TypeError(f"cannot serialize {name}: {exc}") from exc
-        return self._finish(self._call(payload, args, kwargs, targets, track, name), block)
+        return self._finish(self._call(payload, args, kwargs, targets, track, name, self._blocking(block)), block)
 
     def _op(self, op: Callable, *args, targets=None, block=None, track=None, postprocess=None) -> Any:
-        ar = self._call(_payload_of(op), args, {}, targets, track, op.__name__, postprocess)
+        ar = self._call(_payload_of(op), args, {}, targets, track, op.__name__, self._blocking(block), postprocess)
         return self._finish(ar, block)
 
     # -- code ---------------------------------------------------------------------
@@ -169,7 +173,8 @@ class DirectView(View):
         is the result."""
         if not isinstance(code, str):
             raise TypeError(f"execute needs a str of code, not {type(code).__name__}")
-        ar = self._send("execute", code.encode("utf-8"), [], {"silent": bool(silent)}, targets, False, "execute")
+        ar = self._send("execute", code.encode("utf-8"), [], {"silent": bool(silent)}, targets, False, "execute",
+                        self._blocking(block))
         return self._finish(ar, block)
 
     def run(self, filename: str | os.PathLike, targets=None, block=None) -> Any:
@@ -222,7 +227,8 @@ class DirectView(View):
             op, args = (ops.push_flat, (key, part)) if flatten else (ops.push, ({key: part},))
             content, buffers, extra = serialize.serialize_call(_payload_of(op), args, {})
             header = {"t": "apply", "tg": [engine], "ids": [ids[index]], **extra}
-            ar._outgoing.append(self.client._submit(header, content, buffers, ar, offset=index, track=track))
+            ar._outgoing.append(self.client._submit(header, content, buffers, ar, offset=index, track=track,
+                                                    sync=self._blocking(block)))
         return self._finish(ar, block)
 
     def gather(self, key: str, dist: str = "b", targets=None, block=None, via: str = "auto") -> Any:
@@ -271,7 +277,8 @@ class DirectView(View):
         for index, (engine, args) in enumerate(chunks):
             content, buffers, extra = serialize.serialize_call(payload, args, {})
             header = {"t": "apply", "tg": [engine], "ids": [ids[index]], **extra}
-            ar._outgoing.append(self.client._submit(header, content, buffers, ar, offset=index))
+            ar._outgoing.append(self.client._submit(header, content, buffers, ar, offset=index,
+                                                    sync=self._blocking(block)))
         return self._finish(ar, block)
 
     @contextlib.contextmanager
@@ -348,7 +355,8 @@ class LoadBalancedView(View):
         msg_id = self.client._new_id()
         header = {**self._header(msg_id), **extra}
         ar = AsyncResult(self.client, [msg_id], fname=name, single=True)
-        ar._outgoing.append(self.client._submit(header, content, buffers, ar, track=self.track if track is None else track))
+        track = self.track if track is None else track
+        ar._outgoing.append(self.client._submit(header, content, buffers, ar, track=track, sync=self._blocking(block)))
         return self._finish(ar, block)
 
     def map(self, f: Callable, *seqs, chunksize: int = 1, ordered: bool = True, block=None) -> Any:
@@ -377,7 +385,8 @@ class LoadBalancedView(View):
             chunk = tuple(s[start:start + chunksize] for s in seqs)
             content, buffers, extra = serialize.serialize_call(payload, chunk, {})
             header = {**base, "id": ids[index], **extra}
-            ar._outgoing.append(self.client._submit(header, content, buffers, ar, offset=index))
+            ar._outgoing.append(self.client._submit(header, content, buffers, ar, offset=index,
+                                                    sync=self._blocking(block)))
         return self._finish(ar, block)
 
     def imap(self, f: Callable, *seqs, chunksize: int = 1, ordered: bool = True) -> Iterator[Any]:
