@@ -54,12 +54,12 @@ class AsyncResult:
     """Results of one call, on one engine or many (``msg_ids`` in target order)."""
 
     def __init__(self, client, msg_ids: list[str], fname: str = "", single: bool = False,
-                 outgoing: list | None = None, postprocess: Callable[[list], Any] | None = None):
+                 postprocess: Callable[[list], Any] | None = None):
         self._client = client
         self.msg_ids = list(msg_ids)
         self._fname = fname
         self._single = single
-        self._outgoing = outgoing or []
+        self._outgoing: list = []  # trackers of the sends, for track=True
         self._postprocess = postprocess
         self._replies: list = [None] * len(self.msg_ids)
         self._remaining = len(self.msg_ids)
@@ -72,7 +72,7 @@ class AsyncResult:
         if not self.msg_ids:
             self._event.set()
 
-    # -- filled in by the IO thread ---------------------------------------------------
+    # -- filled in by the thread that receives the replies -------------------------------
 
     def _deliver(self, index: int, msg: wire.Message) -> None:
         if self._replies[index] is not None:
@@ -285,8 +285,8 @@ class AsyncMapResult(AsyncResult):
     """
 
     def __init__(self, client, msg_ids: list[str], chunk_sizes: list[int], fname: str = "",
-                 ordered: bool = True, outgoing: list | None = None, dist: str = "b"):
-        super().__init__(client, msg_ids, fname, outgoing=outgoing)
+                 ordered: bool = True, dist: str = "b"):
+        super().__init__(client, msg_ids, fname)
         self._dist = dist
         self._chunk_sizes = chunk_sizes
         self._ordered = ordered

@@ -72,7 +72,7 @@ class Client:
         self._sender = Sender(sending)
         self._url = sending.getsockopt_string(zmq.LAST_ENDPOINT)
         self._thread_local = threading.local()
-        self._local_senders: list[LocalSender] = []
+        self._local_senders: weakref.WeakSet[LocalSender] = weakref.WeakSet()  # gone with their threads
         self._data_identity = f"client-{self._session}-d".encode()
         self._io = IOThread(self._context, receiving, self._signer, self._data_identity, self._on_message)
         for engine in engines:
@@ -169,7 +169,7 @@ class Client:
             sock.connect(self._url)
             local = self._thread_local.sender = LocalSender(sock)
             with self._engines_changed:
-                self._local_senders.append(local)
+                self._local_senders.add(local)
         return local
 
     def _wait_local(self, local: "LocalSender", event: threading.Event, timeout: float | None) -> bool:
@@ -459,7 +459,7 @@ class Client:
         finally:
             self._closed = True
             self._sender.close()
-            for local in self._local_senders:
+            for local in list(self._local_senders):
                 local.close()
             self._io.stop()
 

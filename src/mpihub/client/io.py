@@ -48,11 +48,16 @@ class Sender:
 
 
 class LocalSender(Sender):
-    """A thread's own socket for its blocking calls: it sends there and reads the reply."""
+    """A thread's own socket for its blocking calls: it sends there and reads the reply.
+    It lives as long as its thread does (the thread-local holds the only strong ref)."""
 
     def __init__(self, sock: zmq.Socket):
         super().__init__(sock)
         self.thread = threading.get_ident()
+
+    def __del__(self):
+        if not self.sock.closed:
+            self.sock.close(linger=0)
 
 
 class DeferredTracker:
