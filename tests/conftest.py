@@ -13,7 +13,7 @@ os.environ.setdefault("MPIHUB_HEARTBEAT_PERIOD", "0.25")
 os.environ.setdefault("MPIHUB_HEARTBEAT_TIMEOUT", "3")
 
 import mpihub  # noqa: E402
-from mpihub.cluster.launchers import pid_alive  # noqa: E402
+from mpihub.process import pid_alive  # noqa: E402
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -177,3 +177,25 @@ def test_controller_on_all_interfaces_lists_every_address():
     finally:
         cluster.stop_cluster_sync()
     assert_gone(cluster.launcher.pids)
+
+
+OWNER_SCRIPT = """
+import time, mpihub
+cluster = mpihub.Cluster(n=1)
+cluster.start_and_connect_sync()
+print(" ".join(str(pid) for pid in cluster.launcher.pids), flush=True)
+time.sleep(300)
+"""
+
+
+def test_cluster_ends_with_a_killed_owner(tmp_path):
+    script = tmp_path / "owner.py"
+    script.write_text(OWNER_SCRIPT)
+    owner = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    try:
+        pids = [int(pid) for pid in owner.stdout.readline().split()]
+        assert len(pids) == 2
+    finally:
+        owner.kill()
+        owner.wait(10)
+    assert_gone(pids, timeout=15)

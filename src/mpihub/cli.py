@@ -22,7 +22,7 @@ def _cmd_controller(args) -> int:
     if args.interface:
         ip = args.interface.split("://")[-1]
     controller = Controller(ip=ip, cluster_id=args.cluster_id, profile_dir=args.profile_dir,
-                            scheduler=args.scheduler)
+                            scheduler=args.scheduler, owner_pid=args.owner_pid)
     controller.start()
     controller.serve_forever()
     return 0
@@ -59,7 +59,7 @@ def _cmd_cluster(args) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     cluster = Cluster(n=args.n, engines=args.engines, cluster_id=args.cluster_id, profile_dir=args.profile_dir,
-                      controller_ip=args.ip)
+                      controller_ip=args.ip, detach=args.daemonize)
     keep_running = False
     try:
         cluster.start_cluster_sync()
@@ -116,6 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ip", default="127.0.0.1", help="address to bind (0.0.0.0 for all interfaces)")
     p.add_argument("--interface", default=None, help="bind this interface address, e.g. tcp://10.0.0.5")
     p.add_argument("--scheduler", default="leastload", help="load-balancing scheme (leastload)")
+    p.add_argument("--owner-pid", type=int, default=None, help="stop when this process is gone")
     common(p)
     p.set_defaults(func=_cmd_controller)
 

@@ -17,7 +17,8 @@ from pathlib import Path
 from .. import config, errors
 from ..client.client import Client
 from ..protocol import connection
-from .launchers import LocalLauncher, pid_alive, stop_pids
+from ..process import pid_alive
+from .launchers import LocalLauncher, stop_pids
 
 log = logging.getLogger("mpihub.cluster")
 
@@ -36,6 +37,8 @@ class Cluster:
                  cluster_id: str | None = None, profile_dir=None, controller_ip: str = "127.0.0.1",
                  controller_args: list[str] | None = None, start_timeout: float = 60,
                  detach: bool = False):
+        """``detach=True`` leaves the cluster running after this process exits (as
+        ``mpihub cluster start --daemonize`` does); otherwise it stops with it."""
         if engines not in ENGINE_KINDS:
             raise ValueError(f"engines must be one of {ENGINE_KINDS}, not {engines!r}")
         if engines != "local" or controller != "local":
@@ -53,7 +56,8 @@ class Cluster:
         self.controller_ip = controller_ip
         self.controller_args = list(controller_args or [])
         self.start_timeout = start_timeout
-        self.launcher = LocalLauncher(self.profile_dir / "log", detach=detach)
+        self.detach = detach
+        self.launcher = LocalLauncher(self.profile_dir / "log")
         self.client: Client | None = None
         self._controller_process = None
 
@@ -87,6 +91,8 @@ class Cluster:
                                f"--cluster-id {self.cluster_id}` or remove the file if it is stale")
         args = ["controller", "--ip", self.controller_ip, "--cluster-id", self.cluster_id,
                 "--profile-dir", str(self.profile_dir), *self.controller_args]
+        if not self.detach:  # the cluster ends with this process, even if it is killed
+            args += ["--owner-pid", str(os.getpid())]
         self._controller_process = self.launcher.start(args, f"controller-{self.cluster_id or 'default'}")
         deadline = time.monotonic() + self.start_timeout
         while not self.client_file.exists():

@@ -12,23 +12,11 @@ import sys
 import time
 from pathlib import Path
 
+from ..process import pid_alive
+
 
 def mpihub_command(*args: str) -> list[str]:
     return [sys.executable, "-m", "mpihub", *args]
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        return stat.rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return True
 
 
 def pid_runs_mpihub(pid: int) -> bool:
@@ -77,9 +65,8 @@ def _reap(pids: list[int]) -> None:
 class LocalLauncher:
     """Runs mpihub processes on this machine, each with its own log file."""
 
-    def __init__(self, log_dir: Path, detach: bool = False):
+    def __init__(self, log_dir: Path):
         self.log_dir = log_dir
-        self.detach = detach
         self.processes: list[subprocess.Popen] = []
 
     def start(self, args: list[str], name: str, env: dict | None = None) -> subprocess.Popen:

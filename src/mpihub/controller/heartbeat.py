@@ -4,7 +4,8 @@ Engines ping every ``period`` seconds from their own heartbeat thread; the monit
 answers each ping at once (engines use the answers to notice a vanished controller)
 and reports an engine silent for ``timeout`` seconds to the controller loop over an
 inproc pair. The same socket carries control messages (abort, shutdown) to engines,
-which their heartbeat thread handles while the engine is busy with a task.
+which their heartbeat thread handles while the engine is busy with a task. With an
+``owner_pid`` it also reports, once a period, when that process has gone away.
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import time
 
 import zmq
 
+from ..process import pid_alive
 from ..protocol import wire
 
 log = logging.getLogger("mpihub.controller.heartbeat")
@@ -21,7 +23,7 @@ log = logging.getLogger("mpihub.controller.heartbeat")
 
 class HeartMonitor(threading.Thread):
     def __init__(self, context: zmq.Context, socket: zmq.Socket, signer: wire.Signer,
-                 pipe_url: str, period: float, timeout: float):
+                 pipe_url: str, period: float, timeout: float, owner_pid: int | None = None):
         super().__init__(name="mpihub-heart-monitor", daemon=True)
         self.context = context
         self.socket = socket
@@ -29,6 +31,7 @@ class HeartMonitor(threading.Thread):
         self.pipe_url = pipe_url
         self.period = period
         self.timeout = timeout
+        self.owner_pid = owner_pid
         self._last_seen: dict[bytes, float] = {}
         self._lock = threading.Lock()
 
@@ -66,6 +69,9 @@ class HeartMonitor(threading.Thread):
                     for uuid in self._silent(now):
                         log.warning("engine %s silent for %.1f s: declaring it dead", uuid.hex(), self.timeout)
                         pipe.send_multipart([b"dead", uuid])
+                    if self.owner_pid is not None and not pid_alive(self.owner_pid):
+                        pipe.send_multipart([b"owner-gone"])
+                        self.owner_pid = None
         finally:
             pipe.close()
 
@@ -93,3 +99,4 @@ class HeartMonitor(threading.Thread):
             for uuid in dead:
                 del self._last_seen[uuid]
         return dead
+

@@ -30,7 +30,7 @@ SCHEDULERS = {"leastload": LeastLoadScheduler}
 
 class Controller:
     def __init__(self, ip: str = "127.0.0.1", cluster_id: str | None = None, profile_dir=None,
-                 scheduler: str = "leastload", key: str | None = None):
+                 scheduler: str = "leastload", key: str | None = None, owner_pid: int | None = None):
         if scheduler not in SCHEDULERS:
             raise ValueError(f"unknown scheduler {scheduler!r}; available: {sorted(SCHEDULERS)}")
         self.ip = ip
@@ -41,6 +41,7 @@ class Controller:
         self.hub = Hub(config.STORE_BYTES, config.MAX_RECORDS)
         self.scheduler = SCHEDULERS[scheduler](config.SCHEDULER_HWM)
         self.scheduler_name = scheduler
+        self.owner_pid = owner_pid
         self._waiting_frames: dict[str, list] = {}  # queued load-balanced requests
         self._reply_to: dict[bytes, bytes] = {}  # a client's sending identity -> its receiving one
         self._files: list[Path] = []
@@ -65,7 +66,7 @@ class Controller:
         pipe_url = f"inproc://heart-{id(self)}"
         self.pipe.bind(pipe_url)
         self.monitor = HeartMonitor(ctx, self.heart_sock, self.signer, pipe_url,
-                                    config.HEARTBEAT_PERIOD, config.HEARTBEAT_TIMEOUT)
+                                    config.HEARTBEAT_PERIOD, config.HEARTBEAT_TIMEOUT, self.owner_pid)
         self.monitor.start()
         self._write_connection_files(ports)
         log.info("controller %s listening on %s (scheduler %s, pid %d)",
@@ -408,7 +409,11 @@ class Controller:
             self._fail(msg_id, None, "error", "EngineError", f"engine {engine_id} {why}; no other engine may run this task")
 
     def _on_pipe(self, frames: list) -> None:
-        event, uuid = frames[0].bytes, frames[1].bytes
-        engine_id = self.hub.by_uuid.get(uuid)
+        event = frames[0].bytes
+        if event == b"owner-gone":
+            log.warning("owner process %s is gone; shutting down", self.owner_pid)
+            self._stopping = True
+            return
+        engine_id = self.hub.by_uuid.get(frames[1].bytes)
         if event == b"dead" and engine_id is not None:
             self._engine_gone(engine_id, "stopped sending heartbeats (died)")
