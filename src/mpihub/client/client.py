@@ -14,7 +14,7 @@ import time
 import uuid
 import weakref
 from pathlib import Path
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 
 import zmq
 
@@ -22,6 +22,9 @@ from .. import config, errors
 from ..protocol import connection, wire
 from .asyncresult import AsyncResult
 from .io import IOThread, LocalSender, Sender
+
+if TYPE_CHECKING:
+    from .view import DirectView, LoadBalancedView
 
 
 class _QuerySlot:
@@ -68,9 +71,8 @@ class Client:
         self._also_deliver: dict[str, list[tuple[AsyncResult, int]]] = {}  # get_result of own pending tasks
         self._results: weakref.WeakValueDictionary[str, AsyncResult] = weakref.WeakValueDictionary()
         self._closed = False
-        receiving, sending, engines = self._connect(timeout)
+        receiving, sending, self._url, engines = self._connect(timeout)
         self._sender = Sender(sending)
-        self._url = sending.getsockopt_string(zmq.LAST_ENDPOINT)
         self._thread_local = threading.local()
         self._local_senders: weakref.WeakSet[LocalSender] = weakref.WeakSet()  # gone with their threads
         self._data_identity = f"client-{self._session}-d".encode()
@@ -82,7 +84,7 @@ class Client:
 
     # -- connection -------------------------------------------------------------------
 
-    def _connect(self, timeout: float) -> tuple[zmq.Socket, zmq.Socket, list]:
+    def _connect(self, timeout: float) -> tuple[zmq.Socket, zmq.Socket, str, list]:
         """Say hello on each candidate address in turn; the first that answers wins.
 
         The hello goes out on the receiving socket and names the sending socket's
@@ -111,7 +113,7 @@ class Client:
                     sending.routing_id = send_as.encode()
                     sending.linger = 1000
                     sending.connect(url)
-                    return sock, sending, msg.header["engines"]
+                    return sock, sending, url, msg.header["engines"]
             sock.close()
         raise errors.TimeoutError(
             f"no answer from a controller at {', '.join(urls)} within {timeout:g} s. Is it running, "
@@ -121,7 +123,7 @@ class Client:
         return f"{self._session}-{next(self._counter)}"
 
     def _on_message(self, msg: wire.Message) -> None:
-        """Runs on the IO thread for every verified message from the controller."""
+        """Runs on the receiving thread for every verified message from the controller."""
         kind = msg.header["t"]
         if kind == "reply":
             msg_id = msg.header.get("id")
@@ -182,11 +184,7 @@ class Client:
                 return False
             if not sock.poll(None if left is None else left * 1000):
                 continue
-            while sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
-                try:
-                    msg = wire.unpack(self._signer, wire.recv(sock))
-                except wire.ProtocolError:
-                    continue
+            for msg in wire.pending(sock, self._signer, self._io._drop):
                 token = msg.header.get("bulk")
                 if token is not None:
                     msg = self._io.complete_bulk(msg, token)

@@ -120,6 +120,7 @@ class IOThread(threading.Thread):
         self._poller.register(self.sock, zmq.POLLIN)
         self._poller.register(self._wake_in, zmq.POLLIN)
         self._running = True
+        self._drop = wire.DropLog(log, "the client's sockets")
         self._owner = threading.Lock()  # held by whichever thread is using the sockets
         self._turn = threading.Condition()  # hands the sockets between the IO thread and a borrower
         self._borrowed = False
@@ -326,13 +327,7 @@ class IOThread(threading.Thread):
                 self._deliver(wire.Message(header, b"", [], []))
 
     def _receive_data(self, link: Link) -> None:
-        sock = link.sock
-        while sock is not None and sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
-            try:
-                msg = wire.unpack(self.signer, sock.recv_multipart(copy=False))
-            except wire.ProtocolError as exc:
-                log.warning("dropped message from engine %s's data link: %s", link.engine_id, exc)
-                continue
+        for msg in wire.pending(link.sock, self.signer, self._drop):
             if msg.type == "hello_reply":
                 link.state = "up"
                 link.ready.set()
@@ -351,15 +346,7 @@ class IOThread(threading.Thread):
                     self._deliver(wire.Message(reply.header, reply.content, msg.buffers, reply.frames))
 
     def _receive_replies(self) -> None:
-        for _ in range(1000):
-            if not self.sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
-                return
-            frames = wire.recv(self.sock)
-            try:
-                msg = wire.unpack(self.signer, frames)
-            except wire.ProtocolError as exc:
-                log.warning("dropped message from the controller: %s", exc)
-                continue
+        for msg in wire.pending(self.sock, self.signer, self._drop):
             if msg.type == "reply":
                 token = msg.header.get("bulk")
                 if token is not None:

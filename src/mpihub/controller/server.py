@@ -45,7 +45,8 @@ class Controller:
         self._waiting_frames: dict[str, list] = {}  # queued load-balanced requests
         self._reply_to: dict[bytes, bytes] = {}  # a client's sending identity -> its receiving one
         self._files: list[Path] = []
-        self._dropped = 0
+        self._drop_client = wire.DropLog(log, "the client socket")
+        self._drop_engine = wire.DropLog(log, "the engine socket")
         self._stopping = False
         self.context = zmq.Context()
 
@@ -138,12 +139,6 @@ class Controller:
 
     # -- helpers --------------------------------------------------------------------
 
-    def _drop(self, where: str, reason: object) -> None:
-        """Log and forget a bad message; a flood is logged sparsely."""
-        self._dropped += 1
-        if self._dropped <= 20 or self._dropped % 1000 == 0:
-            log.warning("dropped message on %s socket (%d so far): %s", where, self._dropped, reason)
-
     def _send_client(self, ident: bytes, header: dict, content: bytes = b"") -> None:
         wire.send(self.client_sock, [ident, *wire.pack(self.signer, header, content)])
 
@@ -187,7 +182,7 @@ class Controller:
         try:
             msg = wire.unpack(self.signer, frames[1:])
         except wire.ProtocolError as exc:
-            return self._drop("client", exc)
+            return self._drop_client(exc)
         kind = msg.type
         try:
             if kind in ("apply", "execute"):
@@ -210,9 +205,9 @@ class Controller:
                 for sender in [s for s, r in self._reply_to.items() if r == ident]:
                     del self._reply_to[sender]
             else:
-                self._drop("client", f"unknown message type {kind!r}")
+                self._drop_client(f"unknown message type {kind!r}")
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            self._drop("client", f"malformed {kind!r} request: {exc!r}")
+            self._drop_client(f"malformed {kind!r} request: {exc!r}")
 
     def _submit_direct(self, ident: bytes, msg: wire.Message) -> None:
         targets, ids = msg.header["tg"], msg.header["ids"]
@@ -224,7 +219,7 @@ class Controller:
         nbytes = sum(len(f) for f in msg.frames)
         for engine_id, msg_id in zip(targets, ids):
             if msg_id in self.hub.tasks:
-                self._drop("client", f"duplicate msg_id {msg_id!r}")
+                self._drop_client(f"duplicate msg_id {msg_id!r}")
                 continue
             engine = self.hub.engines.get(engine_id)
             self.hub.submit(msg_id, "direct", ident, engine_id if engine else None, now, msg.frames, nbytes)
@@ -354,7 +349,7 @@ class Controller:
         try:
             msg = wire.unpack(self.signer, frames[1:])
         except wire.ProtocolError as exc:
-            return self._drop("engine", exc)
+            return self._drop_engine(exc)
         kind = msg.type
         engine_id = self.hub.by_uuid.get(uuid)
         try:
@@ -365,15 +360,15 @@ class Controller:
             elif kind == "unregister" and engine_id is not None:
                 self._engine_gone(engine_id, "unregistered")
             else:
-                self._drop("engine", f"unexpected {kind!r} from {'unknown engine' if engine_id is None else engine_id}")
+                self._drop_engine(f"unexpected {kind!r} from {'unknown engine' if engine_id is None else engine_id}")
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            self._drop("engine", f"malformed {kind!r}: {exc!r}")
+            self._drop_engine(f"malformed {kind!r}: {exc!r}")
 
     def _on_reply(self, engine_id: int, msg: wire.Message) -> None:
         msg_id = msg.header["id"]
         record = self.hub.tasks.get(msg_id)
         if record is None or record.completed is not None:
-            return self._drop("engine", f"reply to unknown or finished task {msg_id!r}")
+            return self._drop_engine(f"reply to unknown or finished task {msg_id!r}")
         self._deliver(msg_id, msg.frames)
         self.hub.finish(msg_id, engine_id, msg.header, msg.frames, sum(len(f) for f in msg.frames), time.time())
         if record.queue == "task":

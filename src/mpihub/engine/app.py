@@ -40,6 +40,7 @@ class Engine:
         self.context = zmq.Context()
         self.id: int | None = None
         self._pending_send: zmq.MessageTracker | None = None
+        self._drop = wire.DropLog(log, "the task socket")
 
     def register(self) -> dict:
         self.data = DataLink(self.context, self.signer, self.info.get("engine_bind_ip", "127.0.0.1"))
@@ -93,24 +94,18 @@ class Engine:
 
     def _handle_requests(self, executor: Executor) -> bool:
         """Run every queued request; False once told to shut down."""
-        while self.sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
-            frames = wire.recv(self.sock)
-            try:
-                msg = wire.unpack(self.signer, frames)
-            except wire.ProtocolError as exc:
-                log.warning("dropped message: %s", exc)
-                continue
+        for msg in wire.pending(self.sock, self.signer, self._drop):
             if msg.type == "shutdown":
                 log.info("engine %s stopping: shutdown requested by the controller", self.id)
                 return False
             if msg.type not in ("apply", "execute"):
-                log.warning("dropped message of unknown type %r", msg.type)
+                self._drop(f"unknown type {msg.type!r}")
                 continue
             header = msg.header
             try:
                 msg_id = header["id"] if "id" in header else header["ids"][header["tg"].index(self.id)]
             except (KeyError, ValueError, TypeError, IndexError) as exc:
-                log.warning("dropped malformed request: %r", exc)
+                self._drop(f"malformed request: {exc!r}")
                 continue
             self._run(executor, msg_id, msg)
         return True

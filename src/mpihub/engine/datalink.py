@@ -33,6 +33,7 @@ class DataLink:
         port = self.sock.bind_to_random_port("tcp://*" if bind_ip in ("*", "0.0.0.0") else f"tcp://{bind_ip}")
         self.urls = connection.channel_urls(bind_ip, {"data": port})[1]["data"]
         self._stash: dict[str, tuple[float, list]] = {}
+        self._drop = wire.DropLog(log, "the data link")
 
     def receive_pending(self) -> None:
         """Take in whatever arrived: bulk buffers are stashed, hellos answered."""
@@ -42,7 +43,7 @@ class DataLink:
             try:
                 msg = wire.unpack(self.signer, frames[1:])
             except wire.ProtocolError as exc:
-                log.warning("dropped data-link message: %s", exc)
+                self._drop(exc)
                 continue
             kind = msg.type
             if kind == "bulk" and isinstance(msg.header.get("tok"), str):
@@ -53,7 +54,7 @@ class DataLink:
                 except zmq.ZMQError as exc:  # the client left already
                     log.info("could not answer a data-link hello: %s", exc)
             else:
-                log.warning("dropped data-link message of type %r", kind)
+                self._drop(f"unknown type {kind!r}")
         self._expire()
 
     def take(self, token: str, timeout: float) -> list:

@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from typing import Sequence
+import logging
+from typing import Iterator, Sequence
 
 import msgpack
 import zmq
@@ -125,3 +126,29 @@ def recv(sock: zmq.Socket, flags: int = 0) -> list:
     while frames[-1].more:
         frames.append(sock.recv(0, copy=False))
     return frames
+
+
+class DropLog:
+    """Logs dropped messages: the first 20, then every 1000th, so a flood cannot fill the log."""
+
+    def __init__(self, logger: logging.Logger, where: str):
+        self.logger = logger
+        self.where = where
+        self.count = 0
+
+    def __call__(self, reason: object) -> None:
+        self.count += 1
+        if self.count <= 20 or self.count % 1000 == 0:
+            self.logger.warning("dropped message on %s (%d so far): %s", self.where, self.count, reason)
+
+
+def pending(sock: zmq.Socket, signer: Signer, drop: DropLog) -> Iterator[Message]:
+    """The verified messages waiting on ``sock`` (not a ROUTER); bad ones go to ``drop``."""
+    while sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+        frames = recv(sock)
+        try:
+            msg = unpack(signer, frames)
+        except ProtocolError as exc:
+            drop(exc)
+            continue
+        yield msg
