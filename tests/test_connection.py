@@ -40,3 +40,11 @@ def test_candidates_cover_every_address():
     assert primary["client"] == candidates["client"][0]
     primary, candidates = connection.channel_urls("127.0.0.1", {"client": 5555})
     assert candidates["client"] == ["tcp://127.0.0.1:5555"]
+
+
+def test_interface_names_and_addresses_resolve():
+    assert connection.interface_ip("lo") == "127.0.0.1"
+    assert connection.interface_ip("tcp://127.0.0.1") == "127.0.0.1"
+    assert connection.interface_ip("10.1.2.3") == "10.1.2.3"
+    with pytest.raises(ValueError, match="no-such-if"):
+        connection.interface_ip("no-such-if")

@@ -17,10 +17,9 @@ def _setup_logging(level: str) -> None:
 
 def _cmd_controller(args) -> int:
     from .controller.server import Controller
+    from .protocol import connection
 
-    ip = args.ip
-    if args.interface:
-        ip = args.interface.split("://")[-1]
+    ip = connection.interface_ip(args.interface) if args.interface else args.ip
     controller = Controller(ip=ip, cluster_id=args.cluster_id, profile_dir=args.profile_dir,
                             scheduler=args.scheduler, owner_pid=args.owner_pid)
     controller.start()
@@ -114,7 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = commands.add_parser("controller", help="run a controller (Hub + schedulers)")
     p.add_argument("--ip", default="127.0.0.1", help="address to bind (0.0.0.0 for all interfaces)")
-    p.add_argument("--interface", default=None, help="bind this interface address, e.g. tcp://10.0.0.5")
+    p.add_argument("--interface", default=None, help="bind this interface: a name (ib0) or address (tcp://10.0.0.5)")
     p.add_argument("--scheduler", default="leastload", help="load-balancing scheme (leastload)")
     p.add_argument("--owner-pid", type=int, default=None, help="stop when this process is gone")
     common(p)

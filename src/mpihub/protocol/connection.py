@@ -74,6 +74,26 @@ def check(info: dict, source: str = "connection info") -> dict:
     return info
 
 
+def interface_ip(interface: str) -> str:
+    """The IPv4 address to bind for ``--interface``: an address (``10.0.0.5``,
+    ``tcp://10.0.0.5``) as given, or a network interface name (``ib0``, ``lo``) resolved."""
+    name = interface.split("://", 1)[-1]
+    try:
+        socket.inet_aton(name)
+        return name
+    except OSError:
+        pass
+    import fcntl
+    import struct
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            packed = fcntl.ioctl(probe.fileno(), 0x8915, struct.pack("256s", name.encode()[:15]))  # SIOCGIFADDR
+        except OSError as exc:
+            raise ValueError(f"no IPv4 address for network interface {name!r}: {exc}") from None
+    return socket.inet_ntoa(packed[20:24])
+
+
 def candidate_ips(bind_ip: str) -> list[str]:
     """Every address a peer might reach ``bind_ip`` at, best guess first."""
     if bind_ip not in ("0.0.0.0", "*"):
