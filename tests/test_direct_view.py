@@ -158,6 +158,7 @@ def test_execute_and_run(rc, tmp_path):
     assert dview.execute("e = 2 * 21", block=True) == [None, None]
     assert dview.pull("e", block=True) == [42, 42]
     assert dview.execute("e + 1", silent=False, block=True) == [43, 43]
+    assert dview.execute("positional = 1", [0], True) == [None]  # (code, targets, block) as in ipyparallel
     script = tmp_path / "script.py"
     script.write_text("from_script = 'yes'\n")
     dview.run(script, block=True)
@@ -268,6 +269,15 @@ def test_await_async_result(rc):
         return await rc[0].apply_async(lambda: 5)
 
     assert asyncio.run(main()) == 5
+
+
+def test_view_wait_covers_its_own_results(rc):
+    dview, other = rc[0], rc[1]
+    mine = [dview.apply_async(time.sleep, 0.3) for _ in range(2)]
+    theirs = other.apply_async(time.sleep, 2)
+    assert dview.wait(timeout=10)
+    assert all(ar.ready() for ar in mine) and not theirs.ready()
+    assert other.wait(timeout=10) and theirs.ready()
 
 
 def test_iterating_results(rc):

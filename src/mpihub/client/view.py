@@ -11,6 +11,7 @@ import contextlib
 import functools
 import operator
 import os
+import weakref
 from typing import Any, Callable, Iterator
 
 import numpy as np
@@ -38,6 +39,7 @@ class View:
         self._targets = targets
         self.block = False
         self.track = False
+        self._outstanding: weakref.WeakSet[AsyncResult] = weakref.WeakSet()
 
     # -- flags ------------------------------------------------------------------------
 
@@ -83,12 +85,16 @@ class View:
     def _finish(self, ar: AsyncResult, block: bool | None) -> Any:
         if self._blocking(block):
             return ar.get()
+        self._outstanding.add(ar)
         return ar
 
     def _apply(self, f, args, kwargs, block=None, track=None):
         raise NotImplementedError
 
     def wait(self, jobs=None, timeout: float = -1) -> bool:
+        """Wait for the given results, by default every result this view returned."""
+        if jobs is None:
+            jobs = [ar for ar in list(self._outstanding) if not ar.ready()]
         return self.client.wait(jobs, timeout)
 
     def abort(self, jobs=None, targets=None, block: bool = True) -> None:
@@ -168,7 +174,7 @@ class DirectView(View):
 
     # -- code ---------------------------------------------------------------------
 
-    def execute(self, code: str, silent: bool = True, targets=None, block=None) -> Any:
+    def execute(self, code: str, targets=None, block=None, silent: bool = True) -> Any:
         """Run ``code`` on each engine; with ``silent=False`` the last expression's value
         is the result."""
         if not isinstance(code, str):
