@@ -103,3 +103,31 @@ def test_shutdown_of_some_engines(fresh_cluster):
     assert rc.ids == []
     with pytest.raises(mpihub.NoEnginesRegistered):
         rc.direct_view().apply_sync(lambda: 1)
+
+
+@pytest.mark.timeout(90)
+def test_hub_store_is_bounded(fresh_cluster, monkeypatch):
+    """Payloads the Hub keeps for get_result stay within MPIHUB_STORE_BYTES."""
+    import numpy as np
+
+    monkeypatch.setenv("MPIHUB_STORE_BYTES", str(8 * 1024 * 1024))
+    monkeypatch.setattr(mpihub.config, "MAX_DATA_LINKS", 0)  # results relay through the Hub
+    running = fresh_cluster(2)
+    rc = running.client
+    ars = [rc[:].apply_async(lambda i: np.full(250_000, i), i) for i in range(12)]  # 2 MB results, relayed
+    rc.wait(ars, timeout=60)
+    with mpihub.Client(running.cluster.client_file) as other:
+        with pytest.raises(KeyError, match="purged"):
+            other.get_result(ars[0].msg_ids[0])
+        latest = other.get_result(ars[-1].msg_ids[1]).get(timeout=10)
+        assert latest[0] == 11 and len(latest) == 250_000
+    assert len(rc.db_query({"completed": {"$exists": True}}, keys=["status"])) >= 24
+
+
+@pytest.mark.timeout(60)
+def test_wait_for_engines_shows_progress_and_times_out(fresh_cluster, capsys):
+    running = fresh_cluster(1)
+    running.client.wait_for_engines(1, timeout=5, interactive=True)
+    assert "waiting for engines" in capsys.readouterr().err
+    with pytest.raises(mpihub.TimeoutError, match="1 of 3 engines"):
+        running.client.wait_for_engines(3, timeout=0.5, interactive=False)
