@@ -38,7 +38,7 @@ class RunningCluster:
     def __init__(self, n: int, **kwargs):
         self.cluster = mpihub.Cluster(n=n, **kwargs)
         self.client = self.cluster.start_and_connect_sync()
-        self.pids = list(self.cluster.launcher.pids)
+        self.pids = list(self.cluster.launcher.pids) + [e["pid"] for e in self.client._engines.values()]
 
     def stop(self) -> None:
         self.cluster.stop_cluster_sync()

@@ -100,3 +100,17 @@ def test_finished_records_are_bounded_oldest_first():
         hub.finish(f"m{i}", 0, {"st": "ok"}, ["x"], 1, 9.0)
     assert sorted(hub.tasks) == ["m1", "m2", "m3"]  # m0 forgotten; unfinished m3 kept
     assert hub.reply_frames("m0") is None and hub.tasks["m2"].received == 9.0
+
+
+def test_mpi_worlds_get_consecutive_ids_in_rank_order():
+    hub = Hub(store_limit=100)
+    hub.register_engine(b"plain", None, {}, 0.0)  # id 0
+    world = {"mpi_world": "w1", "mpi_size": 3}
+    for rank in (2, 0, 1):  # registration order does not matter
+        hub.register_engine(f"w1-{rank}".encode(), None, {**world, "mpi_rank": rank}, 0.0)
+    assert {hub.by_uuid[f"w1-{r}".encode()]: r for r in range(3)} == {1: 0, 2: 1, 3: 2}
+    hub.register_engine(b"w2-1", None, {"mpi_world": "w2", "mpi_size": 2, "mpi_rank": 1}, 0.0)
+    assert hub.by_uuid[b"w2-1"] == 5  # the second world's block starts after the first
+    assert hub.register_engine(b"late", None, {}, 0.0).id == 6
+    odd = hub.register_engine(b"odd", None, {"mpi_world": "w3", "mpi_size": 2, "mpi_rank": 7}, 0.0)
+    assert odd.id == 7  # a nonsensical rank gets an ordinary id

@@ -30,7 +30,7 @@ def _cmd_controller(args) -> int:
 def _cmd_engine(args) -> int:
     from .engine.app import main
 
-    return main(args.url_file, args.cluster_id, args.profile_dir, args.id, args.timeout)
+    return main(args.url_file, args.cluster_id, args.profile_dir, args.id, args.timeout, use_mpi=args.mpi)
 
 
 def _cmd_cluster(args) -> int:
@@ -58,7 +58,7 @@ def _cmd_cluster(args) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     cluster = Cluster(n=args.n, engines=args.engines, cluster_id=args.cluster_id, profile_dir=args.profile_dir,
-                      controller_ip=args.ip, detach=args.daemonize)
+                      controller_ip=args.ip, detach=args.daemonize, mpiexec=args.mpiexec)
     keep_running = False
     try:
         cluster.start_cluster_sync()
@@ -122,7 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = commands.add_parser("engine", help="run one engine")
     p.add_argument("--url-file", default=None, help="engine connection file")
     p.add_argument("--id", type=int, default=None, help="ask for this engine id")
-    p.add_argument("--mpi", action="store_true", help="(MPI engines are not available in this version)")
+    p.add_argument("--mpi", action="store_true", help="one engine per MPI rank (run under mpiexec/srun)")
     p.add_argument("--timeout", type=float, default=30, help="seconds to wait for file and controller")
     common(p)
     p.set_defaults(func=_cmd_engine)
@@ -130,7 +130,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = commands.add_parser("cluster", help="start, stop or list clusters")
     p.add_argument("action", choices=["start", "stop", "list"])
     p.add_argument("-n", type=int, default=None, help="number of engines (default: one per core)")
-    p.add_argument("--engines", default="local", help="local (mpi, slurm, pbs: later versions)")
+    p.add_argument("--engines", default="local", help="local or mpi (slurm, pbs: later versions)")
+    p.add_argument("--mpiexec", default=None, help="mpiexec to use for --engines mpi (default $MPIHUB_MPIEXEC "
+                   "or the one beside this Python)")
     p.add_argument("--ip", default="127.0.0.1", help="controller address to bind")
     p.add_argument("--daemonize", action="store_true", help="return once started, leave the cluster running")
     common(p)
@@ -146,9 +148,6 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _setup_logging(args.log_level)
-    if getattr(args, "mpi", False):
-        print("mpihub engine --mpi: MPI engines are not available in this version", file=sys.stderr)
-        return 2
     try:
         return args.func(args)
     except KeyboardInterrupt:

@@ -59,8 +59,37 @@ def main(n: int = 4) -> int:
         print(f"    -> {total}")
 
         ok = np.allclose(product, A @ B) and np.array_equal(gathered, 2 * data) and pulled == [5] * n
-    print(f"cluster stopped; demo {'succeeded' if ok else 'FAILED'} in {time.perf_counter() - started:.2f} s")
+    print("cluster stopped")
+    ok = mpi_demo(n) and ok
+    print(f"demo {'succeeded' if ok else 'FAILED'} in {time.perf_counter() - started:.2f} s")
     return 0 if ok else 1
+
+
+def rank_sum() -> int:
+    """Runs on every rank at once: a collective sum of rank + 1 over the engines' world."""
+    from mpi4py import MPI
+
+    import mpihub.engine
+
+    return mpihub.engine.comm.allreduce(mpihub.engine.rank + 1, op=MPI.SUM)
+
+
+def mpi_demo(n: int) -> bool:
+    """The same engines as one MPI job: ids follow ranks, functions may call MPI."""
+    try:
+        import mpi4py  # noqa: F401
+    except ImportError:
+        print("mpi4py is not installed: skipping the MPI part (pip install 'mpihub[mpi]')")
+        return True
+    print(f"starting a controller and {n} MPI engines (one mpiexec job)")
+    with mpihub.Cluster(n=n, engines="mpi") as rc:
+        ranks = rc[:].apply_sync(lambda: (rank, size))  # noqa: F821 - comm, rank, size live on MPI engines
+        print(f"  (rank, size) per engine: {ranks}")
+        total = timed("comm.allreduce(rank + 1) on every rank", lambda: rc[:].apply_sync(rank_sum))
+        print(f"    -> {total}")
+        ok = ranks == [(i, n) for i in range(n)] and total == [n * (n + 1) // 2] * n
+    print("MPI cluster stopped")
+    return ok
 
 
 if __name__ == "__main__":

@@ -213,17 +213,23 @@ class DirectView(View):
 
     # -- data movement ------------------------------------------------------------------
 
-    def _check_via(self, via: str) -> None:
+    def _check_via(self, via: str, targets=None) -> None:
+        """Refuse a ``via`` that cannot work, before anything is sent."""
         if via not in ("auto", "zmq", "mpi"):
             raise ValueError(f"via must be 'auto', 'zmq' or 'mpi', not {via!r}")
         if via == "mpi":
-            raise ValueError("via='mpi' needs every target in one MPI world; these engines were not "
-                             "started under MPI (start them with engines='mpi')")
+            engines = self._target_list(targets)
+            worlds = {(self.client._engines.get(e) or {}).get("mpi_world") for e in engines}
+            if len(worlds) != 1 or None in worlds:
+                raise ValueError(f"via='mpi' needs every target in one MPI world; engines {engines} are "
+                                 "not (start them as one job with engines='mpi', or use via='zmq')")
+            raise NotImplementedError("MPI collectives behind scatter/gather/bcast/reduce are not in this "
+                                      "version yet; use via='zmq' (via='auto' does)")
 
     def scatter(self, key: str, seq, dist: str = "b", flatten: bool = False, targets=None, block=None,
                 track=None, via: str = "auto") -> Any:
         """Split ``seq`` and push part i to engine i as ``key``."""
-        self._check_via(via)
+        self._check_via(via, targets)
         engines = self._target_list(targets)
         parts = partition.split(seq, len(engines), dist)
         ids = [self.client._new_id() for _ in engines]
@@ -239,18 +245,18 @@ class DirectView(View):
 
     def gather(self, key: str, dist: str = "b", targets=None, block=None, via: str = "auto") -> Any:
         """Pull ``key`` from each engine and join the parts (inverse of scatter)."""
-        self._check_via(via)
+        self._check_via(via, targets)
         return self._op(ops.pull, key, targets=self._target_list(targets), block=block,
                         postprocess=lambda parts: partition.join(parts, dist))
 
     def bcast(self, key: str, value: Any, targets=None, block=None, via: str = "auto") -> Any:
         """Store one object as ``key`` on every target (sent once, fanned out)."""
-        self._check_via(via)
+        self._check_via(via, targets)
         return self.push({key: value}, targets=self._target_list(targets), block=block)
 
     def reduce(self, key: str, op: str | Callable = "sum", targets=None, block=None, via: str = "auto") -> Any:
         """Combine ``key`` across engines with ``op`` and return it to the client."""
-        self._check_via(via)
+        self._check_via(via, targets)
         combine = _reducer(op)
         return self._op(ops.pull, key, targets=self._target_list(targets), block=block,
                         postprocess=lambda values: functools.reduce(combine, values))

@@ -18,7 +18,7 @@ from .. import config, errors
 from ..client.client import Client
 from ..protocol import connection
 from ..process import pid_alive
-from .launchers import LocalLauncher, stop_pids
+from .launchers import OPEN_MPI_AS_ROOT, LocalLauncher, find_mpiexec, stop_pids
 
 log = logging.getLogger("mpihub.cluster")
 
@@ -36,15 +36,17 @@ class Cluster:
                  walltime: str | None = None, queue: str | None = None, account: str | None = None,
                  cluster_id: str | None = None, profile_dir=None, controller_ip: str = "127.0.0.1",
                  controller_args: list[str] | None = None, start_timeout: float = 60,
-                 detach: bool = False):
+                 detach: bool = False, mpiexec: str | None = None, mpiexec_args: list[str] | None = None):
         """``detach=True`` leaves the cluster running after this process exits (as
-        ``mpihub cluster start --daemonize`` does); otherwise it stops with it."""
+        ``mpihub cluster start --daemonize`` does); otherwise it stops with it.
+        ``engines="mpi"`` starts the engines as one ``mpiexec -n N`` job (``mpiexec``
+        and ``mpiexec_args`` choose a site MPI)."""
         if engines not in ENGINE_KINDS:
             raise ValueError(f"engines must be one of {ENGINE_KINDS}, not {engines!r}")
-        if engines != "local" or controller != "local":
+        if engines not in ("local", "mpi") or controller != "local":
             raise NotImplementedError(
-                f"engines={engines!r}, controller={controller!r}: only local clusters are available in this "
-                "version of mpihub")
+                f"engines={engines!r}, controller={controller!r}: only local and mpi clusters are available "
+                "in this version of mpihub")
         if n is not None and (not isinstance(n, int) or n < 0):
             raise ValueError(f"n must be a non-negative number of engines, not {n!r}")
         self.n = (os.cpu_count() or 1) if n is None else n
@@ -55,11 +57,14 @@ class Cluster:
         self.profile_dir = Path(profile_dir or config.default_profile_dir())
         self.controller_ip = controller_ip
         self.controller_args = list(controller_args or [])
+        self.mpiexec = find_mpiexec(mpiexec) if engines == "mpi" else None
+        self.mpiexec_args = list(mpiexec_args or [])
         self.start_timeout = start_timeout
         self.detach = detach
         self.launcher = LocalLauncher(self.profile_dir / "log")
         self.client: Client | None = None
         self._controller_process = None
+        self._expected = 0  # engines started so far
 
     def __repr__(self) -> str:
         return f"<Cluster {self.cluster_id or 'default'}: {self.n} {self.engines} engines>"
@@ -105,11 +110,19 @@ class Cluster:
         self._save_state()
 
     def start_engines(self, n: int | None = None) -> None:
+        """Start ``n`` more engines: processes of their own, or one MPI job of n ranks."""
         count = self.n if n is None else n
         first = len(self.launcher.processes)
-        for i in range(count):
-            self.launcher.start(["engine", "--url-file", str(self.engine_file)],
-                                f"engine-{self.cluster_id or 'default'}-{first + i}")
+        name = f"engine-{self.cluster_id or 'default'}-{first}"
+        args = ["engine", "--url-file", str(self.engine_file)]
+        if self.engines == "mpi":
+            if count:
+                prefix = [self.mpiexec, "-n", str(count), *self.mpiexec_args]
+                self.launcher.start([*args, "--mpi"], name, env=OPEN_MPI_AS_ROOT, prefix=prefix)
+        else:
+            for i in range(count):
+                self.launcher.start(args, f"engine-{self.cluster_id or 'default'}-{first + i}")
+        self._expected += count
         self._save_state()
 
     def start_cluster_sync(self) -> None:
@@ -119,12 +132,12 @@ class Cluster:
     def connect_client_sync(self, **kwargs) -> Client:
         client = Client(self.client_file, timeout=self.start_timeout, **kwargs)
         try:
-            client.wait_for_engines(self.n, timeout=self.start_timeout, interactive=False)
+            client.wait_for_engines(self._expected, timeout=self.start_timeout, interactive=False)
         except errors.TimeoutError:
             dead = [p for p in self.launcher.processes if p.poll() is not None]
             client.close()
             hint = f"; {len(dead)} processes exited, see {dead[0].log_path}" if dead else ""
-            raise errors.TimeoutError(f"{len(client.ids)} of {self.n} engines registered within "
+            raise errors.TimeoutError(f"{len(client.ids)} of {self._expected} engines registered within "
                                       f"{self.start_timeout} s{hint}") from None
         self.client = client
         return client

@@ -69,12 +69,13 @@ class LocalLauncher:
         self.log_dir = log_dir
         self.processes: list[subprocess.Popen] = []
 
-    def start(self, args: list[str], name: str, env: dict | None = None) -> subprocess.Popen:
+    def start(self, args: list[str], name: str, env: dict | None = None, prefix: list[str] = ()) -> subprocess.Popen:
+        """Run ``mpihub ARGS`` (after ``prefix``, e.g. an mpiexec command line)."""
         self.log_dir.mkdir(parents=True, exist_ok=True)
         log_path = self.log_dir / f"{name}.log"
         with open(log_path, "ab") as log:
             process = subprocess.Popen(
-                mpihub_command(*args), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                [*prefix, *mpihub_command(*args)], stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 env={**os.environ, **(env or {})}, start_new_session=True,
             )
         process.log_path = log_path
@@ -104,3 +105,25 @@ class LocalLauncher:
                 process.wait(1)
             except subprocess.TimeoutExpired:
                 pass
+
+
+#: Lets Open MPI's mpiexec run as root (CI and containers); MPICH ignores them.
+OPEN_MPI_AS_ROOT = {"OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1"}
+
+
+def find_mpiexec(explicit: str | None = None) -> str:
+    """``explicit``, else ``$MPIHUB_MPIEXEC``, else the mpiexec beside this Python (the
+    ``mpich`` wheel's), else the first on PATH (a site MPI)."""
+    import shutil
+
+    for candidate in (explicit, os.environ.get("MPIHUB_MPIEXEC")):
+        if candidate:
+            found = shutil.which(candidate)
+            if not found:
+                raise FileNotFoundError(f"mpiexec {candidate!r} not found or not executable")
+            return found
+    found = shutil.which("mpiexec", path=str(Path(sys.executable).parent)) or shutil.which("mpiexec")
+    if not found:
+        raise FileNotFoundError("no mpiexec found: install mpihub[mpi] (it brings MPICH), load your site's "
+                                "MPI, or pass mpiexec=PATH / set MPIHUB_MPIEXEC")
+    return found

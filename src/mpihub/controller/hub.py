@@ -72,15 +72,25 @@ class Hub:
         self.store = PayloadStore(store_limit)
         self.unassigned = 0
         self._next_id = 0
+        self._worlds: dict[str, int] = {}  # MPI world id -> first engine id of its block
 
     # -- engines --------------------------------------------------------------------
 
     def register_engine(self, uuid: bytes, requested_id: int | None, info: dict, now: float) -> EngineRecord:
         """Admit an engine; ids count up and are never reused. Re-registering a live
-        uuid returns its existing record."""
+        uuid returns its existing record. The ranks of one MPI world get a block of
+        consecutive ids in rank order, whatever order they register in."""
         if uuid in self.by_uuid:
             return self.engines[self.by_uuid[uuid]]
-        taken = requested_id is None or requested_id < self._next_id or requested_id in self.engines
+        world, rank, size = info.get("mpi_world"), info.get("mpi_rank"), info.get("mpi_size")
+        if isinstance(world, str) and isinstance(rank, int) and isinstance(size, int) and 0 <= rank < size:
+            if world not in self._worlds:
+                self._worlds[world] = self._next_id
+                self._next_id += size
+            requested_id = self._worlds[world] + rank
+            taken = requested_id in self.engines
+        else:
+            taken = requested_id is None or requested_id < self._next_id or requested_id in self.engines
         engine_id = self._next_id if taken else requested_id
         self._next_id = max(self._next_id, engine_id + 1)
         record = EngineRecord(engine_id, uuid, info, now)

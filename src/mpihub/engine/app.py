@@ -20,6 +20,7 @@ import zmq
 
 from .. import config
 from ..protocol import connection, wire
+from . import mpi
 from .datalink import BulkMissing, DataLink
 from .executor import EngineStop, Executor
 from .heartbeat import Heart
@@ -28,13 +29,13 @@ log = logging.getLogger("mpihub.engine")
 
 
 class Engine:
-    def __init__(self, info: dict, want_id: int | None = None, mpi_rank: int | None = None,
+    def __init__(self, info: dict, want_id: int | None = None, mpi_world: dict | None = None,
                  register_timeout: float = 30.0):
         self.info = connection.check(info)
         self.signer = wire.Signer(info["key"])
         self.uuid = uuidlib.uuid4().hex.encode()
         self.want_id = want_id
-        self.mpi_rank = mpi_rank
+        self.mpi_world = mpi_world or {"mpi_rank": None}
         self.register_timeout = register_timeout
         self.aborted: set[str] = set()
         self.context = zmq.Context()
@@ -48,8 +49,7 @@ class Engine:
         self.sock.routing_id = self.uuid
         self.sock.linger = 0
         self.sock.connect(self.info["engine"])
-        details = {"hostname": socket.gethostname(), "pid": os.getpid(), "mpi_rank": self.mpi_rank,
-                   "data": self.data.urls}
+        details = {"hostname": socket.gethostname(), "pid": os.getpid(), "data": self.data.urls, **self.mpi_world}
         self.sock.send_multipart(wire.pack(self.signer, {"t": "register", "want_id": self.want_id, "info": details}))
         if not self.sock.poll(self.register_timeout * 1000):
             raise TimeoutError(f"no answer from the controller at {self.info['engine']} "
@@ -72,6 +72,8 @@ class Engine:
                       self.aborted)
         heart.start()
         executor = Executor(self.id)
+        if self.mpi_world.get("mpi_world"):
+            executor.namespace.update(mpi.namespace_names())
         poller = zmq.Poller()
         poller.register(self.sock, zmq.POLLIN)
         poller.register(self.data.sock, zmq.POLLIN)
@@ -152,7 +154,7 @@ class Engine:
 
 
 def main(url_file: str | None, cluster_id: str | None, profile_dir: str | None, want_id: int | None,
-         timeout: float) -> int:
+         timeout: float, use_mpi: bool = False) -> int:
     """Entry point of ``mpihub engine``; connection info from a file or $MPIHUB_CONNECTION_INFO."""
     raw = os.environ.get("MPIHUB_CONNECTION_INFO")
     if raw and not url_file:
@@ -160,9 +162,9 @@ def main(url_file: str | None, cluster_id: str | None, profile_dir: str | None, 
     else:
         path = url_file or connection.connection_file("engine", cluster_id, profile_dir)
         info = connection.read(path, timeout=timeout)
-    engine = Engine(info, want_id=want_id, register_timeout=timeout)
     try:
-        engine.serve_forever()
+        world = mpi.init_world() if use_mpi else None
+        Engine(info, want_id=want_id, mpi_world=world, register_timeout=timeout).serve_forever()
     except (TimeoutError, RuntimeError, wire.ProtocolError) as exc:
         print(f"mpihub engine: {exc}", file=sys.stderr)
         return 1
