@@ -130,8 +130,15 @@ class IOThread(threading.Thread):
 
     def _command(self, *command) -> None:
         self._commands.append(command)
+        self._wake()
+
+    def _wake(self) -> None:
+        """Nudge whichever thread polls; a full queue means it is awake already."""
         with self._wake_lock:
-            self._wake_out.send(b"")
+            try:
+                self._wake_out.send(b"", zmq.NOBLOCK)
+            except zmq.Again:
+                pass
 
     def link(self, engine_id: int, urls: list[str]) -> None:
         """Start linking to an engine's data socket (once)."""
@@ -188,8 +195,7 @@ class IOThread(threading.Thread):
             return event.wait(timeout)
         deadline = None if timeout is None else time.monotonic() + timeout
         try:
-            with self._wake_lock:
-                self._wake_out.send(b"")  # the IO thread leaves its poll and steps aside
+            self._wake()  # the IO thread leaves its poll and steps aside
             with self._owner:
                 self._owner_thread = threading.get_ident()
                 while not event.is_set() and self._running:
@@ -208,14 +214,11 @@ class IOThread(threading.Thread):
 
     def run(self) -> None:
         try:
-            while self._running:
-                with self._turn:
-                    while self._borrowed:
-                        self._turn.wait()
-                with self._owner:
-                    self._owner_thread = threading.get_ident()
-                    self._poll_once(None)
-                    self._owner_thread = None
+            self._loop()
+        except Exception:  # noqa: BLE001 - say why results stopped arriving
+            log.exception("the client's IO thread failed; results will no longer arrive")
+            self._running = False
+            raise
         finally:
             with self._owner:
                 for link in self.links.values():
@@ -223,6 +226,16 @@ class IOThread(threading.Thread):
                         link.sock.close(linger=0)
                 self._wake_in.close(linger=0)
                 self.sock.close(linger=0)
+
+    def _loop(self) -> None:
+        while self._running:
+            with self._turn:
+                while self._borrowed:
+                    self._turn.wait()
+            with self._owner:
+                self._owner_thread = threading.get_ident()
+                self._poll_once(None)
+                self._owner_thread = None
 
     def _poll_once(self, limit: float | None) -> None:
         """Wait (at most ``limit`` seconds) for socket events and handle them all."""

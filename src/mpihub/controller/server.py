@@ -17,7 +17,7 @@ from pathlib import Path
 
 import zmq
 
-from .. import config
+from .. import config, process
 from ..protocol import connection, wire
 from .heartbeat import HeartMonitor
 from .hub import Hub
@@ -110,10 +110,15 @@ class Controller:
         poller = zmq.Poller()
         for sock in (self.client_sock, self.engine_sock, self.pipe):
             poller.register(sock, zmq.POLLIN)
+        wakeup = process.signal_wakeup()
+        poller.register(wakeup, zmq.POLLIN)
         handlers = {self.client_sock: self._on_client, self.engine_sock: self._on_engine, self.pipe: self._on_pipe}
         try:
             while not self._stopping:
                 for sock, _ in poller.poll():
+                    if sock is wakeup:
+                        process.drain(wakeup)  # the signal handler runs right after this
+                        continue
                     handle = handlers[sock]
                     for _ in range(256):  # then let the other sockets have a turn
                         if not sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:

@@ -18,7 +18,7 @@ import uuid as uuidlib
 
 import zmq
 
-from .. import config
+from .. import config, process
 from ..protocol import connection, wire
 from . import mpi
 from .datalink import BulkMissing, DataLink
@@ -77,9 +77,13 @@ class Engine:
         poller = zmq.Poller()
         poller.register(self.sock, zmq.POLLIN)
         poller.register(self.data.sock, zmq.POLLIN)
+        wakeup = process.signal_wakeup()
+        poller.register(wakeup, zmq.POLLIN)
         try:
             while True:
                 events = dict(poller.poll())
+                if wakeup in events:
+                    process.drain(wakeup)
                 if self.data.sock in events:
                     self.data.receive_pending()
                 if self.sock in events and not self._handle_requests(executor):
