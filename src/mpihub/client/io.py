@@ -198,13 +198,15 @@ class IOThread(threading.Thread):
             self._wake()  # the IO thread leaves its poll and steps aside
             with self._owner:
                 self._owner_thread = threading.get_ident()
-                while not event.is_set() and self._running:
-                    left = None if deadline is None else deadline - time.monotonic()
-                    if left is not None and left <= 0:
-                        break
-                    self._poll_once(left)
+                try:
+                    while not event.is_set() and self._running:
+                        left = None if deadline is None else deadline - time.monotonic()
+                        if left is not None and left <= 0:
+                            break
+                        self._poll_once(left)
+                finally:
+                    self._owner_thread = None
         finally:
-            self._owner_thread = None
             with self._turn:
                 self._borrowed = False
                 self._turn.notify_all()
