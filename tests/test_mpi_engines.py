@@ -71,11 +71,15 @@ def test_via_mpi_checks_the_world_first(mpi_cluster, fresh_cluster):
     rc = mpi_cluster.client
     rc[:].scatter("z", list(range(8)), block=True, via="auto")  # the ZMQ path, same result
     assert rc[:].gather("z", block=True, via="zmq") == list(range(8))
-    with pytest.raises(NotImplementedError, match="via='zmq'"):
-        rc[:].bcast("z", 1, via="mpi")
+    rc[:].bcast("z", 1, via="mpi", block=True)
+    assert rc[:].pull("z", block=True) == [1, 1, 1, 1]
+    with pytest.raises(ValueError, match="distinct targets"):
+        rc.direct_view([0, 0]).gather("z", via="mpi")
     local = fresh_cluster(1).client
+    sent = len(local._results)
     with pytest.raises(ValueError, match="one MPI world"):
         local[:].scatter("z", [1, 2], via="mpi")
+    assert len(local._results) == sent  # nothing was sent
 
 
 def test_module_entry_point_and_bad_mpiexec(mpi_cluster):

@@ -4,6 +4,7 @@ from .client.asyncresult import AsyncMapResult, AsyncResult
 from .client.client import Client
 from .client.view import DirectView, LoadBalancedView
 from .cluster import Cluster
+from .collective import collective
 from .errors import (
     CompositeError,
     DependencyTimeout,
@@ -21,5 +22,5 @@ __version__ = "0.1.0"
 __all__ = [
     "AsyncMapResult", "AsyncResult", "Client", "Cluster", "CompositeError", "DependencyTimeout",
     "DirectView", "EngineError", "ImpossibleDependency", "LoadBalancedView", "NoEnginesRegistered",
-    "Reference", "RemoteError", "TaskAborted", "TimeoutError", "config", "interactive",
+    "Reference", "RemoteError", "TaskAborted", "TimeoutError", "collective", "config", "interactive",
 ]

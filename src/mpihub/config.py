@@ -33,6 +33,8 @@ MAX_RECORDS = _int("MPIHUB_MAX_RECORDS", 1_000_000)
 SCHEDULER_HWM = _int("MPIHUB_SCHEDULER_HWM", 2)
 #: Numpy arrays of at least this many bytes use MPI collectives with via="auto".
 MPI_THRESHOLD = _int("MPIHUB_MPI_THRESHOLD", 1 << 20)
+#: Largest message of mpihub's pipelined MPI reductions (chunks overlap along the ranks).
+MPI_CHUNK_BYTES = _int("MPIHUB_MPI_CHUNK_BYTES", 4 << 20)
 #: Buffers of at least this many bytes travel as separate zero-copy frames.
 ZERO_COPY_THRESHOLD = _int("MPIHUB_ZERO_COPY_THRESHOLD", 64 * 1024)
 #: Results and single-engine payloads of at least this many bytes take the direct link.

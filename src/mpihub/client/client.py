@@ -210,12 +210,13 @@ class Client:
         if self._io.links:
             header["rb"] = self._data_identity  # engines may send large results straight back
             targets = header.get("tg")
-            if (buffers and targets and len(targets) == 1
+            data_for = header.get("bt", targets[0] if targets and len(targets) == 1 else None)
+            if (buffers and data_for is not None
                     and sum(memoryview(b).nbytes for b in buffers) >= config.BULK_THRESHOLD
-                    and self._io.linked(targets[0], wait=True)):
+                    and self._io.linked(data_for, wait=True)):
                 header["bulk"] = ids[0]
                 self._send(header, content, sender=sender)
-                return self._io.send_bulk(targets[0], ids[0], buffers)
+                return self._io.send_bulk(data_for, ids[0], buffers)
         return self._send(header, content, buffers, track, sender)
 
     def _query(self, op: str, timeout: float = 30, **args) -> Any:

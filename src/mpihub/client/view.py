@@ -9,17 +9,17 @@ from __future__ import annotations
 import builtins
 import contextlib
 import functools
-import operator
 import os
 import weakref
 from typing import Any, Callable, Iterator
 
-import numpy as np
 
 from .. import errors
+from ..collective import is_collective
+from ..engine import collectives as mpi_ops
 from ..engine import ops
 from ..protocol import serialize
-from . import partition
+from . import collectives, partition
 from .asyncresult import AsyncMapResult, AsyncResult
 from .remotefunction import ParallelFunction, RemoteFunction
 
@@ -152,21 +152,27 @@ class DirectView(View):
         ar._outgoing.append(self.client._submit(header, content, buffers, ar, track=track, sync=sync))
         return ar
 
-    def _call(self, f_payload, args, kwargs, targets, track, fname: str, sync: bool, postprocess=None) -> AsyncResult:
+    def _call(self, f_payload, args, kwargs, targets, track, fname: str, sync: bool, postprocess=None,
+              extra: dict | None = None) -> AsyncResult:
         try:
-            content, buffers, extra = serialize.serialize_call(f_payload, args, kwargs)
+            content, buffers, fields = serialize.serialize_call(f_payload, args, kwargs)
         except Exception as exc:
             raise TypeError(f"cannot serialize the arguments of {fname or 'the call'}: {exc}") from exc
-        return self._send("apply", content, buffers, extra, targets, track, fname, sync, postprocess)
+        return self._send("apply", content, buffers, {**fields, **(extra or {})}, targets, track, fname, sync,
+                          postprocess)
 
     def _apply(self, f, args, kwargs, block=None, track=None, targets=None):
         _check_callable(f)
         name = getattr(f, "__name__", "function")
+        extra = {}
+        if is_collective(f):
+            extra["rk"] = collectives.whole_world(self.client, self._target_list(targets), name)
         try:
             payload = serialize.serialize(f)
         except Exception as exc:
             raise TypeError(f"cannot serialize {name}: {exc}") from exc
-        return self._finish(self._call(payload, args, kwargs, targets, track, name, self._blocking(block)), block)
+        return self._finish(self._call(payload, args, kwargs, targets, track, name, self._blocking(block),
+                                       extra=extra), block)
 
     def _op(self, op: Callable, *args, targets=None, block=None, track=None, postprocess=None) -> Any:
         ar = self._call(_payload_of(op), args, {}, targets, track, op.__name__, self._blocking(block), postprocess)
@@ -190,9 +196,11 @@ class DirectView(View):
     # -- namespace ------------------------------------------------------------------
 
     def push(self, ns: dict, targets=None, block=None, track=None) -> Any:
+        """Store each name on every target; large numpy data to one MPI world is sent
+        once and ``Bcast`` among the engines."""
         if not isinstance(ns, dict):
             raise TypeError(f"push needs a dict of names to values, not {type(ns).__name__}")
-        return self._op(ops.push, ns, targets=targets, block=block, track=track)
+        return self._store_everywhere(None, ns, targets, block, track, "auto")
 
     def pull(self, names: str | list[str], targets=None, block=None) -> Any:
         if not isinstance(names, (str, list, tuple)):
@@ -213,24 +221,30 @@ class DirectView(View):
 
     # -- data movement ------------------------------------------------------------------
 
-    def _check_via(self, via: str, targets=None) -> None:
-        """Refuse a ``via`` that cannot work, before anything is sent."""
-        if via not in ("auto", "zmq", "mpi"):
-            raise ValueError(f"via must be 'auto', 'zmq' or 'mpi', not {via!r}")
-        if via == "mpi":
-            engines = self._target_list(targets)
-            worlds = {(self.client._engines.get(e) or {}).get("mpi_world") for e in engines}
-            if len(worlds) != 1 or None in worlds:
-                raise ValueError(f"via='mpi' needs every target in one MPI world; engines {engines} are "
-                                 "not (start them as one job with engines='mpi', or use via='zmq')")
-            raise NotImplementedError("MPI collectives behind scatter/gather/bcast/reduce are not in this "
-                                      "version yet; use via='zmq' (via='auto' does)")
+    def _collective(self, op: Callable, plan: collectives.Plan, spec: dict, frames: list, block, track,
+                    postprocess=None) -> Any:
+        """One MPI call on ``plan``'s targets; ``frames`` (data) go to the root alone."""
+        content, buffers, extra = serialize.serialize_call(_payload_of(op), (plan.spec(**spec),), {})
+        extra["rk"] = plan.ranks
+        if frames:
+            extra["bt"] = plan.engines[plan.root]
+        ar = self._send("apply", content, [*buffers, *frames], extra, plan.engines, track, op.__name__,
+                        self._blocking(block), postprocess or (lambda _: None))
+        return self._finish(ar, block)
 
     def scatter(self, key: str, seq, dist: str = "b", flatten: bool = False, targets=None, block=None,
                 track=None, via: str = "auto") -> Any:
-        """Split ``seq`` and push part i to engine i as ``key``."""
-        self._check_via(via, targets)
+        """Split ``seq`` and store part i on engine i as ``key``.
+
+        Over MPI the client sends ``seq`` once, to the lowest-ranked target, which
+        ``Scatterv``s it; over ZMQ each engine is sent its own part.
+        """
         engines = self._target_list(targets)
+        plan = collectives.plan(self.client, via, engines, seq.nbytes if collectives.is_array(seq) else 0)
+        if plan is not None:
+            fields, frames = collectives.scatter_payload(seq, len(engines), dist)
+            return self._collective(mpi_ops.scatter, plan, dict(fields, key=key, dist=dist, flatten=flatten),
+                                    frames, block, track)
         parts = partition.split(seq, len(engines), dist)
         ids = [self.client._new_id() for _ in engines]
         ar = AsyncResult(self.client, ids, fname="scatter", postprocess=lambda _: None)
@@ -244,27 +258,56 @@ class DirectView(View):
         return self._finish(ar, block)
 
     def gather(self, key: str, dist: str = "b", targets=None, block=None, via: str = "auto") -> Any:
-        """Pull ``key`` from each engine and join the parts (inverse of scatter)."""
-        self._check_via(via, targets)
-        return self._op(ops.pull, key, targets=self._target_list(targets), block=block,
+        """Join ``key`` from every engine (inverse of scatter); over MPI the lowest-ranked
+        target ``Gatherv``s the parts and sends the whole once."""
+        engines = self._target_list(targets)
+        partition.check_dist(dist)
+        plan = collectives.plan(self.client, via, engines)
+        if plan is not None:
+            return self._collective(mpi_ops.gather, plan, {"key": key, "dist": dist}, [], block, None,
+                                    lambda values: values[plan.root])
+        return self._op(ops.pull, key, targets=engines, block=block,
                         postprocess=lambda parts: partition.join(parts, dist))
 
     def bcast(self, key: str, value: Any, targets=None, block=None, via: str = "auto") -> Any:
-        """Store one object as ``key`` on every target (sent once, fanned out)."""
-        self._check_via(via, targets)
-        return self.push({key: value}, targets=self._target_list(targets), block=block)
+        """Store one object as ``key`` on every target: sent once, then fanned out by the
+        controller (ZMQ) or ``Bcast`` from the lowest-ranked target (MPI)."""
+        return self._store_everywhere(key, value, targets, block, None, via)
+
+    def _store_everywhere(self, key: str | None, value: Any, targets, block, track, via: str) -> Any:
+        engines = self._target_list(targets)
+        frames = collectives.pickled(value)
+        plan = collectives.plan(self.client, via, engines, collectives.buffer_bytes(frames))
+        if plan is not None:
+            return self._collective(mpi_ops.bcast, plan, {"key": key}, frames, block, track,
+                                    lambda values: values[0] if self._single(targets) else values)
+        return self._op(ops.push, value if key is None else {key: value}, targets=targets, block=block,
+                        track=track)
+
+    def _reduce_plan(self, op: str | Callable, via: str, engines: list[int]) -> collectives.Plan | None:
+        """A callable op runs on the client unless ``via="mpi"`` asks for it on the engines."""
+        return collectives.plan(self.client, "zmq" if callable(op) and via == "auto" else via, engines)
 
     def reduce(self, key: str, op: str | Callable = "sum", targets=None, block=None, via: str = "auto") -> Any:
-        """Combine ``key`` across engines with ``op`` and return it to the client."""
-        self._check_via(via, targets)
-        combine = _reducer(op)
-        return self._op(ops.pull, key, targets=self._target_list(targets), block=block,
+        """Combine ``key`` across engines with ``op`` (in target order) and return it."""
+        engines = self._target_list(targets)
+        combine = ops.reducer(op)
+        plan = self._reduce_plan(op, via, engines)
+        if plan is not None:
+            return self._collective(mpi_ops.reduce, plan, {"key": key, "op": _op_name(op)}, [], block, None,
+                                    lambda values: values[-1])
+        return self._op(ops.pull, key, targets=engines, block=block,
                         postprocess=lambda values: functools.reduce(combine, values))
 
     def allreduce(self, key: str, op: str | Callable = "sum", dest: str | None = None, targets=None,
                   block=None, via: str = "auto") -> Any:
         """Combine ``key`` across engines and store the result on each as ``dest``."""
         engines = self._target_list(targets)
+        ops.reducer(op)
+        plan = self._reduce_plan(op, via, engines)
+        if plan is not None:
+            return self._collective(mpi_ops.allreduce, plan, {"key": key, "op": _op_name(op), "dest": dest or key},
+                                    [], block, None)
         value = self.reduce(key, op, targets=engines, block=True, via=via)
         return self.push({dest or key: value}, targets=engines, block=block)
 
@@ -321,25 +364,9 @@ class DirectView(View):
             self.execute("\n".join(lines), block=True)
 
 
-_REDUCERS: dict[str, Callable] = {
-    "sum": operator.add,
-    "prod": operator.mul,
-    "min": lambda a, b: np.minimum(a, b) if isinstance(a, np.ndarray) else builtins.min(a, b),
-    "max": lambda a, b: np.maximum(a, b) if isinstance(a, np.ndarray) else builtins.max(a, b),
-    "land": lambda a, b: np.logical_and(a, b) if isinstance(a, np.ndarray) else (a and b),
-    "lor": lambda a, b: np.logical_or(a, b) if isinstance(a, np.ndarray) else (a or b),
-    "band": operator.and_,
-    "bor": operator.or_,
-}
-
-
-def _reducer(op: str | Callable) -> Callable:
-    if callable(op):
-        return op
-    try:
-        return _REDUCERS[op.lower()]
-    except (KeyError, AttributeError):
-        raise ValueError(f"unknown reduce op {op!r}; use one of {sorted(_REDUCERS)} or a callable") from None
+def _op_name(op: str | Callable) -> str | Callable:
+    """A named op in the canonical spelling engines know; callables go as they are."""
+    return op.lower() if isinstance(op, str) else op
 
 
 class LoadBalancedView(View):
@@ -360,6 +387,9 @@ class LoadBalancedView(View):
     def _apply(self, f, args, kwargs, block=None, track=None):
         _check_callable(f)
         name = getattr(f, "__name__", "function")
+        if is_collective(f):
+            raise ValueError(f"{name} is an MPI collective function: it must run on every rank of an MPI world "
+                             "together, so apply it with a DirectView over the world, not a LoadBalancedView")
         try:
             content, buffers, extra = serialize.serialize_call(serialize.serialize(f), args, kwargs)
         except Exception as exc:

@@ -222,6 +222,10 @@ class Controller:
             raise TypeError("tg must hold ints and ids strings")
         now = time.time()
         nbytes = sum(len(f) for f in msg.frames)
+        data_for = msg.header.get("bt")
+        if data_for is not None and data_for not in targets:
+            raise ValueError(f"bt {data_for!r} is not one of the targets")
+        envelope_only = msg.frames[:1]
         for engine_id, msg_id in zip(targets, ids):
             if msg_id in self.hub.tasks:
                 self._drop_client(f"duplicate msg_id {msg_id!r}")
@@ -232,7 +236,8 @@ class Controller:
             if engine is None:
                 self._fail(msg_id, engine_id, "error", "EngineError", f"engine {engine_id} is not registered")
             else:
-                wire.send(self.engine_sock, [engine.uuid, *msg.frames])
+                frames = msg.frames if data_for is None or engine_id == data_for else envelope_only
+                wire.send(self.engine_sock, [engine.uuid, *frames])
 
     def _submit_task(self, ident: bytes, msg: wire.Message) -> None:
         msg_id = msg.header["id"]
@@ -339,6 +344,9 @@ class Controller:
         direct = [m for m, stored in zip(old_ids, stored_requests) if "bulk" in stored.header]
         if direct:
             raise ValueError(f"the data of {direct} went straight to the engine and is not stored; submit them anew")
+        collective = [m for m, stored in zip(old_ids, stored_requests) if "rk" in stored.header]
+        if collective:
+            raise ValueError(f"{collective} ran on a whole MPI world together; one engine cannot run it again alone")
         for old, new, stored in zip(old_ids, new_ids, stored_requests):
             request = {k: v for k, v in stored.header.items() if k not in ("tg", "ids", "only", "v", "nb", "rb")}
             request.update(id=new, lb=True)

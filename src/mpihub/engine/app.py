@@ -123,6 +123,8 @@ class Engine:
             self._pending_send = None
         reply = {"t": "reply", "id": msg_id, "eng": self.id}
         token = header.get("bulk")
+        if msg_id in self.aborted and "rk" in header:
+            self.aborted.discard(msg_id)  # one rank skipping a collective would hang the others
         if msg_id in self.aborted:
             self.aborted.discard(msg_id)
             if isinstance(token, str):
@@ -132,14 +134,16 @@ class Engine:
             wire.send(self.sock, wire.pack(self.signer, reply))
             return
         buffers = msg.buffers
-        if isinstance(token, str):
+        if isinstance(token, str) and header.get("bt", self.id) == self.id:
             try:
                 buffers = self.data.take(token, config.BULK_TIMEOUT)
             except BulkMissing as exc:
-                reply.update(st="error", ename="BulkMissing", evalue=str(exc), tb="", started=None,
-                             completed=None, out="", err="")
-                wire.send(self.sock, wire.pack(self.signer, reply))
-                return
+                if "bt" not in header:
+                    reply.update(st="error", ename="BulkMissing", evalue=str(exc), tb="", started=None,
+                                 completed=None, out="", err="")
+                    wire.send(self.sock, wire.pack(self.signer, reply))
+                    return
+                buffers = exc  # a collective still runs, so that the other ranks learn of it
         fields, data, out_buffers = executor.run(header, msg.content, buffers)
         reply.update(fields)
         client = header.get("rb")

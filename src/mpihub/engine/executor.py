@@ -16,7 +16,10 @@ from functools import lru_cache
 from typing import Any
 
 from ..protocol import serialize
-from . import ops
+from ..collective import COLLECTIVE_ATTRIBUTE
+from . import mpi, ops
+
+_NOT_COLLECTIVE = object()
 
 
 class EngineStop(BaseException):
@@ -126,7 +129,10 @@ class Executor:
         exec(body, self.namespace)
         return eval(last, self.namespace) if last is not None else None
 
-    def _apply(self, header: dict, content, buffers: list) -> Any:
+    def _apply(self, header: dict, content, buffers) -> Any:
+        data_for = header.get("bt")
+        if data_for is not None:  # buffers are raw data for one target, handed to f as frames
+            frames, buffers = (buffers if data_for == self.engine_id else None), []
         try:
             f, args, kwargs = serialize.deserialize_call(content, buffers, header)
         except ImportError as exc:
@@ -135,4 +141,10 @@ class Executor:
         f = bind_interactive(f, ns)
         args = [bind_interactive(_resolve(a, ns), ns) for a in args]
         kwargs = {k: bind_interactive(_resolve(v, ns), ns) for k, v in kwargs.items()}
+        if data_for is not None:
+            kwargs["frames"] = frames
+        timeout = getattr(f, COLLECTIVE_ATTRIBUTE, _NOT_COLLECTIVE)
+        if timeout is not _NOT_COLLECTIVE and timeout is not None:
+            engine_of = dict(zip(header.get("rk", ()), header.get("tg", ())))
+            mpi.arrival_gate(getattr(f, "__name__", "collective"), timeout, header["ids"][0], engine_of)
         return f(*args, **kwargs)

@@ -5,7 +5,11 @@ namespace of the engine's executor.
 """
 from __future__ import annotations
 
+import builtins
+import operator
 from typing import Any, Callable
+
+import numpy as np
 
 _namespace: dict = {}
 
@@ -47,3 +51,26 @@ def map_chunk(f: Callable, *seqs) -> list:
 
 def execute_code(code: str) -> None:
     exec(compile(code, "<mpihub-execute>", "exec"), _namespace)
+
+
+#: What ``reduce``/``allreduce`` ops named by a string do, on the client (ZMQ path) and on
+#: engines (MPI path) alike, so both give the same result.
+REDUCERS: dict[str, Callable] = {
+    "sum": operator.add,
+    "prod": operator.mul,
+    "min": lambda a, b: np.minimum(a, b) if isinstance(a, np.ndarray) else builtins.min(a, b),
+    "max": lambda a, b: np.maximum(a, b) if isinstance(a, np.ndarray) else builtins.max(a, b),
+    "land": lambda a, b: np.logical_and(a, b) if isinstance(a, np.ndarray) else (a and b),
+    "lor": lambda a, b: np.logical_or(a, b) if isinstance(a, np.ndarray) else (a or b),
+    "band": operator.and_,
+    "bor": operator.or_,
+}
+
+
+def reducer(op: str | Callable) -> Callable:
+    if callable(op):
+        return op
+    try:
+        return REDUCERS[op.lower()]
+    except (KeyError, AttributeError):
+        raise ValueError(f"unknown reduce op {op!r}; use one of {sorted(REDUCERS)} or a callable") from None

@@ -11,7 +11,9 @@ pickle); ``buffers`` are the pickle's out-of-band buffers, sent as separate zero
 frames. The signature is HMAC-SHA256 over everything after it in the envelope, so
 nothing that can run code or change state is accepted unsigned; raw data buffers are
 counted but not hashed, which keeps large transfers at wire speed (the Jupyter protocol
-makes the same trade). One envelope frame instead of three saves a send and a receive
+makes the same trade). A request whose header names ``bt`` (an engine id) is fanned
+out with its buffers to that engine only; the other targets get the envelope alone.
+One envelope frame instead of three saves a send and a receive
 per message in every process on the path.
 """
 from __future__ import annotations
@@ -108,7 +110,7 @@ def unpack(signer: Signer, frames: Sequence) -> Message:
     if header.get("v") != PROTOCOL_VERSION:
         raise ProtocolError(f"protocol version {header.get('v')!r}, expected {PROTOCOL_VERSION}")
     buffers = list(frames[1:])
-    if header.get("nb") != len(buffers):
+    if header.get("nb") != len(buffers) and not (buffers == [] and "bt" in header):
         raise ProtocolError(f"header announces {header.get('nb')!r} buffers, {len(buffers)} came")
     return Message(header, view[header_end:], buffers, list(frames))
 
