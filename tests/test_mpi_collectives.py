@@ -122,8 +122,9 @@ def test_reduce_and_allreduce_match_zmq_bit_for_bit(view, op):
         by_mpi = view.reduce("x", op, via="mpi", block=True)
         by_zmq = view.reduce("x", op, via="zmq", block=True)
         assert same(by_mpi, by_zmq), (name, op)
-        view.allreduce("x", op, dest="all", via="mpi", block=True)
+        assert view.allreduce("x", op, dest="all", via="mpi", block=True) == [None] * 4
         assert all(same(a, by_zmq) for a in pulled(view, "all")), (name, op)
+    assert view.allreduce("x", op, dest="all", via="zmq", block=True) == [None] * 4
 
 
 def test_reduce_with_callable_and_logical_ops(view):
@@ -212,6 +213,18 @@ def test_collective_timeout_names_the_missing_rank(view, mpi_world, busy):
     assert {e.ename for e in info.value.elist} == {"CollectiveTimeout"}
     assert f"rank {busy} (engine {busy})" in str(info.value)
     assert view.apply_sync(psum, 2) == [8] * 4  # nothing left over from the failed call
+
+
+def test_a_collective_is_never_aborted_or_resubmitted_piecemeal(view, mpi_world):
+    rc = mpi_world.client
+    sleeper = rc[1].apply_async(time.sleep, 1)
+    queued = view.apply_async(psum, 1)  # ranks 0, 2, 3 start it; rank 1 has it queued
+    time.sleep(0.2)
+    rc.abort(queued, block=True)
+    assert queued.get(timeout=30) == [4] * 4  # rank 1 ran it too, so nobody hangs
+    sleeper.get(timeout=10)
+    with pytest.raises(ValueError, match="whole MPI world"):
+        rc.resubmit(queued)
 
 
 @pytest.mark.timeout(300)

@@ -1,8 +1,9 @@
 """``python -m mpihub.demo``: start a local cluster, run the seed examples, stop it.
 
 What `make demo` runs: push/pull, a load-balanced ``numpy.dot`` against a pushed
-matrix through a ``Reference``, scatter/gather, with timings; everything started is
-stopped before it returns.
+matrix through a ``Reference``, scatter/gather, with timings; then the same on MPI
+engines: a ``@collective`` function, scatter/gather, push and allreduce over MPI.
+Everything started is stopped before it returns.
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from mpihub import Reference
 def timed(label: str, fn):
     start = time.perf_counter()
     value = fn()
-    print(f"  {label:<46} {1000 * (time.perf_counter() - start):8.2f} ms")
+    print(f"  {label:<52} {1000 * (time.perf_counter() - start):8.2f} ms")
     return value
 
 
@@ -65,6 +66,7 @@ def main(n: int = 4) -> int:
     return 0 if ok else 1
 
 
+@mpihub.collective(timeout=30)
 def rank_sum() -> int:
     """Runs on every rank at once: a collective sum of rank + 1 over the engines' world."""
     from mpi4py import MPI
@@ -85,9 +87,24 @@ def mpi_demo(n: int) -> bool:
     with mpihub.Cluster(n=n, engines="mpi") as rc:
         ranks = rc[:].apply_sync(lambda: (rank, size))  # noqa: F821 - comm, rank, size live on MPI engines
         print(f"  (rank, size) per engine: {ranks}")
-        total = timed("comm.allreduce(rank + 1) on every rank", lambda: rc[:].apply_sync(rank_sum))
+        total = timed("@collective comm.allreduce(rank + 1) on every rank", lambda: rc[:].apply_sync(rank_sum))
         print(f"    -> {total}")
-        ok = ranks == [(i, n) for i in range(n)] and total == [n * (n + 1) // 2] * n
+        dview = rc[:]
+        data = np.arange(50_000_000, dtype=np.float64)  # 400 MB
+        timed(f"scatter {data.nbytes / 1e6:.0f} MB via MPI (one send, then Scatterv)",
+              lambda: dview.scatter("x", data, via="mpi", block=True))
+        timed("x *= 2 on every engine", lambda: dview.execute("x *= 2", block=True))
+        gathered = timed("gather via MPI (Gatherv, then one send)", lambda: dview.gather("x", via="mpi", block=True))
+        weights = data[:12_500_000]  # 100 MB
+        timed(f"push {weights.nbytes / 1e6:.0f} MB to all via MPI Bcast", lambda: dview.push({"w": weights}, block=True))
+        dview.execute("import numpy as np\nlocal = np.array([x.sum()])", block=True)
+        timed("allreduce of per-engine sums via MPI", lambda: dview.allreduce("local", "sum", dest="total", block=True))
+        totals = dview.pull("total", block=True)
+        print(f"    -> gathered == 2 * data: {np.array_equal(gathered, 2 * data)}; "
+              f"total on every engine: {totals[0][0]:.6g}")
+        ok = (ranks == [(i, n) for i in range(n)] and total == [n * (n + 1) // 2] * n
+              and np.array_equal(gathered, 2 * data)
+              and all(np.isclose(t[0], 2 * data.sum()) for t in totals))
     print("MPI cluster stopped")
     return ok
 

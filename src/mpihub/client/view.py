@@ -307,7 +307,7 @@ class DirectView(View):
         plan = self._reduce_plan(op, via, engines)
         if plan is not None:
             return self._collective(mpi_ops.allreduce, plan, {"key": key, "op": _op_name(op), "dest": dest or key},
-                                    [], block, None)
+                                    [], block, None, lambda values: values)
         value = self.reduce(key, op, targets=engines, block=True, via=via)
         return self.push({dest or key: value}, targets=engines, block=block)
 

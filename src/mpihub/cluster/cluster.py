@@ -18,7 +18,7 @@ from .. import config, errors
 from ..client.client import Client
 from ..protocol import connection
 from ..process import pid_alive
-from .launchers import OPEN_MPI_AS_ROOT, LocalLauncher, find_mpiexec, stop_pids
+from .launchers import LocalLauncher, find_mpiexec, mpi_environment, stop_pids
 
 log = logging.getLogger("mpihub.cluster")
 
@@ -118,7 +118,7 @@ class Cluster:
         if self.engines == "mpi":
             if count:
                 prefix = [self.mpiexec, "-n", str(count), *self.mpiexec_args]
-                self.launcher.start([*args, "--mpi"], name, env=OPEN_MPI_AS_ROOT, prefix=prefix)
+                self.launcher.start([*args, "--mpi"], name, env=mpi_environment(count), prefix=prefix)
         else:
             for i in range(count):
                 self.launcher.start(args, f"engine-{self.cluster_id or 'default'}-{first + i}")

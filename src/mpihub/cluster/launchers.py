@@ -109,6 +109,17 @@ class LocalLauncher:
 
 #: Lets Open MPI's mpiexec run as root (CI and containers); MPICH ignores them.
 OPEN_MPI_AS_ROOT = {"OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1"}
+#: Make waiting ranks yield the CPU often (MPICH; Open MPI's own switch), for more ranks
+#: than cores: MPI waits by spinning, and spinning ranks starve the rank doing the work.
+YIELD_WHEN_OVERSUBSCRIBED = {"MPIR_CVAR_POLLS_BEFORE_YIELD": "10", "OMPI_MCA_mpi_yield_when_idle": "1"}
+
+
+def mpi_environment(ranks: int) -> dict[str, str]:
+    """Variables for a local ``mpiexec`` job of ``ranks``; the user's own settings win."""
+    wanted = dict(OPEN_MPI_AS_ROOT)
+    if ranks > (os.cpu_count() or 1):
+        wanted.update(YIELD_WHEN_OVERSUBSCRIBED)
+    return {name: value for name, value in wanted.items() if name not in os.environ}
 
 
 def find_mpiexec(explicit: str | None = None) -> str:
