@@ -28,6 +28,7 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	bash bench/run.sh
+	$(PY) bench/bench_mpi.py
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache

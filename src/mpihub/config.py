@@ -35,6 +35,8 @@ SCHEDULER_HWM = _int("MPIHUB_SCHEDULER_HWM", 2)
 MPI_THRESHOLD = _int("MPIHUB_MPI_THRESHOLD", 1 << 20)
 #: Largest message of mpihub's pipelined MPI reductions (chunks overlap along the ranks).
 MPI_CHUNK_BYTES = _int("MPIHUB_MPI_CHUNK_BYTES", 4 << 20)
+#: Bytes of MPI receive buffers an engine keeps for reuse by later collectives.
+MPI_POOL_BYTES = _int("MPIHUB_MPI_POOL_BYTES", 1 << 30)
 #: Buffers of at least this many bytes travel as separate zero-copy frames.
 ZERO_COPY_THRESHOLD = _int("MPIHUB_ZERO_COPY_THRESHOLD", 64 * 1024)
 #: Results and single-engine payloads of at least this many bytes take the direct link.

@@ -12,7 +12,6 @@ share, so no rank waits in a collective the others skipped.
 from __future__ import annotations
 
 import math
-import mmap
 import pickle
 import time
 from typing import Any
@@ -23,6 +22,7 @@ from .. import config
 from ..client import partition
 from ..protocol import serialize
 from . import mpi, ops
+from .buffers import BufferPool
 
 #: Reductions whose result does not depend on the order MPI combines in (integer
 #: arithmetic wraps the same in any order); floating point goes through the ordered chain.
@@ -30,8 +30,7 @@ _ORDER_FREE_KINDS = "iu"
 _UFUNCS = {"sum": np.add, "prod": np.multiply, "min": np.minimum, "max": np.maximum}
 _CHAIN_TAG = 11
 
-_MAPPED_BYTES = 4 << 20
-
+_buffers = BufferPool(config.MPI_POOL_BYTES)
 _subcomms: dict[tuple[int, ...], Any] = {}
 
 
@@ -53,19 +52,6 @@ def _comm(ranks: list[int]):
         comm = _subcomms[key] = world.Create_group(group, tag=_CHAIN_TAG)
         group.Free()
     return comm
-
-
-def _empty(shape: tuple, dtype) -> np.ndarray:
-    """An uninitialised array to receive into. Large ones are plain anonymous memory
-    maps: numpy asks for huge pages for its large arrays, and where memory is fragmented
-    the kernel compacts it first, which stalled gathers for a second or more. Pages of a
-    map fault in during the MPI call, which runs without the GIL, so heartbeats go on
-    (populating the map up front would hold the GIL for seconds on gigabytes)."""
-    dtype = np.dtype(dtype)
-    nbytes = dtype.itemsize * math.prod(shape)
-    if nbytes < _MAPPED_BYTES:
-        return np.empty(shape, dtype)
-    return np.frombuffer(mmap.mmap(-1, nbytes), dtype).reshape(shape)
 
 
 def _bytes(array: np.ndarray) -> np.ndarray:
@@ -137,7 +123,7 @@ def _scatter_array(comm, root: int, spec: dict, frames) -> np.ndarray:
 
     dtype, shape, counts = np.dtype(spec["dtype"]), tuple(spec["shape"]), spec["counts"]
     row = dtype.itemsize * math.prod(shape[1:])
-    part = _empty((counts[comm.rank], *shape[1:]), dtype)  # ready while the root still receives
+    part = _buffers.empty((counts[comm.rank], *shape[1:]), dtype)  # ready while the root still receives
     _check_root(comm, root, frames)
     send = None
     if comm.rank == root:
@@ -195,7 +181,7 @@ def gather(spec: dict, frames=None) -> Any:
     row = dtype.itemsize * math.prod(tail)
     whole = receive = None
     if comm.rank == root:
-        whole = _empty((sum(rows), *tail), dtype)
+        whole = _buffers.empty((sum(rows), *tail), dtype)
         sizes = [r * row for r in rows]
         receive = [_bytes(whole), (sizes, [0, *np.cumsum(sizes[:-1]).tolist()]), MPI.BYTE]
     comm.Gatherv(_byte_buffer(np.ascontiguousarray(value)), receive, root=root)
@@ -220,7 +206,7 @@ def bcast(spec: dict, frames=None) -> None:
         buffers = [serialize.writable(f) for f in frames]
         comm.bcast([b.nbytes for b in buffers], root=root)
     else:
-        buffers = [_empty((size,), np.uint8) for size in comm.bcast(None, root=root)]
+        buffers = [_buffers.empty((size,), np.uint8) for size in comm.bcast(None, root=root)]
     for buffer in buffers:
         comm.Bcast([buffer, MPI.BYTE], root=root)
     _store(spec["key"], pickle.loads(buffers[0], buffers=buffers[1:]))
@@ -265,7 +251,7 @@ def _chain_arrays(comm, value: np.ndarray, ufunc) -> np.ndarray | None:
         if last > 0:
             MPI.Request.Waitall([comm.Isend(_byte_buffer(mine[s]), dest=1, tag=_CHAIN_TAG) for s in slices])
         return mine.reshape(value.shape) if last == 0 else None
-    acc = _empty(mine.shape, mine.dtype)
+    acc = _buffers.empty(mine.shape, mine.dtype)
     sends = []
     for s in slices:
         comm.Recv(_byte_buffer(acc[s]), source=rank - 1, tag=_CHAIN_TAG)
