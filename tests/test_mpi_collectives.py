@@ -1,5 +1,10 @@
-"""MPI collectives through the Client on 4 MPI engines, checked bit for bit against the
-ZMQ path: scatter, gather, bcast/push, reduce and allreduce, and @mpihub.collective."""
+"""MPI collectives through the Client on MPI worlds of 2 and 4 engines, checked bit for bit
+against the ZMQ path: scatter, gather, bcast/push, reduce and allreduce, and
+@mpihub.collective."""
+import os
+import re
+import signal
+import subprocess
 import time
 
 import numpy as np
@@ -15,9 +20,9 @@ DTYPES = [np.int8, np.uint16, np.int32, np.int64, np.uint64, np.float16, np.floa
           np.complex64, np.complex128, np.bool_, np.dtype([("a", "<i4"), ("b", "<f8")]), np.dtype(">f8")]
 
 
-@pytest.fixture(scope="module")
-def mpi_world():
-    running = RunningCluster(4, engines="mpi")
+@pytest.fixture(scope="module", params=[2, 4], ids=["2 ranks", "4 ranks"])
+def mpi_world(request):
+    running = RunningCluster(request.param, engines="mpi")
     try:
         yield running
     finally:
@@ -99,8 +104,9 @@ def test_bcast_and_push_of_large_arrays(view):
     assert all(same(b, big) for b in pulled(view, "big"))
     view.push({"pushed": big[::-1], "small": 7}, block=True)
     assert all(same(p, big[::-1].copy()) for p in pulled(view, "pushed"))
-    assert pulled(view, "small") == [7] * 4
-    assert view.apply_sync(mpihub.interactive(lambda: pushed.flags.writeable)) == [True] * 4  # noqa: F821
+    n = len(view.targets)
+    assert pulled(view, "small") == [7] * n
+    assert view.apply_sync(mpihub.interactive(lambda: pushed.flags.writeable)) == [True] * n  # noqa: F821
 
 
 @pytest.mark.parametrize("op", ["sum", "prod", "min", "max"])
@@ -122,9 +128,9 @@ def test_reduce_and_allreduce_match_zmq_bit_for_bit(view, op):
         by_mpi = view.reduce("x", op, via="mpi", block=True)
         by_zmq = view.reduce("x", op, via="zmq", block=True)
         assert same(by_mpi, by_zmq), (name, op)
-        assert view.allreduce("x", op, dest="all", via="mpi", block=True) == [None] * 4
+        assert view.allreduce("x", op, dest="all", via="mpi", block=True) == [None] * len(view.targets)
         assert all(same(a, by_zmq) for a in pulled(view, "all")), (name, op)
-    assert view.allreduce("x", op, dest="all", via="zmq", block=True) == [None] * 4
+    assert view.allreduce("x", op, dest="all", via="zmq", block=True) == [None] * len(view.targets)
 
 
 def test_reduce_with_callable_and_logical_ops(view):
@@ -139,7 +145,7 @@ def test_reduce_with_callable_and_logical_ops(view):
 
 def test_subset_of_the_world_in_any_order(mpi_world):
     rc = mpi_world.client
-    sub = rc.direct_view([3, 1])
+    sub = rc.direct_view(rc.ids[::-2])  # [3, 1] of 4 ranks, [1] of 2
     for rows in (9, 8):
         arr = sample(np.float64, (rows, 2))
         for dist in ("b", "r"):
@@ -151,16 +157,17 @@ def test_subset_of_the_world_in_any_order(mpi_world):
     assert same(sub.reduce("sub_part", fold, via="mpi", block=True),
                 sub.reduce("sub_part", fold, via="zmq", block=True))
     with pytest.raises(mpihub.RemoteError, match="NameError"):
-        rc[2].pull("sub_part", block=True)  # engines outside the view took no part
+        rc[0].pull("sub_part", block=True)  # engines outside the view took no part
 
 
 def test_errors_name_the_engine_and_lose_nothing(view, mpi_world):
     rc = mpi_world.client
-    rc[2].execute("only_here = 1", block=True)
+    last = rc.ids[-1]
+    rc[last].execute("only_here = 1", block=True)
     with pytest.raises(mpihub.CompositeError) as info:
         view.gather("only_here", via="mpi", block=True)
     names = {(e.engine_id, e.ename) for e in info.value.elist}
-    assert names == {(0, "NameError"), (1, "NameError"), (3, "NameError")}
+    assert names == {(e, "NameError") for e in rc.ids[:-1]}
     view.execute("odd = np.arange(3) if rank else 'text'", block=True)
     with pytest.raises(mpihub.CompositeError, match="reduce op raised"):
         view.reduce("odd", "sum", via="mpi", block=True)
@@ -192,18 +199,24 @@ def psum(x):
 
 def test_collective_function_runs_on_the_whole_world(view, mpi_world):
     rc = mpi_world.client
-    assert view.apply_sync(psum, 3) == [12] * 4
-    with pytest.raises(ValueError, match=r"ranks \[2, 3\] are not in it"):
-        rc[0:2].apply(psum, 1)
+    n = len(rc.ids)
+    assert view.apply_sync(psum, 3) == [3 * n] * n
+    with pytest.raises(ValueError, match=re.escape(f"ranks {list(range(1, n))} are not in it")):
+        rc[0:1].apply(psum, 1)
+    with pytest.raises(ValueError, match="mapping it"):
+        view.map(psum, range(8))
+    with pytest.raises(ValueError, match="mapping it"):
+        rc.load_balanced_view().map(psum, range(8))
     with pytest.raises(ValueError, match="LoadBalancedView"):
         rc.load_balanced_view().apply(psum, 1)
     with pytest.raises(ValueError, match="positive number"):
         mpihub.collective(timeout=0)
 
 
-@pytest.mark.parametrize("busy", [2, 0])
+@pytest.mark.parametrize("busy", ["last", "first"])
 def test_collective_timeout_names_the_missing_rank(view, mpi_world, busy):
     rc = mpi_world.client
+    busy = rc.ids[-1] if busy == "last" else rc.ids[0]
     sleeper = rc[busy].apply_async(time.sleep, 3)
     started = time.monotonic()
     with pytest.raises(mpihub.CompositeError) as info:
@@ -212,7 +225,8 @@ def test_collective_timeout_names_the_missing_rank(view, mpi_world, busy):
     sleeper.get(timeout=10)
     assert {e.ename for e in info.value.elist} == {"CollectiveTimeout"}
     assert f"rank {busy} (engine {busy})" in str(info.value)
-    assert view.apply_sync(psum, 2) == [8] * 4  # nothing left over from the failed call
+    n = len(rc.ids)
+    assert view.apply_sync(psum, 2) == [2 * n] * n  # nothing left over from the failed call
 
 
 def test_a_collective_is_never_aborted_or_resubmitted_piecemeal(view, mpi_world):
@@ -221,7 +235,7 @@ def test_a_collective_is_never_aborted_or_resubmitted_piecemeal(view, mpi_world)
     queued = view.apply_async(psum, 1)  # ranks 0, 2, 3 start it; rank 1 has it queued
     time.sleep(0.2)
     rc.abort(queued, block=True)
-    assert queued.get(timeout=30) == [4] * 4  # rank 1 ran it too, so nobody hangs
+    assert queued.get(timeout=30) == [len(rc.ids)] * len(rc.ids)  # rank 1 ran it too, so nobody hangs
     sleeper.get(timeout=10)
     with pytest.raises(ValueError, match="whole MPI world"):
         rc.resubmit(queued)
@@ -237,3 +251,43 @@ def test_bcast_past_2_gib(fresh_cluster):
     del big
     check = mpihub.interactive(lambda: (huge.size, int(huge[-1]), int(huge[:-1].any())))  # noqa: F821
     assert rc[:].apply_sync(check) == [((1 << 31) + 64, 9, 0)] * 2
+
+
+def client_bytes_sent() -> int:
+    """Bytes this process has sent on its TCP sockets, from ``ss -ti``."""
+    out = subprocess.run(["ss", "-tinpH"], capture_output=True, text=True, timeout=10).stdout
+    total, mine = 0, False
+    for line in out.splitlines():
+        if not line.startswith(("\t", " ")):
+            mine = f"pid={os.getpid()}," in line
+        elif mine and (found := re.search(r"bytes_sent:(\d+)", line)):
+            total += int(found.group(1))
+    return total
+
+
+@pytest.mark.skipif(subprocess.run(["which", "ss"], capture_output=True).returncode != 0, reason="needs ss")
+def test_bcast_sends_one_copy_whatever_the_engine_count(view, mpi_world):
+    rc = mpi_world.client
+    payload = sample(np.float64, (1 << 20,))  # 8 MiB
+    for targets in ([rc.ids[0], rc.ids[-1]], rc.ids):
+        before = client_bytes_sent()
+        rc.direct_view(targets).bcast("copy", payload, via="mpi", block=True)
+        sent = client_bytes_sent() - before
+        assert payload.nbytes <= sent < payload.nbytes + 64 * 1024, (targets, sent)
+
+
+@pytest.mark.timeout(120)
+def test_a_rank_that_dies_fails_the_call_instead_of_hanging(fresh_cluster):
+    running = fresh_cluster(4, engines="mpi")
+    rc = running.client
+    rc[1].apply_async(time.sleep, 5)
+    ar = rc[:].gather("not_yet", via="mpi", block=False)  # ranks 0, 2, 3 wait in MPI for rank 1
+    time.sleep(0.5)
+    os.kill(rc._engines[2]["pid"], signal.SIGKILL)
+    with pytest.raises(mpihub.CompositeError) as info:
+        ar.get(timeout=30)  # the MPI job ends with the rank, and every engine's task fails
+    assert {type(e) for e in info.value.elist} == {mpihub.EngineError}
+    deadline = time.monotonic() + 10
+    while rc.ids and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert rc.ids == []

@@ -124,6 +124,13 @@ def _check_callable(f: Callable) -> None:
         raise TypeError(f"apply needs a callable, not {type(f).__name__}")
 
 
+def _check_mappable(f: Callable) -> None:
+    _check_callable(f)
+    if is_collective(f):
+        raise ValueError(f"{getattr(f, '__name__', 'f')} is an MPI collective function: mapping it would call it "
+                         "a different number of times on each rank; apply it to a DirectView over the world")
+
+
 class DirectView(View):
     """Calls on named engines; ``rc[0]`` gives single results, other views lists."""
 
@@ -315,7 +322,7 @@ class DirectView(View):
 
     def map(self, f: Callable, *seqs, block=None, dist: str = "b") -> Any:
         """Apply ``f`` element-wise, each engine taking one contiguous block."""
-        _check_callable(f)
+        _check_mappable(f)
         if not seqs:
             raise TypeError("map needs at least one sequence")
         engines = self._target_list()
@@ -404,7 +411,7 @@ class LoadBalancedView(View):
     def map(self, f: Callable, *seqs, chunksize: int = 1, ordered: bool = True, block=None) -> Any:
         """Tasks of ``chunksize`` elements each; results in order (or completion order
         when iterating with ``ordered=False``)."""
-        _check_callable(f)
+        _check_mappable(f)
         if not seqs:
             raise TypeError("map needs at least one sequence")
         if not isinstance(chunksize, int) or chunksize < 1:
