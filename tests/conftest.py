@@ -47,14 +47,19 @@ class RunningCluster:
         assert not self.cluster.engine_file.exists()
 
 
-@pytest.fixture(scope="module")
-def cluster():
-    """A controller and 2 engines shared by one test module, always torn down."""
-    running = RunningCluster(2)
+def run_cluster(n: int, **kwargs):
+    """Start a cluster for a fixture to yield; it is always stopped and leak-checked after."""
+    running = RunningCluster(n, **kwargs)
     try:
         yield running
     finally:
         running.stop()
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """A controller and 2 engines shared by one test module, always torn down."""
+    yield from run_cluster(2)
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import mpihub
-from conftest import RunningCluster
+from conftest import run_cluster
 from mpihub.client import collectives
 
 pytestmark = pytest.mark.timeout(180)
@@ -22,11 +22,7 @@ DTYPES = [np.int8, np.uint16, np.int32, np.int64, np.uint64, np.float16, np.floa
 
 @pytest.fixture(scope="module", params=[2, 4], ids=["2 ranks", "4 ranks"])
 def mpi_world(request):
-    running = RunningCluster(request.param, engines="mpi")
-    try:
-        yield running
-    finally:
-        running.stop()
+    yield from run_cluster(request.param, engines="mpi")
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ import sys
 import pytest
 
 import mpihub
-from conftest import RunningCluster, assert_gone
+from conftest import assert_gone, run_cluster
 from mpihub.cluster.cluster import state_file
 
 pytestmark = pytest.mark.timeout(120)
@@ -14,11 +14,7 @@ pytestmark = pytest.mark.timeout(120)
 
 @pytest.fixture(scope="module")
 def mpi_cluster():
-    running = RunningCluster(4, engines="mpi")
-    try:
-        yield running
-    finally:
-        running.stop()
+    yield from run_cluster(4, engines="mpi")
 
 
 @mpihub.interactive  # shipped by value: the engines cannot import this test module
