@@ -43,6 +43,10 @@ def _one_world(client, engines: list[int]) -> list[int] | None:
     return [info["mpi_rank"] for info in infos]
 
 
+def in_one_world(client, engines: list[int]) -> bool:
+    return _one_world(client, engines) is not None
+
+
 def plan(client, via: str, engines: list[int], nbytes: int | None = None) -> Plan | None:
     """The MPI plan for a call, or None for the ZMQ path.
 

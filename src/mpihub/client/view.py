@@ -13,7 +13,6 @@ import os
 import weakref
 from typing import Any, Callable, Iterator
 
-
 from .. import errors
 from ..collective import is_collective
 from ..engine import collectives as mpi_ops
@@ -283,7 +282,9 @@ class DirectView(View):
 
     def _store_everywhere(self, key: str | None, value: Any, targets, block, track, via: str) -> Any:
         engines = self._target_list(targets)
-        frames = collectives.pickled(value)
+        frames = []  # pickled only where MPI may take it, to count its numpy bytes
+        if via != "zmq" and collectives.in_one_world(self.client, engines):
+            frames = collectives.pickled(value)
         plan = collectives.plan(self.client, via, engines, collectives.buffer_bytes(frames))
         if plan is not None:
             return self._collective(mpi_ops.bcast, plan, {"key": key}, frames, block, track,
@@ -310,7 +311,7 @@ class DirectView(View):
                   block=None, via: str = "auto") -> Any:
         """Combine ``key`` across engines and store the result on each as ``dest``."""
         engines = self._target_list(targets)
-        ops.reducer(op)
+        ops.reducer(op)  # an unknown op fails here, before anything is sent
         plan = self._reduce_plan(op, via, engines)
         if plan is not None:
             return self._collective(mpi_ops.allreduce, plan, {"key": key, "op": _op_name(op), "dest": dest or key},
