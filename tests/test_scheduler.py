@@ -1,7 +1,7 @@
 """The least-load scheduler as a pure state machine: events in, assignments out."""
 import pytest
 
-from mpihub.controller.scheduler import LeastLoadScheduler
+from mpihub.controller.scheduler import SCHEDULERS, LeastLoadScheduler, LRUScheduler, RandomScheduler, WeightedScheduler
 
 
 def test_tasks_wait_for_engines_then_spread_by_load():
@@ -75,3 +75,74 @@ def test_abort_drops_only_queued_tasks():
     s.submit("queued")
     assert s.abort(["running", "queued", "unknown"]) == ["queued"]
     assert s.finished("running") == []
+
+
+@pytest.fixture(params=sorted(SCHEDULERS))
+def policy(request):
+    return SCHEDULERS[request.param]
+
+
+def test_every_policy_keeps_hwm_and_restrictions(policy):
+    s = policy(hwm=2)
+    for e in (0, 1, 2):
+        s.add_engine(e)
+    out = [a for t in range(6) for a in s.submit(f"t{t}")]
+    assert len(out) == 6 and set(s.load.values()) == {2}
+    assert s.submit("only-1", targets=[1]) == []
+    assert s.submit("t6") == []
+    on = {e: [t for t, engine in out if engine == e] for e in (0, 1, 2)}
+    assert s.finished(on[0][0]) == [("t6", 0)]  # only-1 cannot use engine 0; t6 goes past it
+    assert [t for t, _ in s.pending] == ["only-1"]
+    assert s.finished(on[1][0]) == [("only-1", 1)]
+    lost, stranded = s.remove_engine(2)
+    assert sorted(lost) == sorted(on[2]) and stranded == []
+
+
+def test_every_policy_waits_for_engines_and_drops_stranded_tasks(policy):
+    s = policy(hwm=1)
+    assert s.submit("a") == []
+    assert s.add_engine(5) == [("a", 5)]
+    s.add_engine(6)
+    assert s.submit("b") == [("b", 6)]
+    assert s.submit("c", targets=[6]) == []
+    assert s.remove_engine(6) == (["b"], ["c"])
+    with pytest.raises(LookupError):
+        s.submit("d", targets=[6])
+    with pytest.raises(ValueError):
+        policy(hwm=0)
+
+
+def test_lru_goes_round_robin_whatever_the_load():
+    picks = {}
+    for policy in (LRUScheduler, LeastLoadScheduler):
+        s = policy(hwm=3)
+        s.add_engine(0)
+        s.add_engine(1)
+        assert [e for t in "abc" for _, e in s.submit(t)] == [0, 1, 0]
+        s.finished("a")
+        s.finished("c")  # engine 0 idle, engine 1 busy
+        picks[policy] = s.submit("d")[0][1]
+    assert picks == {LRUScheduler: 1, LeastLoadScheduler: 0}
+
+
+def test_random_is_repeatable_and_uses_every_engine():
+    picks = []
+    for _ in range(2):
+        s = RandomScheduler(hwm=1000, seed=7)
+        for e in range(4):
+            s.add_engine(e)
+        picks.append([e for t in range(400) for _, e in s.submit(str(t))])
+    assert picks[0] == picks[1]
+    assert all(60 < picks[0].count(e) < 140 for e in range(4))
+
+
+def test_weighted_favours_engines_with_room():
+    s = WeightedScheduler(hwm=100, seed=3)
+    s.add_engine(0)
+    s.add_engine(1)
+    for t in range(90):
+        s.pending.append((f"pre{t}", frozenset([0])))
+    s._drain()  # engine 0 now has 10 free slots, engine 1 has 100
+    assert s.load[0] == 90
+    picks = [e for t in range(50) for _, e in s.submit(str(t))]
+    assert picks.count(1) > 40

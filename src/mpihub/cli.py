@@ -8,6 +8,14 @@ import sys
 import time
 
 from . import config
+from .controller.scheduler import SCHEDULERS
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
 
 
 def _setup_logging(level: str) -> None:
@@ -21,7 +29,7 @@ def _cmd_controller(args) -> int:
 
     ip = connection.interface_ip(args.interface) if args.interface else args.ip
     controller = Controller(ip=ip, cluster_id=args.cluster_id, profile_dir=args.profile_dir,
-                            scheduler=args.scheduler, owner_pid=args.owner_pid)
+                            scheduler=args.scheduler, owner_pid=args.owner_pid, hwm=args.hwm)
     controller.start()
     controller.serve_forever()
     return 0
@@ -114,7 +122,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = commands.add_parser("controller", help="run a controller (Hub + schedulers)")
     p.add_argument("--ip", default="127.0.0.1", help="address to bind (0.0.0.0 for all interfaces)")
     p.add_argument("--interface", default=None, help="bind this interface: a name (ib0) or address (tcp://10.0.0.5)")
-    p.add_argument("--scheduler", default="leastload", help="load-balancing scheme (leastload)")
+    p.add_argument("--scheduler", default="leastload", choices=sorted(SCHEDULERS),
+                   help="how load-balanced tasks pick an engine (default leastload)")
+    p.add_argument("--hwm", type=_positive_int, default=None,
+                   help=f"load-balanced tasks in flight per engine (default {config.SCHEDULER_HWM}, "
+                        "$MPIHUB_SCHEDULER_HWM)")
     p.add_argument("--owner-pid", type=int, default=None, help="stop when this process is gone")
     common(p)
     p.set_defaults(func=_cmd_controller)

@@ -1,25 +1,34 @@
-"""Load-balancing scheduler as a pure state machine: events in, assignments out.
+"""Load-balancing schedulers as pure state machines: events in, assignments out.
 
-Engines sit in buckets by load; the least-loaded engine is chosen, ties going to the
-one that waited longest (least recently used). An engine takes at most ``hwm`` tasks
-at once, so a slow task does not collect a queue behind it. Every operation is O(1) for
-unrestricted tasks; a task restricted to some targets scans the buckets.
+Every scheduler keeps the same books: the load of each engine, the tasks waiting and
+the tasks assigned. An engine takes at most ``hwm`` tasks at once, so a slow task does
+not collect a queue behind it. They differ only in which engine with room gets the
+next task:
+
+- ``leastload``: the least-loaded engine, ties to the one that waited longest. Engines
+  sit in buckets by load, so a choice is O(1) for an unrestricted task.
+- ``lru``: the engine that was given a task longest ago (round robin over those with room).
+- ``random``: any engine with room, uniformly.
+- ``weighted``: a random engine with room, weighted by how much room it has.
+
+A task may be restricted to some engines (a view's targets); it then skips ahead of
+tasks that cannot run yet, without reordering them.
 """
 from __future__ import annotations
 
+import random
 from collections import OrderedDict, deque
 from typing import Iterable
 
 
-class LeastLoadScheduler:
+class Scheduler:
     """Assigns task ids to engine ids. Holds no payloads and no sockets."""
 
     def __init__(self, hwm: int = 1):
-        if hwm < 1:
-            raise ValueError("hwm must be at least 1")
+        if not isinstance(hwm, int) or hwm < 1:
+            raise ValueError(f"hwm must be a positive int, not {hwm!r}")
         self.hwm = hwm
         self.load: dict[int, int] = {}
-        self._buckets: list[OrderedDict[int, None]] = [OrderedDict() for _ in range(hwm)]
         self.pending: deque[tuple[str, frozenset[int] | None]] = deque()
         self.assigned: dict[str, int] = {}
 
@@ -27,7 +36,7 @@ class LeastLoadScheduler:
 
     def add_engine(self, engine_id: int) -> list[tuple[str, int]]:
         self.load[engine_id] = 0
-        self._buckets[0][engine_id] = None
+        self._room_changed(engine_id, None, 0)
         return self._drain()
 
     def remove_engine(self, engine_id: int) -> tuple[list[str], list[str]]:
@@ -35,8 +44,7 @@ class LeastLoadScheduler:
         load = self.load.pop(engine_id, None)
         if load is None:
             return [], []
-        if load < self.hwm:
-            del self._buckets[load][engine_id]
+        self._room_changed(engine_id, load, None)
         lost = [task for task, engine in self.assigned.items() if engine == engine_id]
         for task in lost:
             del self.assigned[task]
@@ -62,10 +70,8 @@ class LeastLoadScheduler:
         if engine_id is None:
             return []
         load = self.load[engine_id]
-        if load < self.hwm:
-            del self._buckets[load][engine_id]
         self.load[engine_id] = load - 1
-        self._buckets[load - 1][engine_id] = None
+        self._room_changed(engine_id, load, load - 1)
         return self._drain()
 
     def abort(self, task_ids: Iterable[str]) -> list[str]:
@@ -76,7 +82,62 @@ class LeastLoadScheduler:
             self.pending = deque(item for item in self.pending if item[0] not in drop)
         return removed
 
+    # -- what a policy decides ---------------------------------------------------------
+
+    def _choose(self, allowed: frozenset[int] | None) -> int | None:
+        """An engine with room (in ``allowed``, if given), or None."""
+        raise NotImplementedError
+
+    def _room_changed(self, engine_id: int, old: int | None, new: int | None) -> None:
+        """An engine's load went from ``old`` to ``new`` (None: not registered)."""
+
+    def _has_room(self) -> bool:
+        return any(load < self.hwm for load in self.load.values())
+
     # -- internals ------------------------------------------------------------------
+
+    def _with_room(self, allowed: frozenset[int] | None) -> list[int]:
+        return [e for e, load in self.load.items() if load < self.hwm and (allowed is None or e in allowed)]
+
+    def _assign(self, task_id: str, engine_id: int) -> None:
+        load = self.load[engine_id]
+        self.load[engine_id] = load + 1
+        self._room_changed(engine_id, load, load + 1)
+        self.assigned[task_id] = engine_id
+
+    def _drain(self) -> list[tuple[str, int]]:
+        out: list[tuple[str, int]] = []
+        skipped: list[tuple[str, frozenset[int] | None]] = []
+        while self.pending:
+            task_id, allowed = self.pending[0]
+            engine_id = self._choose(allowed)
+            if engine_id is None:
+                if allowed is None or not self._has_room():
+                    break
+                skipped.append(self.pending.popleft())
+                continue
+            self.pending.popleft()
+            self._assign(task_id, engine_id)
+            out.append((task_id, engine_id))
+        self.pending.extendleft(reversed(skipped))
+        return out
+
+
+class LeastLoadScheduler(Scheduler):
+    """The least-loaded engine; ties to the one that waited longest."""
+
+    def __init__(self, hwm: int = 1):
+        super().__init__(hwm)
+        self._buckets: list[OrderedDict[int, None]] = [OrderedDict() for _ in range(hwm)]
+
+    def _room_changed(self, engine_id: int, old: int | None, new: int | None) -> None:
+        if old is not None and old < self.hwm:
+            del self._buckets[old][engine_id]
+        if new is not None and new < self.hwm:
+            self._buckets[new][engine_id] = None
+
+    def _has_room(self) -> bool:
+        return any(self._buckets)
 
     def _choose(self, allowed: frozenset[int] | None) -> int | None:
         for bucket in self._buckets:
@@ -89,27 +150,58 @@ class LeastLoadScheduler:
                         return engine_id
         return None
 
-    def _assign(self, task_id: str, engine_id: int) -> None:
-        load = self.load[engine_id]
-        del self._buckets[load][engine_id]
-        self.load[engine_id] = load + 1
-        if load + 1 < self.hwm:
-            self._buckets[load + 1][engine_id] = None
-        self.assigned[task_id] = engine_id
 
-    def _drain(self) -> list[tuple[str, int]]:
-        out: list[tuple[str, int]] = []
-        skipped: list[tuple[str, frozenset[int] | None]] = []
-        while self.pending:
-            task_id, allowed = self.pending[0]
-            engine_id = self._choose(allowed)
-            if engine_id is None:
-                if allowed is None or not any(self._buckets):
-                    break
-                skipped.append(self.pending.popleft())
-                continue
-            self.pending.popleft()
-            self._assign(task_id, engine_id)
-            out.append((task_id, engine_id))
-        self.pending.extendleft(reversed(skipped))
-        return out
+class LRUScheduler(Scheduler):
+    """The engine with room that was given a task longest ago, whatever its load."""
+
+    def __init__(self, hwm: int = 1):
+        super().__init__(hwm)
+        self._by_last_use: OrderedDict[int, None] = OrderedDict()
+
+    def _room_changed(self, engine_id: int, old: int | None, new: int | None) -> None:
+        if new is None or new >= self.hwm:
+            self._by_last_use.pop(engine_id, None)
+        elif old is not None and new > old:
+            self._by_last_use.move_to_end(engine_id)
+        elif engine_id not in self._by_last_use:
+            self._by_last_use[engine_id] = None
+
+    def _has_room(self) -> bool:
+        return bool(self._by_last_use)
+
+    def _choose(self, allowed: frozenset[int] | None) -> int | None:
+        for engine_id in self._by_last_use:
+            if allowed is None or engine_id in allowed:
+                return engine_id
+        return None
+
+
+class RandomScheduler(Scheduler):
+    """Any engine with room, uniformly at random (``seed`` makes runs repeatable)."""
+
+    def __init__(self, hwm: int = 1, seed: int | None = None):
+        super().__init__(hwm)
+        self.random = random.Random(seed)
+
+    def _choose(self, allowed: frozenset[int] | None) -> int | None:
+        candidates = self._with_room(allowed)
+        return self.random.choice(candidates) if candidates else None
+
+
+class WeightedScheduler(RandomScheduler):
+    """A random engine with room, with odds proportional to the room it has."""
+
+    def _choose(self, allowed: frozenset[int] | None) -> int | None:
+        candidates = self._with_room(allowed)
+        if not candidates:
+            return None
+        room = [self.hwm - self.load[e] for e in candidates]
+        return self.random.choices(candidates, weights=room)[0]
+
+
+SCHEDULERS: dict[str, type[Scheduler]] = {
+    "leastload": LeastLoadScheduler,
+    "lru": LRUScheduler,
+    "random": RandomScheduler,
+    "weighted": WeightedScheduler,
+}

@@ -21,16 +21,15 @@ from .. import config, process
 from ..protocol import connection, wire
 from .heartbeat import HeartMonitor
 from .hub import Hub
-from .scheduler import LeastLoadScheduler
+from .scheduler import SCHEDULERS
 
 log = logging.getLogger("mpihub.controller")
-
-SCHEDULERS = {"leastload": LeastLoadScheduler}
 
 
 class Controller:
     def __init__(self, ip: str = "127.0.0.1", cluster_id: str | None = None, profile_dir=None,
-                 scheduler: str = "leastload", key: str | None = None, owner_pid: int | None = None):
+                 scheduler: str = "leastload", key: str | None = None, owner_pid: int | None = None,
+                 hwm: int | None = None):
         if scheduler not in SCHEDULERS:
             raise ValueError(f"unknown scheduler {scheduler!r}; available: {sorted(SCHEDULERS)}")
         self.ip = ip
@@ -39,7 +38,7 @@ class Controller:
         self.key = key or secrets.token_hex(32)
         self.signer = wire.Signer(self.key)
         self.hub = Hub(config.STORE_BYTES, config.MAX_RECORDS)
-        self.scheduler = SCHEDULERS[scheduler](config.SCHEDULER_HWM)
+        self.scheduler = SCHEDULERS[scheduler](config.SCHEDULER_HWM if hwm is None else hwm)
         self.scheduler_name = scheduler
         self.owner_pid = owner_pid
         self._waiting_frames: dict[str, list] = {}  # queued load-balanced requests
@@ -70,8 +69,8 @@ class Controller:
                                     config.HEARTBEAT_PERIOD, config.HEARTBEAT_TIMEOUT, self.owner_pid)
         self.monitor.start()
         self._write_connection_files(ports)
-        log.info("controller %s listening on %s (scheduler %s, pid %d)",
-                 self.cluster_id or "(default)", self.ip, self.scheduler_name, os.getpid())
+        log.info("controller %s listening on %s (scheduler %s, hwm %d, pid %d)",
+                 self.cluster_id or "(default)", self.ip, self.scheduler_name, self.scheduler.hwm, os.getpid())
 
     def _write_connection_files(self, ports: dict[str, int]) -> None:
         primary, candidates = connection.channel_urls(self.ip, ports)
