@@ -140,8 +140,10 @@ class AsyncResult:
             raise AssertionError(f"{self._fname or 'result'} is not ready")
         return all(reply_error(msg.header) is None for msg, _ in self._replies)
 
-    def abort(self) -> None:
-        self._client.abort(self.msg_ids)
+    def abort(self, interrupt: bool = False) -> None:
+        """Drop these tasks where they have not started; ``interrupt=True`` also
+        interrupts them where they run."""
+        self._client.abort(self.msg_ids, interrupt=interrupt)
 
     def add_done_callback(self, callback: Callable[["AsyncResult"], None]) -> None:
         """Call ``callback(self)`` once every reply is in (on the thread that received it)."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import signal
 import sys
 import threading
 import time
@@ -392,8 +393,19 @@ class Client:
         status = self._query("queue_status", targets=targets, verbose=verbose)
         return {int(k) if not isinstance(k, int) and k != "unassigned" else k: v for k, v in status.items()}
 
-    def abort(self, jobs=None, targets=None, block: bool = True) -> None:
-        """Drop queued tasks (of this client, or the given jobs) before they start."""
+    def send_signal(self, sig: int, targets=None, block: bool = True) -> list[int]:
+        """Send ``sig`` to engine processes; ``signal.SIGINT`` interrupts the task running
+        there (it fails with KeyboardInterrupt) and the engine goes on. Returns the ids
+        of the engines signalled."""
+        try:
+            number = int(signal.Signals(sig))
+        except ValueError:
+            raise ValueError(f"{sig!r} is not a signal") from None
+        return self._query("signal", sig=number, targets=None if targets is None else self._check_targets(targets))
+
+    def abort(self, jobs=None, targets=None, block: bool = True, interrupt: bool = False) -> None:
+        """Drop queued tasks (of this client, or the given jobs) before they start; with
+        ``interrupt=True`` also interrupt those already running (KeyboardInterrupt)."""
         if jobs is None:
             ids = list(self._pending)
         else:
@@ -402,7 +414,7 @@ class Client:
             wanted = set(self._check_targets(targets))
             status = self.queue_status(list(wanted), verbose=True)
             ids += [m for eid in wanted if eid in status for m in status[eid]["queue"] + status[eid]["tasks"]]
-        self._query("abort", ids=ids)
+        self._query("abort", ids=ids, interrupt=bool(interrupt))
 
     def resubmit(self, jobs) -> AsyncResult:
         """Run the given tasks again, load-balanced, as new tasks."""

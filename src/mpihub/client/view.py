@@ -96,8 +96,8 @@ class View:
             jobs = [ar for ar in list(self._outstanding) if not ar.ready()]
         return self.client.wait(jobs, timeout)
 
-    def abort(self, jobs=None, targets=None, block: bool = True) -> None:
-        self.client.abort(jobs, targets if targets is not None else self._abort_targets(), block)
+    def abort(self, jobs=None, targets=None, block: bool = True, interrupt: bool = False) -> None:
+        self.client.abort(jobs, targets if targets is not None else self._abort_targets(), block, interrupt)
 
     def _abort_targets(self):
         return None

@@ -319,9 +319,21 @@ class Controller:
             record = self.hub.tasks.get(msg_id)
             if record is not None and record.completed is None and record.engine_id in self.hub.engines:
                 by_engine.setdefault(record.engine_id, []).append(msg_id)
+        interrupt = bool(header.get("interrupt"))
         for engine_id, engine_ids in by_engine.items():
-            self._control(self.hub.engines[engine_id].uuid, {"t": "control", "op": "abort", "ids": engine_ids})
+            self._control(self.hub.engines[engine_id].uuid,
+                          {"t": "control", "op": "abort", "ids": engine_ids, "interrupt": interrupt})
         return removed
+
+    def _op_signal(self, ident: bytes, header: dict) -> list:
+        """Send a signal to engines' processes (SIGINT interrupts the task running there)."""
+        sig, targets = header["sig"], header.get("targets")
+        if not isinstance(sig, int) or isinstance(sig, bool):
+            raise TypeError(f"sig must be a signal number, not {sig!r}")
+        chosen = list(self.hub.engines) if targets is None else [t for t in targets if t in self.hub.engines]
+        for engine_id in chosen:
+            self._control(self.hub.engines[engine_id].uuid, {"t": "control", "op": "signal", "sig": sig})
+        return chosen
 
     def _op_shutdown(self, ident: bytes, header: dict) -> list:
         targets = header.get("targets")

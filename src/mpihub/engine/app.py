@@ -41,6 +41,8 @@ class Engine:
         self.context = zmq.Context()
         self.id: int | None = None
         self._pending_send: zmq.MessageTracker | None = None
+        self._interrupt_target: str | None = None  # the task a requested SIGINT is for
+        self._running_collective = False
         self._drop = wire.DropLog(log, "the task socket")
 
     def register(self) -> dict:
@@ -67,11 +69,12 @@ class Engine:
 
         signal.signal(signal.SIGTERM, on_sigterm)
         registration = self.register()
+        executor = self.executor = Executor(self.id)
+        signal.signal(signal.SIGINT, self._on_sigint)
         heart = Heart(self.context, self.info["heartbeat"], self.uuid, self.signer,
                       registration["hb_period"], registration.get("controller_timeout", config.ENGINE_CONTROLLER_TIMEOUT),
-                      self.aborted)
+                      self.aborted, self._signal)
         heart.start()
-        executor = Executor(self.id)
         if self.mpi_world.get("mpi_world"):
             executor.namespace.update(mpi.namespace_names())
         poller = zmq.Poller()
@@ -97,6 +100,30 @@ class Engine:
             self.data.close()
             heart.stop()
             self.context.term()
+
+    def _signal(self, sig: int, task_ids: list | None) -> None:
+        """Raise ``sig`` in this process (heartbeat thread); with ``task_ids``, only while
+        one of them runs, and a SIGINT then interrupts that task alone."""
+        running = self.executor.running
+        if task_ids is not None and (running not in task_ids or self._running_collective):
+            return  # an interrupt of one rank would leave the others waiting in MPI
+        try:
+            sig = signal.Signals(sig)
+        except ValueError:
+            log.warning("ignored a request for unknown signal %r", sig)
+            return
+        log.info("engine %s: %s requested%s", self.id, sig.name, f" for task {running}" if running else "")
+        self._interrupt_target = running
+        os.kill(os.getpid(), sig)
+
+    def _on_sigint(self, signum, frame) -> None:
+        """An interrupt fails the running task (KeyboardInterrupt) and leaves the engine
+        running; with no task running (or another task by now) it is ignored."""
+        running = self.executor.running
+        if running is not None and self._interrupt_target in (None, running):
+            self._interrupt_target = None
+            raise KeyboardInterrupt(f"interrupted while running task {running}")
+        log.info("engine %s: SIGINT with no task of its target running; ignored", self.id)
 
     def _handle_requests(self, executor: Executor) -> bool:
         """Run every queued request; False once told to shut down."""
@@ -144,7 +171,8 @@ class Engine:
                     wire.send(self.sock, wire.pack(self.signer, reply))
                     return
                 buffers = exc  # a collective still runs, so that the other ranks learn of it
-        fields, data, out_buffers = executor.run(header, msg.content, buffers)
+        self._running_collective = "rk" in header
+        fields, data, out_buffers = executor.run(header, msg.content, buffers, msg_id)
         reply.update(fields)
         client = header.get("rb")
         if out_buffers and isinstance(client, bytes) and sum(memoryview(b).nbytes for b in out_buffers) >= config.BULK_THRESHOLD:

@@ -98,16 +98,22 @@ def _user_traceback(exc: BaseException) -> str:
 class Executor:
     def __init__(self, engine_id: int):
         self.engine_id = engine_id
+        self.running: str | None = None
         self.namespace: dict = {"__name__": "__main__", "__builtins__": builtins}
         ops.bind_namespace(self.namespace)
 
-    def run(self, header: dict, content, buffers: list) -> tuple[dict, bytes, list]:
-        """Run one request; returns (reply header fields, content, buffers)."""
+    def run(self, header: dict, content, buffers: list, task_id: str | None = None) -> tuple[dict, bytes, list]:
+        """Run one request; returns (reply header fields, content, buffers).
+
+        While it runs, ``running`` names the task: a KeyboardInterrupt raised then (an
+        interrupt) fails this task alone.
+        """
         stdout, stderr = _Capture(), _Capture()
         saved = sys.stdout, sys.stderr
         sys.stdout, sys.stderr = stdout, stderr
         started = time.time()
         try:
+            self.running = task_id
             if header["t"] == "execute":
                 result = self._execute(bytes(content).decode("utf-8"), bool(header.get("silent", True)))
             else:
@@ -120,6 +126,7 @@ class Executor:
             data, out_buffers = b"", []
             fields = {"st": "error", "ename": type(exc).__name__, "evalue": str(exc), "tb": _user_traceback(exc)}
         finally:
+            self.running = None
             sys.stdout, sys.stderr = saved
         fields.update(started=started, completed=time.time(), out=stdout.getvalue(), err=stderr.getvalue())
         return fields, data, out_buffers

@@ -1,7 +1,8 @@
 """The engine's heartbeat thread: pings the controller and takes control messages.
 
 It runs beside the task thread, so a long pure-Python task never silences it (the GIL
-switches every few milliseconds). It also ends the process when the controller has
+switches every few milliseconds). Signals for the running task (interrupts) come this
+way too, since the task thread is busy. It also ends the process when the controller has
 been silent for ``controller_timeout`` seconds, when the controller no longer knows
 this engine, or on a shutdown request.
 """
@@ -9,8 +10,10 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import threading
 import time
+from typing import Callable
 
 import zmq
 
@@ -21,7 +24,8 @@ log = logging.getLogger("mpihub.engine.heartbeat")
 
 class Heart(threading.Thread):
     def __init__(self, context: zmq.Context, url: str, uuid: bytes, signer: wire.Signer,
-                 period: float, controller_timeout: float, aborted: set):
+                 period: float, controller_timeout: float, aborted: set,
+                 on_signal: Callable[[int, list | None], None]):
         super().__init__(name="mpihub-heart", daemon=True)
         self.context = context
         self.url = url
@@ -30,6 +34,7 @@ class Heart(threading.Thread):
         self.period = period
         self.controller_timeout = controller_timeout
         self.aborted = aborted
+        self.on_signal = on_signal
         self._stop_url = f"inproc://mpihub-heart-stop-{id(self)}"
         self._stop_in = context.socket(zmq.PAIR)
         self._stop_in.bind(self._stop_url)
@@ -85,6 +90,10 @@ class Heart(threading.Thread):
             op = header.get("op")
             if op == "abort":
                 self.aborted.update(i for i in header.get("ids", ()) if isinstance(i, str))
+                if header.get("interrupt"):
+                    self.on_signal(signal.SIGINT, list(header.get("ids", ())))
+            elif op == "signal" and isinstance(header.get("sig"), int):
+                self.on_signal(header["sig"], None)
             elif op == "shutdown":
                 self._exit(0, "shutdown requested by the controller")
             else:
