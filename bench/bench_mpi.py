@@ -7,7 +7,8 @@ Four engines each, all clusters up at once, systems alternating within every rep
   push to all      100 MB (one array pushed to every engine: bcast for mpihub)
 
 For each it reports the median seconds over reps and the bytes the client process put
-on its TCP sockets (from ``ss -ti``: bytes_sent of every socket this process owns), so
+on its TCP sockets (from ``ss -ti``: bytes_sent less bytes_retrans, over every socket this
+process owns), so
 "the client sends one copy" is measured, not assumed. Ratios are against ipyparallel.
 
 Usage: python bench/bench_mpi.py [--reps N] [--sg-mb MB] [--push-mb MB] [--engines N]
@@ -39,9 +40,10 @@ def client_bytes_sent() -> int | None:
     for line in out.splitlines():
         if not line.startswith(("\t", " ")):
             mine = marker in line
-        elif mine:
-            found = re.search(r"bytes_sent:(\d+)", line)
-            total += int(found.group(1)) if found else 0
+        elif mine:  # what TCP sent, less its own retransmissions
+            for field, sign in (("bytes_sent", 1), ("bytes_retrans", -1)):
+                found = re.search(rf"{field}:(\d+)", line)
+                total += sign * int(found.group(1)) if found else 0
     return total
 
 

@@ -43,6 +43,19 @@ def test_task_lifecycle_and_queue_status():
     assert hub.queue_status(verbose=True)[0]["queue"] == ["d1"]
 
 
+def test_a_retried_task_waits_again_then_finishes_elsewhere():
+    hub = hub_with_engines(2)
+    hub.submit("t1", "task", b"c", None, 1.0, ["req"], 10)
+    hub.assign("t1", 0)
+    hub.requeue("t1")
+    assert hub.queue_status() == {0: {"queue": 0, "completed": 0, "tasks": 0},
+                                  1: {"queue": 0, "completed": 0, "tasks": 0}, "unassigned": 1}
+    assert hub.tasks["t1"].engine_id is None and hub.tasks["t1"].status == "pending"
+    hub.assign("t1", 1)
+    assert hub.finish("t1", 1, {"st": "ok"}, ["reply"], 5, 2.0).engine_id == 1
+    assert hub.queue_status()[1]["completed"] == 1 and hub.queue_status()["unassigned"] == 0
+
+
 def test_removed_engine_hands_back_unfinished_tasks():
     hub = hub_with_engines(2)
     hub.submit("d1", "direct", b"c", 0, 1.0, [], 0)

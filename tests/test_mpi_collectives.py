@@ -250,14 +250,17 @@ def test_bcast_past_2_gib(fresh_cluster):
 
 
 def client_bytes_sent() -> int:
-    """Bytes this process has sent on its TCP sockets, from ``ss -ti``."""
+    """Bytes this process has sent on its TCP sockets, from ``ss -ti``, not counting
+    TCP's own retransmissions."""
     out = subprocess.run(["ss", "-tinpH"], capture_output=True, text=True, timeout=10).stdout
     total, mine = 0, False
     for line in out.splitlines():
         if not line.startswith(("\t", " ")):
             mine = f"pid={os.getpid()}," in line
-        elif mine and (found := re.search(r"bytes_sent:(\d+)", line)):
-            total += int(found.group(1))
+        elif mine:
+            for field, sign in (("bytes_sent", 1), ("bytes_retrans", -1)):
+                if found := re.search(rf"{field}:(\d+)", line):
+                    total += sign * int(found.group(1))
     return total
 
 

@@ -378,13 +378,27 @@ def _op_name(op: str | Callable) -> str | Callable:
 
 
 class LoadBalancedView(View):
-    """Each call is a task the controller's scheduler places on the least-loaded engine."""
+    """Each call is a task the controller's scheduler places on an engine.
+
+    ``retries=n`` (a flag) runs a task again, up to n times, when it raises or its engine
+    dies, on an engine that has not failed it where one exists.
+    """
+
+    flag_names = ("block", "track", "retries")
+
+    def __init__(self, client, targets):
+        super().__init__(client, targets)
+        self.retries = 0
 
     def __repr__(self) -> str:
         return f"<LoadBalancedView {self._targets if self._targets is not None else 'all'}>"
 
     def _header(self, msg_id: str) -> dict:
         header = {"t": "apply", "lb": True, "id": msg_id}
+        if not isinstance(self.retries, int) or isinstance(self.retries, bool) or self.retries < 0:
+            raise ValueError(f"retries must be a non-negative int, not {self.retries!r}")
+        if self.retries:
+            header["re"] = self.retries
         if self._targets is not None:
             header["only"] = self.client._check_targets(self._targets)
         elif not self.client.ids:

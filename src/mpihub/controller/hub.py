@@ -130,6 +130,15 @@ class Hub:
         self.unassigned -= 1
         self.engines[engine_id].tasks.add(msg_id)
 
+    def requeue(self, msg_id: str) -> None:
+        """A load-balanced task that failed goes back to waiting for an engine (a retry)."""
+        record = self.tasks[msg_id]
+        engine = self.engines.get(record.engine_id) if record.engine_id is not None else None
+        if engine is not None:
+            engine.tasks.discard(msg_id)
+        record.engine_id = None
+        self.unassigned += 1
+
     def finish(self, msg_id: str, engine_id: int | None, header: dict, reply: Any, nbytes: int,
                now: float) -> TaskRecord | None:
         """A reply arrived (or was made up for a failure) at ``now``; returns the record if known."""

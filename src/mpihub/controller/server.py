@@ -21,6 +21,7 @@ from .. import config, process
 from ..protocol import connection, wire
 from .heartbeat import HeartMonitor
 from .hub import Hub
+from .retries import RetryBook
 from .scheduler import SCHEDULERS
 
 log = logging.getLogger("mpihub.controller")
@@ -42,6 +43,7 @@ class Controller:
         self.scheduler_name = scheduler
         self.owner_pid = owner_pid
         self._waiting_frames: dict[str, list] = {}  # queued load-balanced requests
+        self.retries = RetryBook()
         self._reply_to: dict[bytes, bytes] = {}  # a client's sending identity -> its receiving one
         self._files: list[Path] = []
         self._drop_client = wire.DropLog(log, "the client socket")
@@ -167,6 +169,7 @@ class Controller:
         header = {"t": "reply", "id": msg_id, "eng": engine_id, "st": status, "ename": ename,
                   "evalue": evalue, "tb": "", "started": None, "completed": now}
         frames = wire.pack(self.signer, header)
+        self.retries.finished(msg_id)
         self._deliver(msg_id, frames)
         self.hub.finish(msg_id, None, header, frames, 0, now)
 
@@ -241,18 +244,36 @@ class Controller:
     def _submit_task(self, ident: bytes, msg: wire.Message) -> None:
         msg_id = msg.header["id"]
         only = msg.header.get("only")
+        retries = msg.header.get("re", 0)
         if not isinstance(msg_id, str) or msg_id in self.hub.tasks:
             raise ValueError(f"bad or duplicate task id {msg_id!r}")
         if only is not None and not (isinstance(only, list) and all(isinstance(t, int) for t in only)):
             raise TypeError("only must be a list of engine ids")
+        if not isinstance(retries, int) or retries < 0:
+            raise TypeError(f"re must be a non-negative int, not {retries!r}")
         self.hub.submit(msg_id, "task", ident, None, time.time(), msg.frames, sum(len(f) for f in msg.frames))
-        self._waiting_frames[msg_id] = msg.frames
+        self.retries.track(msg_id, msg.frames, retries, only)
+        self._queue_task(msg_id, msg.frames, only)
+
+    def _queue_task(self, msg_id: str, frames: list, only) -> None:
+        self._waiting_frames[msg_id] = frames
         try:
             assignments = self.scheduler.submit(msg_id, only)
         except LookupError as exc:
             del self._waiting_frames[msg_id]
             return self._fail(msg_id, None, "error", "EngineError", str(exc))
         self._send_tasks(assignments)
+
+    def _retry(self, msg_id: str, engine_id: int | None, why: str) -> bool:
+        """Queue a failed load-balanced task again if it has retries left."""
+        again = self.retries.retry(msg_id, engine_id, self.hub.engines)
+        if again is None:
+            return False
+        frames, allowed = again
+        log.info("task %s %s on engine %s; retrying on %s", msg_id, why, engine_id, sorted(allowed))
+        self.hub.requeue(msg_id)
+        self._queue_task(msg_id, frames, allowed)
+        return True
 
     def _send_tasks(self, assignments: list[tuple[str, int]]) -> None:
         for msg_id, engine_id in assignments:
@@ -393,10 +414,16 @@ class Controller:
         record = self.hub.tasks.get(msg_id)
         if record is None or record.completed is not None:
             return self._drop_engine(f"reply to unknown or finished task {msg_id!r}")
+        if record.queue == "task":
+            freed = self.scheduler.finished(msg_id)
+            if msg.header.get("st") == "error" and self._retry(msg_id, engine_id, f"raised {msg.header.get('ename')}"):
+                return self._send_tasks(freed)
+            self.retries.finished(msg_id)
+        else:
+            freed = []
         self._deliver(msg_id, msg.frames)
         self.hub.finish(msg_id, engine_id, msg.header, msg.frames, sum(len(f) for f in msg.frames), time.time())
-        if record.queue == "task":
-            self._send_tasks(self.scheduler.finished(msg_id))
+        self._send_tasks(freed)
 
     def _register(self, uuid: bytes, header: dict) -> None:
         info = header.get("info") or {}
@@ -421,6 +448,8 @@ class Controller:
         log.warning("engine %d %s; failing %d unfinished tasks", engine_id, why, len(lost) + len(stranded))
         self._notify({"t": "notify", "ev": "unregistered", "id": engine_id})  # current when failures arrive
         for rec in lost:
+            if rec.queue == "task" and self._retry(rec.msg_id, engine_id, why):
+                continue
             self._fail(rec.msg_id, engine_id, "error", "EngineError",
                        f"engine {engine_id} {why} before task {rec.msg_id} finished")
         for msg_id in stranded:

@@ -1,0 +1,159 @@
+#!/usr/bin/env python3
+"""Load balancing, side by side: mpihub, ipyparallel and dask.distributed.
+
+Two engines / single-threaded worker processes each, all up at once, systems alternating
+within every rep:
+
+  throughput   20,000 trivial tasks through the load-balanced view, chunksize 1 (tasks/s)
+  latency      one trivial task, submission to result (median of 200, ms)
+  efficiency   1,000 tasks of 10 ms each: ideal time (10 s / 2 engines) / measured time
+
+dask: ``LocalCluster(n_workers=2, threads_per_worker=1, processes=True)``,
+``client.map(f, ..., pure=False)`` + ``client.gather``; ``client.submit(f).result()``.
+
+Usage: python bench/bench_lb.py [--reps N] [--tasks N] [--systems mpihub,ipp,dask]
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import logging
+import statistics
+import time
+
+ENGINES = 2
+
+
+def noop(x=None):
+    return x
+
+
+def sleep_10ms(x):
+    time.sleep(0.01)
+    return x
+
+
+class IpLike:
+    """mpihub and ipyparallel share the client API."""
+
+    def __init__(self, name: str, module, **cluster_kwargs):
+        self.name = name
+        self.cluster = module.Cluster(n=ENGINES, **cluster_kwargs)
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            self.rc = self.cluster.start_and_connect_sync()
+        self.rc.wait_for_engines(ENGINES, timeout=120)
+        self.lbview = self.rc.load_balanced_view()
+
+    def run_map(self, f, items) -> list:
+        return list(self.lbview.map_async(f, items).get())
+
+    def one(self, f):
+        return self.lbview.apply_sync(f)
+
+    def stop(self) -> None:
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            self.rc.close()
+            self.cluster.stop_cluster_sync()
+
+
+class Dask:
+    def __init__(self):
+        from distributed import Client, LocalCluster
+
+        self.name = "dask"
+        self.cluster = LocalCluster(n_workers=ENGINES, threads_per_worker=1, processes=True,
+                                    dashboard_address=None, silence_logs=logging.ERROR)
+        self.client = Client(self.cluster)
+
+    def run_map(self, f, items) -> list:
+        return self.client.gather(self.client.map(f, items, pure=False))
+
+    def one(self, f):
+        return self.client.submit(f, pure=False).result()
+
+    def stop(self) -> None:
+        self.client.close()
+        self.cluster.close()
+
+
+def start(name: str):
+    if name == "mpihub":
+        import mpihub
+
+        return IpLike("mpihub", mpihub)
+    if name == "ipp":
+        import ipyparallel
+
+        return IpLike("ipp", ipyparallel, log_level=40)
+    return Dask()
+
+
+def throughput(system, tasks: int) -> float:
+    started = time.perf_counter()
+    results = system.run_map(noop, range(tasks))
+    elapsed = time.perf_counter() - started
+    if len(results) != tasks or results[-1] != tasks - 1:
+        raise AssertionError(f"{system.name}: {len(results)} results")
+    return tasks / elapsed
+
+
+def latency(system, calls: int = 200) -> float:
+    times = []
+    for _ in range(calls):
+        started = time.perf_counter()
+        system.one(noop)
+        times.append(time.perf_counter() - started)
+    return statistics.median(times) * 1000
+
+
+def efficiency(system, tasks: int = 1000) -> float:
+    started = time.perf_counter()
+    system.run_map(sleep_10ms, range(tasks))
+    return tasks * 0.01 / ENGINES / (time.perf_counter() - started)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--tasks", type=int, default=20_000)
+    parser.add_argument("--systems", default="mpihub,ipp,dask")
+    args = parser.parse_args()
+    systems = []
+    try:
+        for name in args.systems.split(","):
+            try:
+                systems.append(start(name))
+            except Exception as exc:  # noqa: BLE001 - a missing peer is reported, not fatal
+                print(f"{name} unavailable: {exc}")
+        metrics = {"throughput": lambda s: throughput(s, args.tasks), "latency": latency, "efficiency": efficiency}
+        values = {(s.name, m): [] for s in systems for m in metrics}
+        for s in systems:  # warm-up: imports, connections, first pickles
+            throughput(s, 500)
+        for metric, measure in metrics.items():
+            for rep in range(args.reps):
+                for s in systems[rep % len(systems):] + systems[:rep % len(systems)]:
+                    values[s.name, metric].append(measure(s))
+        report(systems, values, args)
+    finally:
+        for s in systems:
+            with contextlib.suppress(Exception):
+                s.stop()
+
+
+def report(systems, values, args) -> None:
+    units = {"throughput": f"tasks/s ({args.tasks} tasks)", "latency": "ms, one task", "efficiency": "1000 x 10 ms"}
+    names = [s.name for s in systems]
+    print(f"\n{ENGINES} engines/workers, median of {args.reps} reps")
+    print(f"{'metric':<34}" + "".join(f"{n:>10}" for n in names) + "".join(f"{'mpihub/' + n:>14}" for n in names[1:]))
+    for metric, unit in units.items():
+        medians = [statistics.median(values[n, metric]) for n in names]
+        ratios = [medians[0] / m for m in medians[1:]] if names[0] == "mpihub" else []
+        print(f"{metric + ' (' + unit + ')':<34}" + "".join(f"{m:>10.3g}" for m in medians)
+              + "".join(f"{r:>13.2f}x" for r in ratios))
+    for metric in units:
+        print(f"  {metric:<11} " + "; ".join(f"{n} " + " ".join(f"{v:.3g}" for v in values[n, metric]) for n in names))
+
+
+if __name__ == "__main__":
+    main()
