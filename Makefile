@@ -29,6 +29,7 @@ test: $(STAMP)
 bench: $(STAMP)
 	bash bench/run.sh
 	$(PY) bench/bench_mpi.py
+	$(PY) bench/bench_lb.py
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache

@@ -30,6 +30,8 @@ def noop(x=None):
 
 
 def sleep_10ms(x):
+    import time  # ipyparallel runs __main__ functions in the engine namespace
+
     time.sleep(0.01)
     return x
 
