@@ -319,6 +319,11 @@ class AsyncMapResult(AsyncResult):
     def _done_items(self) -> int:
         return sum(self._chunk_sizes[i] for i in list(self._arrival_order))
 
+    @property
+    def progress(self) -> int:
+        """Items (not chunks) whose results are in."""
+        return self._done_items()
+
     def __len__(self) -> int:
         return sum(self._chunk_sizes)
 

@@ -20,6 +20,7 @@ from ..engine import ops
 from ..protocol import serialize
 from . import collectives, partition
 from .asyncresult import AsyncMapResult, AsyncResult
+from .lazymap import lazy_map
 from .remotefunction import ParallelFunction, RemoteFunction
 
 @functools.lru_cache(maxsize=None)
@@ -453,6 +454,35 @@ class LoadBalancedView(View):
                                                     sync=self._blocking(block)))
         return self._finish(ar, block)
 
-    def imap(self, f: Callable, *seqs, chunksize: int = 1, ordered: bool = True) -> Iterator[Any]:
-        """Iterate over results as they arrive."""
-        return iter(self.map(f, *seqs, chunksize=chunksize, ordered=ordered, block=False))
+    def imap(self, f: Callable, *seqs, chunksize: int = 1, ordered: bool = True,
+             max_outstanding: int | str = "auto") -> Iterator[Any]:
+        """Results as they arrive (in order, or in completion order), reading the inputs
+        only as needed: at most ``max_outstanding`` tasks are in flight ("auto": two per
+        engine), so an endless generator works. Breaking out of the loop, or ``close()``
+        on the iterator, aborts the tasks still queued."""
+        _check_mappable(f)
+        if not seqs:
+            raise TypeError("imap needs at least one sequence")
+        if not isinstance(chunksize, int) or chunksize < 1:
+            raise ValueError(f"chunksize must be a positive int, not {chunksize!r}")
+        if max_outstanding == "auto":
+            max_outstanding = 2 * max(1, len(self.client._check_targets(self._targets)))
+        if not isinstance(max_outstanding, int) or max_outstanding < 1:
+            raise ValueError(f"max_outstanding must be a positive int or 'auto', not {max_outstanding!r}")
+        name = getattr(f, "__name__", "imap")
+        try:
+            payload = serialize.serialize(functools.partial(ops.map_chunk, f))
+        except Exception as exc:
+            raise TypeError(f"cannot serialize {name}: {exc}") from exc
+
+        def submit(chunk: tuple) -> AsyncResult:
+            msg_id = self.client._new_id()
+            content, buffers, extra = serialize.serialize_call(payload, chunk, {})
+            ar = AsyncResult(self.client, [msg_id], fname=name, single=True)
+            ar._outgoing.append(self.client._submit({**self._header(msg_id), **extra}, content, buffers, ar))
+            return ar
+
+        def abort(msg_ids: list[str]) -> None:
+            self.client.abort(msg_ids, block=False)
+
+        return lazy_map(submit, abort, seqs, chunksize, ordered, max_outstanding)
