@@ -134,3 +134,28 @@ def test_wait_for_engines_shows_progress_and_times_out(fresh_cluster, capsys):
     assert "waiting for engines" in capsys.readouterr().err
     with pytest.raises(mpihub.TimeoutError, match="1 of 3 engines"):
         running.client.wait_for_engines(3, timeout=0.5, interactive=False)
+
+
+@pytest.mark.timeout(120)
+def test_records_and_memory_stay_bounded(fresh_cluster, monkeypatch):
+    """Many tiny tasks: the Hub keeps the newest MPIHUB_MAX_RECORDS records, forgets the
+    oldest, and the controller's memory stops growing with them."""
+    monkeypatch.setenv("MPIHUB_MAX_RECORDS", "2000")
+    running = fresh_cluster(2)
+    rc = running.client
+    controller_pid = running.cluster.launcher.pids[0]
+
+    def rss_mb() -> float:
+        with open(f"/proc/{controller_pid}/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("VmRSS")) / 1024
+
+    lbview = rc.load_balanced_view()
+    first = lbview.map_async(lambda x: x, range(3000))
+    first.get(timeout=60)
+    settled = rss_mb()
+    for _ in range(3):
+        assert lbview.map_sync(lambda x: x, range(3000)) == list(range(3000))
+    assert rss_mb() - settled < 30  # 9,000 more tasks, no more records kept
+    assert len(rc.db_query({"completed": {"$exists": True}}, keys=["status"])) <= 2000
+    with mpihub.Client(running.cluster.client_file) as other, pytest.raises(KeyError, match="unknown"):
+        other.get_result(first.msg_ids[0])  # forgotten by the Hub (this client still holds it)

@@ -27,8 +27,9 @@ HEARTBEAT_TIMEOUT = _float("MPIHUB_HEARTBEAT_TIMEOUT", 5.0)
 ENGINE_CONTROLLER_TIMEOUT = _float("MPIHUB_ENGINE_CONTROLLER_TIMEOUT", 30.0)
 #: Bytes of request and result payload the Hub's result store keeps alive.
 STORE_BYTES = _int("MPIHUB_STORE_BYTES", 1 << 30)
-#: Finished task records the Hub keeps for queries (the oldest are forgotten first).
-MAX_RECORDS = _int("MPIHUB_MAX_RECORDS", 1_000_000)
+#: Finished task records the Hub keeps for queries (the oldest are forgotten first). A
+#: record of a tiny task costs the controller about 2 KB, payloads included.
+MAX_RECORDS = _int("MPIHUB_MAX_RECORDS", 100_000)
 #: Load-balanced tasks in flight per engine (1 keeps uneven tasks balanced).
 SCHEDULER_HWM = _int("MPIHUB_SCHEDULER_HWM", 2)
 #: Numpy arrays of at least this many bytes use MPI collectives with via="auto".

@@ -2,7 +2,7 @@
 
 The socket shell feeds it events (an engine registered, a task was submitted, a reply
 came back, an engine died) and carries out what it returns. It never touches sockets or
-payload bytes; payloads live in the :class:`~.store.PayloadStore` as references.
+payload bytes; payloads live in two :class:`~.store.PayloadStore` (requests, replies).
 """
 from __future__ import annotations
 
@@ -35,15 +35,15 @@ class EngineRecord:
 
 
 class TaskRecord:
-    """What the Hub knows of one task; payloads are in the store under (msg_id, kind)."""
+    """What the Hub knows of one task; its payloads are in the stores under its msg_id.
+    Kept lean: a busy Hub holds hundreds of thousands of these."""
 
-    __slots__ = TASK_FIELDS + ("client_ident", "watchers", "targets")
+    __slots__ = tuple(f for f in TASK_FIELDS if f != "client") + ("client_ident", "watchers", "targets")
 
     def __init__(self, msg_id: str, queue: str, client_ident: bytes, submitted: float, engine_id: int | None):
         self.msg_id = msg_id
         self.queue = queue
         self.client_ident = client_ident
-        self.client = client_ident.hex()
         self.submitted = submitted
         self.engine_id = engine_id
         self.started = self.completed = self.received = None
@@ -51,8 +51,12 @@ class TaskRecord:
         self.stdout = self.stderr = ""
         self.ename = None
         self.resubmitted = None
-        self.watchers: list[bytes] = []
+        self.watchers: tuple[bytes, ...] = ()  # other clients waiting for the reply
         self.targets = None
+
+    @property
+    def client(self) -> str:
+        return self.client_ident.hex()
 
     def as_dict(self, keys: Iterable[str] | None = None) -> dict:
         return {key: getattr(self, key) for key in (keys or TASK_FIELDS)}
@@ -69,7 +73,8 @@ class Hub:
         self.by_uuid: dict[bytes, int] = {}
         self.clients: set[bytes] = set()
         self.tasks: dict[str, TaskRecord] = {}
-        self.store = PayloadStore(store_limit)
+        self.requests = PayloadStore(store_limit // 2)
+        self.replies = PayloadStore(store_limit - store_limit // 2)
         self.unassigned = 0
         self._next_id = 0
         self._worlds: dict[str, int] = {}  # MPI world id -> first engine id of its block
@@ -116,7 +121,7 @@ class Hub:
                now: float, request: Any, nbytes: int) -> TaskRecord:
         record = TaskRecord(msg_id, queue, client_ident, now, engine_id)
         self.tasks[msg_id] = record
-        self.store.put((msg_id, "request"), request, nbytes)
+        self.requests.put(msg_id, _compact(request), nbytes)
         if engine_id is None:
             self.unassigned += 1
         else:
@@ -159,7 +164,7 @@ class Hub:
         record.stdout = header.get("out", "")
         record.stderr = header.get("err", "")
         record.ename = header.get("ename")
-        self.store.put((msg_id, "reply"), reply, nbytes)
+        self.replies.put(msg_id, _compact(reply), nbytes)
         self._finished[msg_id] = None
         while len(self._finished) > self.record_limit:
             self._forget(self._finished.popitem(last=False)[0])
@@ -168,14 +173,14 @@ class Hub:
     def _forget(self, msg_id: str) -> None:
         self.tasks.pop(msg_id, None)
         self._finished.pop(msg_id, None)
-        self.store.drop((msg_id, "request"))
-        self.store.drop((msg_id, "reply"))
+        self.requests.drop(msg_id)
+        self.replies.drop(msg_id)
 
-    def reply_frames(self, msg_id: str) -> Any | None:
-        return self.store.get((msg_id, "reply"))
+    def reply_frames(self, msg_id: str) -> list | None:
+        return _frames(self.replies.get(msg_id))
 
-    def request_frames(self, msg_id: str) -> Any | None:
-        return self.store.get((msg_id, "request"))
+    def request_frames(self, msg_id: str) -> list | None:
+        return _frames(self.requests.get(msg_id))
 
     # -- queries --------------------------------------------------------------------
 
@@ -214,6 +219,15 @@ class Hub:
         for msg_id in chosen:
             self._forget(msg_id)
         return chosen
+
+
+def _compact(frames: Any) -> Any:
+    """A one-frame message is kept as its frame alone (no list per task)."""
+    return frames[0] if isinstance(frames, list) and len(frames) == 1 else frames
+
+
+def _frames(stored: Any) -> list | None:
+    return None if stored is None else stored if isinstance(stored, list) else [stored]
 
 
 _OPERATORS: dict[str, Callable[[Any, Any], bool]] = {

@@ -184,7 +184,7 @@ class Controller:
     # -- client socket --------------------------------------------------------------
 
     def _on_client(self, frames: list) -> None:
-        ident = frames[0].bytes
+        ident = frames[0]
         ident = self._reply_to.get(ident, ident)
         try:
             msg = wire.unpack(self.signer, frames[1:])
@@ -317,7 +317,7 @@ class Controller:
                 outcome["unknown"].append(msg_id)
             elif record.completed is None:
                 if ident != record.client_ident and ident not in record.watchers:
-                    record.watchers.append(ident)
+                    record.watchers += (ident,)
                 outcome["pending"].append(msg_id)
             else:
                 frames = self.hub.reply_frames(msg_id)
@@ -390,7 +390,7 @@ class Controller:
     # -- engine socket --------------------------------------------------------------
 
     def _on_engine(self, frames: list) -> None:
-        uuid = frames[0].bytes
+        uuid = frames[0]
         try:
             msg = wire.unpack(self.signer, frames[1:])
         except wire.ProtocolError as exc:
@@ -457,11 +457,11 @@ class Controller:
             self._fail(msg_id, None, "error", "EngineError", f"engine {engine_id} {why}; no other engine may run this task")
 
     def _on_pipe(self, frames: list) -> None:
-        event = frames[0].bytes
+        event = frames[0]
         if event == b"owner-gone":
             log.warning("owner process %s is gone; shutting down", self.owner_pid)
             self._stopping = True
             return
-        engine_id = self.hub.by_uuid.get(frames[1].bytes)
+        engine_id = self.hub.by_uuid.get(frames[1])
         if event == b"dead" and engine_id is not None:
             self._engine_gone(engine_id, "stopped sending heartbeats (died)")

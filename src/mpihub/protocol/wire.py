@@ -26,6 +26,8 @@ from typing import Iterator, Sequence
 import msgpack
 import zmq
 
+from .. import config
+
 PROTOCOL_VERSION = 1
 SIGNATURE_SCHEME = "hmac-sha256"
 _SIG_LEN = hashlib.sha256().digest_size
@@ -123,11 +125,19 @@ def send(sock: zmq.Socket, frames: Sequence, copy: bool = True) -> None:
 
 
 def recv(sock: zmq.Socket, flags: int = 0) -> list:
-    """``recv_multipart(copy=False)`` reading the more-flag from each frame."""
-    frames = [sock.recv(flags, copy=False)]
-    while frames[-1].more:
-        frames.append(sock.recv(0, copy=False))
-    return frames
+    """One multipart message: large frames as zero-copy ``zmq.Frame``, small ones as bytes.
+
+    A small zmq message points into libzmq's shared receive buffer (8 KiB and up), so
+    keeping it (in the Hub's store, in a result) would pin that whole buffer: 200,000
+    stored replies held 2 GB. Copying a small frame is cheaper than keeping it.
+    """
+    frames = []
+    while True:
+        frame = sock.recv(flags if not frames else 0, copy=False)
+        more = frame.more
+        frames.append(frame if len(frame) >= config.ZERO_COPY_THRESHOLD else frame.bytes)
+        if not more:
+            return frames
 
 
 class DropLog:
