@@ -5,6 +5,7 @@ from .client.client import Client
 from .client.view import DirectView, LoadBalancedView
 from .cluster import Cluster
 from .collective import collective
+from .dependency import Dependency, depend, require
 from .errors import (
     CompositeError,
     DependencyTimeout,
@@ -14,13 +15,15 @@ from .errors import (
     RemoteError,
     TaskAborted,
     TimeoutError,
+    UnmetDependency,
 )
 from .protocol.serialize import Reference, interactive
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "AsyncMapResult", "AsyncResult", "Client", "Cluster", "CompositeError", "DependencyTimeout",
+    "AsyncMapResult", "AsyncResult", "Client", "Cluster", "CompositeError", "Dependency", "DependencyTimeout",
     "DirectView", "EngineError", "ImpossibleDependency", "LoadBalancedView", "NoEnginesRegistered",
-    "Reference", "RemoteError", "TaskAborted", "TimeoutError", "collective", "config", "interactive",
+    "Reference", "RemoteError", "TaskAborted", "TimeoutError", "collective", "config", "depend", "interactive",
+    "require", "UnmetDependency",
 ]

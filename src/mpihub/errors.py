@@ -28,6 +28,11 @@ class ImpossibleDependency(MpihubError):
     """A dependency can never be met."""
 
 
+class UnmetDependency(MpihubError):
+    """Raised on an engine where a task's @require/@depend is not met; the controller
+    then sends the task to another engine."""
+
+
 class DependencyTimeout(MpihubError):
     """A dependency was not met within the task's timeout."""
 

@@ -36,6 +36,10 @@ def _when(timestamp: float | None) -> datetime | None:
     return None if timestamp is None else datetime.fromtimestamp(timestamp)
 
 
+_CONTROLLER_ERRORS = {"EngineError": errors.EngineError, "ImpossibleDependency": errors.ImpossibleDependency,
+                      "DependencyTimeout": errors.DependencyTimeout}
+
+
 def reply_error(header: dict) -> Exception | None:
     """The exception a reply carries, or None for a success."""
     status = header.get("st")
@@ -44,8 +48,8 @@ def reply_error(header: dict) -> Exception | None:
     ename, evalue = header.get("ename", "Error"), header.get("evalue", "")
     if status == "aborted":
         return errors.TaskAborted(evalue)
-    if ename == "EngineError" and not header.get("tb"):
-        return errors.EngineError(evalue)
+    if not header.get("tb") and ename in _CONTROLLER_ERRORS:  # made up by the controller
+        return _CONTROLLER_ERRORS[ename](evalue)
     info = {"engine_id": header.get("eng"), "msg_id": header.get("id")}
     return errors.RemoteError(ename, evalue, header.get("tb", ""), info)
 

@@ -13,7 +13,7 @@ import os
 import weakref
 from typing import Any, Callable, Iterator
 
-from .. import errors
+from .. import dependency, errors
 from ..collective import is_collective
 from ..engine import collectives as mpi_ops
 from ..engine import ops
@@ -381,15 +381,20 @@ def _op_name(op: str | Callable) -> str | Callable:
 class LoadBalancedView(View):
     """Each call is a task the controller's scheduler places on an engine.
 
-    ``retries=n`` (a flag) runs a task again, up to n times, when it raises or its engine
-    dies, on an engine that has not failed it where one exists.
+    Flags: ``retries=n`` runs a task again, up to n times, when it raises or its engine
+    dies, on an engine that has not failed it where one exists. ``after`` and ``follow``
+    (AsyncResults, msg_ids or a :class:`~mpihub.dependency.Dependency`) hold a task until
+    others finish, or send it where they ran; ``timeout`` bounds that wait.
     """
 
-    flag_names = ("block", "track", "retries")
+    flag_names = ("block", "track", "retries", "after", "follow", "timeout")
 
     def __init__(self, client, targets):
         super().__init__(client, targets)
         self.retries = 0
+        self.after = None
+        self.follow = None
+        self.timeout = None
 
     def __repr__(self) -> str:
         return f"<LoadBalancedView {self._targets if self._targets is not None else 'all'}>"
@@ -400,6 +405,14 @@ class LoadBalancedView(View):
             raise ValueError(f"retries must be a non-negative int, not {self.retries!r}")
         if self.retries:
             header["re"] = self.retries
+        for flag, field in ((self.after, "after"), (self.follow, "follow")):
+            condition = dependency.as_header(flag)
+            if condition is not None:
+                header[field] = condition
+        if self.timeout is not None:
+            if isinstance(self.timeout, bool) or not isinstance(self.timeout, (int, float)) or self.timeout <= 0:
+                raise ValueError(f"timeout must be a positive number of seconds, not {self.timeout!r}")
+            header["to"] = self.timeout
         if self._targets is not None:
             header["only"] = self.client._check_targets(self._targets)
         elif not self.client.ids:

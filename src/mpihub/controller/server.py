@@ -21,6 +21,7 @@ from .. import config, process
 from ..protocol import connection, wire
 from .heartbeat import HeartMonitor
 from .hub import Hub
+from .dependencies import Condition, DependencyBook
 from .retries import RetryBook
 from .scheduler import SCHEDULERS
 
@@ -44,6 +45,9 @@ class Controller:
         self.owner_pid = owner_pid
         self._waiting_frames: dict[str, list] = {}  # queued load-balanced requests
         self.retries = RetryBook()
+        self.deps = DependencyBook()
+        self._refused: dict[str, set[int]] = {}  # engines that did not meet a task's @require/@depend
+        self._held_frames: dict[str, tuple[list, list | None]] = {}  # tasks waiting on dependencies
         self._reply_to: dict[bytes, bytes] = {}  # a client's sending identity -> its receiving one
         self._files: list[Path] = []
         self._drop_client = wire.DropLog(log, "the client socket")
@@ -116,7 +120,12 @@ class Controller:
         handlers = {self.client_sock: self._on_client, self.engine_sock: self._on_engine, self.pipe: self._on_pipe}
         try:
             while not self._stopping:
-                for sock, _ in poller.poll():
+                deadline = self.deps.next_deadline()
+                wait = None if deadline is None else max(0, int((deadline - time.time()) * 1000) + 1)
+                ready = poller.poll(wait)
+                if deadline is not None:
+                    self._expire_held()
+                for sock, _ in ready:
                     if sock is wakeup:
                         process.drain(wakeup)  # the signal handler runs right after this
                         continue
@@ -170,8 +179,10 @@ class Controller:
                   "evalue": evalue, "tb": "", "started": None, "completed": now}
         frames = wire.pack(self.signer, header)
         self.retries.finished(msg_id)
+        self._refused.pop(msg_id, None)
         self._deliver(msg_id, frames)
         self.hub.finish(msg_id, None, header, frames, 0, now)
+        self._release_dependents(msg_id)
 
     def _deliver(self, msg_id: str, frames: list) -> None:
         record = self.hub.tasks.get(msg_id)
@@ -251,9 +262,50 @@ class Controller:
             raise TypeError("only must be a list of engine ids")
         if not isinstance(retries, int) or retries < 0:
             raise TypeError(f"re must be a non-negative int, not {retries!r}")
-        self.hub.submit(msg_id, "task", ident, None, time.time(), msg.frames, sum(len(f) for f in msg.frames))
+        after, follow = Condition.from_header(msg.header.get("after")), Condition.from_header(msg.header.get("follow"))
+        timeout = msg.header.get("to")
+        if timeout is not None and (not isinstance(timeout, (int, float)) or timeout <= 0):
+            raise ValueError(f"to must be a positive number of seconds, not {timeout!r}")
+        now = time.time()
+        self.hub.submit(msg_id, "task", ident, None, now, msg.frames, sum(len(f) for f in msg.frames))
         self.retries.track(msg_id, msg.frames, retries, only)
-        self._queue_task(msg_id, msg.frames, only)
+        decision = self.deps.decide(after, follow, self._outcome)
+        if decision.state == "wait":
+            self.deps.hold(msg_id, after, follow, None if timeout is None else now + timeout)
+            self._held_frames[msg_id] = (msg.frames, only)
+        else:
+            self._run_when_decided(msg_id, decision, msg.frames, only)
+
+    def _outcome(self, msg_id: str) -> tuple[str, int | None] | None:
+        record = self.hub.tasks.get(msg_id)
+        if record is None:
+            return None
+        return ("pending", None) if record.completed is None else (record.status, record.engine_id)
+
+    def _run_when_decided(self, msg_id: str, decision, frames: list, only: list | None) -> None:
+        """Queue a task whose dependencies are met (where they allow), or fail it."""
+        if decision.state == "impossible":
+            return self._fail(msg_id, None, "error", "ImpossibleDependency", f"task {msg_id} can never run: "
+                              f"{decision.reason}")
+        allowed = only
+        if decision.engines is not None:
+            allowed = [e for e in decision.engines if e in self.hub.engines and (only is None or e in only)]
+            if not allowed:
+                return self._fail(msg_id, None, "error", "ImpossibleDependency",
+                                  f"task {msg_id} must follow tasks that ran on engines {sorted(decision.engines)}, "
+                                  "which are gone or outside its view")
+        self._queue_task(msg_id, frames, allowed)
+
+    def _release_dependents(self, msg_id: str) -> None:
+        for task, decision in self.deps.finished(msg_id, self._outcome):
+            frames, only = self._held_frames.pop(task)
+            self._run_when_decided(task, decision, frames, only)
+
+    def _expire_held(self) -> None:
+        for msg_id in self.deps.expired(time.time()):
+            self._held_frames.pop(msg_id, None)
+            self._fail(msg_id, None, "error", "DependencyTimeout",
+                       f"the dependencies of task {msg_id} were not met within its timeout")
 
     def _queue_task(self, msg_id: str, frames: list, only) -> None:
         self._waiting_frames[msg_id] = frames
@@ -263,6 +315,25 @@ class Controller:
             del self._waiting_frames[msg_id]
             return self._fail(msg_id, None, "error", "EngineError", str(exc))
         self._send_tasks(assignments)
+
+    def _pass_on(self, msg_id: str, engine_id: int) -> bool:
+        """An engine did not meet a task's @require/@depend: send it to one that has not
+        refused it yet, or fail it as impossible when none is left."""
+        frames = self.hub.request_frames(msg_id)
+        if frames is None:
+            return False  # released from the store: the engine's error stands
+        refused = self._refused.setdefault(msg_id, set())
+        refused.add(engine_id)
+        only = wire.unpack(self.signer, frames).header.get("only")
+        candidates = [e for e in (self.hub.engines if only is None else only)
+                      if e in self.hub.engines and e not in refused]
+        self.hub.requeue(msg_id)
+        if not candidates:
+            self._fail(msg_id, None, "error", "ImpossibleDependency",
+                       f"no engine meets the dependencies of task {msg_id} (refused by engines {sorted(refused)})")
+        else:
+            self._queue_task(msg_id, frames, candidates)
+        return True
 
     def _retry(self, msg_id: str, engine_id: int | None, why: str) -> bool:
         """Queue a failed load-balanced task again if it has retries left."""
@@ -332,6 +403,10 @@ class Controller:
     def _op_abort(self, ident: bytes, header: dict) -> list:
         ids = list(header["ids"])
         removed = self.scheduler.abort(ids)
+        held = [msg_id for msg_id in ids if self.deps.release(msg_id)]
+        for msg_id in held:
+            self._held_frames.pop(msg_id, None)
+            self._fail(msg_id, None, "aborted", "TaskAborted", "task aborted before it started")
         for msg_id in removed:
             self._waiting_frames.pop(msg_id, None)
             self._fail(msg_id, None, "aborted", "TaskAborted", "task aborted before it started")
@@ -344,7 +419,7 @@ class Controller:
         for engine_id, engine_ids in by_engine.items():
             self._control(self.hub.engines[engine_id].uuid,
                           {"t": "control", "op": "abort", "ids": engine_ids, "interrupt": interrupt})
-        return removed
+        return removed + held
 
     def _op_signal(self, ident: bytes, header: dict) -> list:
         """Send a signal to engines' processes (SIGINT interrupts the task running there)."""
@@ -416,14 +491,19 @@ class Controller:
             return self._drop_engine(f"reply to unknown or finished task {msg_id!r}")
         if record.queue == "task":
             freed = self.scheduler.finished(msg_id)
-            if msg.header.get("st") == "error" and self._retry(msg_id, engine_id, f"raised {msg.header.get('ename')}"):
+            ename = msg.header.get("ename")
+            if msg.header.get("st") == "error" and (
+                    (ename == "UnmetDependency" and self._pass_on(msg_id, engine_id))
+                    or self._retry(msg_id, engine_id, f"raised {ename}")):
                 return self._send_tasks(freed)
             self.retries.finished(msg_id)
+            self._refused.pop(msg_id, None)
         else:
             freed = []
         self._deliver(msg_id, msg.frames)
         self.hub.finish(msg_id, engine_id, msg.header, msg.frames, sum(len(f) for f in msg.frames), time.time())
         self._send_tasks(freed)
+        self._release_dependents(msg_id)
 
     def _register(self, uuid: bytes, header: dict) -> None:
         info = header.get("info") or {}
