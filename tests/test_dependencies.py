@@ -159,3 +159,15 @@ def test_dependencies_no_engine_meets_fail_at_once(rc):
         rc[0].apply_sync(mpihub.depend(lambda: False)(lambda: 1))  # a direct call just reports it
     assert rc.queue_status()["unassigned"] == 0
     assert all(status["tasks"] == 0 for engine, status in rc.queue_status().items() if engine != "unassigned")
+
+
+def test_deadlines_come_out_in_order_and_skip_released_tasks():
+    book = DependencyBook()
+    waiting = Condition(frozenset({"never"}))
+    for msg_id, deadline in (("c", 30.0), ("a", 10.0), ("b", 20.0), ("free", 5.0)):
+        book.hold(msg_id, waiting, None, deadline)
+    book.hold("no-deadline", waiting, None, None)
+    assert book.release("free") and not book.release("free")
+    assert book.next_deadline() == 10.0
+    assert book.expired(25.0) == ["a", "b"]
+    assert book.next_deadline() == 30.0 and len(book) == 2

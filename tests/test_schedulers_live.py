@@ -10,13 +10,13 @@ pytestmark = pytest.mark.timeout(120)
 
 @pytest.mark.parametrize("scheduler", ["leastload", "lru", "random", "weighted"])
 def test_each_scheduler_runs_a_map(fresh_cluster, scheduler):
-    rc = fresh_cluster(2, controller_args=["--scheduler", scheduler]).client
+    rc = fresh_cluster(2, controller_args=["--scheduler", scheduler, "--hwm", "8"]).client
     lbview = rc.load_balanced_view()
     ar = lbview.map_async(lambda x: x * x, range(40))
     assert ar.get(timeout=30) == [x * x for x in range(40)]
     assert {md["engine_id"] for md in ar.metadata} == {0, 1}  # every policy used both engines
     assert rc.load_balanced_view([1]).apply_sync(lambda: 7) == 7
-    if scheduler == "lru":  # strictly in turn
+    if scheduler == "lru":  # strictly in turn while every engine has room
         in_turn = lbview.map_async(lambda x: time.sleep(0.01), range(6))
         in_turn.get(timeout=30)
         engines = [md["engine_id"] for md in in_turn.metadata]

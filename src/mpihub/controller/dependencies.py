@@ -8,6 +8,7 @@ its ``timeout`` fails with DependencyTimeout: nothing waits forever.
 """
 from __future__ import annotations
 
+import heapq
 from dataclasses import dataclass
 from typing import Callable
 
@@ -79,6 +80,7 @@ class DependencyBook:
     def __init__(self):
         self._held: dict[str, tuple[Condition | None, Condition | None, float | None]] = {}
         self._dependents: dict[str, set[str]] = {}
+        self._deadlines: list[tuple[float, str]] = []  # a heap; entries of released tasks linger
 
     def __len__(self) -> int:
         return len(self._held)
@@ -96,6 +98,8 @@ class DependencyBook:
 
     def hold(self, msg_id: str, after: Condition | None, follow: Condition | None, deadline: float | None) -> None:
         self._held[msg_id] = (after, follow, deadline)
+        if deadline is not None:
+            heapq.heappush(self._deadlines, (deadline, msg_id))
         for condition in (after, follow):
             for dep in condition.ids if condition else ():
                 self._dependents.setdefault(dep, set()).add(msg_id)
@@ -115,14 +119,17 @@ class DependencyBook:
 
     def expired(self, now: float) -> list[str]:
         """Held tasks past their deadline (released)."""
-        late = [m for m, (_, _, deadline) in self._held.items() if deadline is not None and deadline <= now]
-        for msg_id in late:
-            self.release(msg_id)
+        late = []
+        while self._deadlines and self._deadlines[0][0] <= now:
+            _, msg_id = heapq.heappop(self._deadlines)
+            if self.release(msg_id):
+                late.append(msg_id)
         return late
 
     def next_deadline(self) -> float | None:
-        deadlines = [deadline for _, _, deadline in self._held.values() if deadline is not None]
-        return min(deadlines) if deadlines else None
+        while self._deadlines and self._deadlines[0][1] not in self._held:
+            heapq.heappop(self._deadlines)  # released meanwhile
+        return self._deadlines[0][0] if self._deadlines else None
 
     def release(self, msg_id: str) -> bool:
         held = self._held.pop(msg_id, None)

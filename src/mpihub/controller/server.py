@@ -21,9 +21,8 @@ from .. import config, process
 from ..protocol import connection, wire
 from .heartbeat import HeartMonitor
 from .hub import Hub
-from .dependencies import Condition, DependencyBook
-from .retries import RetryBook
 from .scheduler import SCHEDULERS
+from .taskpath import TaskPath
 
 log = logging.getLogger("mpihub.controller")
 
@@ -42,12 +41,8 @@ class Controller:
         self.hub = Hub(config.STORE_BYTES, config.MAX_RECORDS)
         self.scheduler = SCHEDULERS[scheduler](config.SCHEDULER_HWM if hwm is None else hwm)
         self.scheduler_name = scheduler
+        self.tasks = TaskPath(self.hub, self.scheduler, self.signer, self._send_to_engine, self._fail)
         self.owner_pid = owner_pid
-        self._waiting_frames: dict[str, list] = {}  # queued load-balanced requests
-        self.retries = RetryBook()
-        self.deps = DependencyBook()
-        self._refused: dict[str, set[int]] = {}  # engines that did not meet a task's @require/@depend
-        self._held_frames: dict[str, tuple[list, list | None]] = {}  # tasks waiting on dependencies
         self._reply_to: dict[bytes, bytes] = {}  # a client's sending identity -> its receiving one
         self._files: list[Path] = []
         self._drop_client = wire.DropLog(log, "the client socket")
@@ -120,11 +115,11 @@ class Controller:
         handlers = {self.client_sock: self._on_client, self.engine_sock: self._on_engine, self.pipe: self._on_pipe}
         try:
             while not self._stopping:
-                deadline = self.deps.next_deadline()
+                deadline = self.tasks.next_deadline()
                 wait = None if deadline is None else max(0, int((deadline - time.time()) * 1000) + 1)
                 ready = poller.poll(wait)
                 if deadline is not None:
-                    self._expire_held()
+                    self.tasks.expire()
                 for sock, _ in ready:
                     if sock is wakeup:
                         process.drain(wakeup)  # the signal handler runs right after this
@@ -178,11 +173,13 @@ class Controller:
         header = {"t": "reply", "id": msg_id, "eng": engine_id, "st": status, "ename": ename,
                   "evalue": evalue, "tb": "", "started": None, "completed": now}
         frames = wire.pack(self.signer, header)
-        self.retries.finished(msg_id)
-        self._refused.pop(msg_id, None)
+        self.tasks.forget(msg_id)
         self._deliver(msg_id, frames)
         self.hub.finish(msg_id, None, header, frames, 0, now)
-        self._release_dependents(msg_id)
+        self.tasks.finished(msg_id)
+
+    def _send_to_engine(self, engine_id: int, frames: list) -> None:
+        wire.send(self.engine_sock, [self.hub.engines[engine_id].uuid, *frames])
 
     def _deliver(self, msg_id: str, frames: list) -> None:
         record = self.hub.tasks.get(msg_id)
@@ -205,7 +202,7 @@ class Controller:
         try:
             if kind in ("apply", "execute"):
                 if msg.header.get("lb"):
-                    self._submit_task(ident, msg)
+                    self.tasks.submit(ident, msg)
                 else:
                     self._submit_direct(ident, msg)
             elif kind == "query":
@@ -252,106 +249,6 @@ class Controller:
                 frames = msg.frames if data_for is None or engine_id == data_for else envelope_only
                 wire.send(self.engine_sock, [engine.uuid, *frames])
 
-    def _submit_task(self, ident: bytes, msg: wire.Message) -> None:
-        msg_id = msg.header["id"]
-        only = msg.header.get("only")
-        retries = msg.header.get("re", 0)
-        if not isinstance(msg_id, str) or msg_id in self.hub.tasks:
-            raise ValueError(f"bad or duplicate task id {msg_id!r}")
-        if only is not None and not (isinstance(only, list) and all(isinstance(t, int) for t in only)):
-            raise TypeError("only must be a list of engine ids")
-        if not isinstance(retries, int) or retries < 0:
-            raise TypeError(f"re must be a non-negative int, not {retries!r}")
-        after, follow = Condition.from_header(msg.header.get("after")), Condition.from_header(msg.header.get("follow"))
-        timeout = msg.header.get("to")
-        if timeout is not None and (not isinstance(timeout, (int, float)) or timeout <= 0):
-            raise ValueError(f"to must be a positive number of seconds, not {timeout!r}")
-        now = time.time()
-        self.hub.submit(msg_id, "task", ident, None, now, msg.frames, sum(len(f) for f in msg.frames))
-        self.retries.track(msg_id, msg.frames, retries, only)
-        decision = self.deps.decide(after, follow, self._outcome)
-        if decision.state == "wait":
-            self.deps.hold(msg_id, after, follow, None if timeout is None else now + timeout)
-            self._held_frames[msg_id] = (msg.frames, only)
-        else:
-            self._run_when_decided(msg_id, decision, msg.frames, only)
-
-    def _outcome(self, msg_id: str) -> tuple[str, int | None] | None:
-        record = self.hub.tasks.get(msg_id)
-        if record is None:
-            return None
-        return ("pending", None) if record.completed is None else (record.status, record.engine_id)
-
-    def _run_when_decided(self, msg_id: str, decision, frames: list, only: list | None) -> None:
-        """Queue a task whose dependencies are met (where they allow), or fail it."""
-        if decision.state == "impossible":
-            return self._fail(msg_id, None, "error", "ImpossibleDependency", f"task {msg_id} can never run: "
-                              f"{decision.reason}")
-        allowed = only
-        if decision.engines is not None:
-            allowed = [e for e in decision.engines if e in self.hub.engines and (only is None or e in only)]
-            if not allowed:
-                return self._fail(msg_id, None, "error", "ImpossibleDependency",
-                                  f"task {msg_id} must follow tasks that ran on engines {sorted(decision.engines)}, "
-                                  "which are gone or outside its view")
-        self._queue_task(msg_id, frames, allowed)
-
-    def _release_dependents(self, msg_id: str) -> None:
-        for task, decision in self.deps.finished(msg_id, self._outcome):
-            frames, only = self._held_frames.pop(task)
-            self._run_when_decided(task, decision, frames, only)
-
-    def _expire_held(self) -> None:
-        for msg_id in self.deps.expired(time.time()):
-            self._held_frames.pop(msg_id, None)
-            self._fail(msg_id, None, "error", "DependencyTimeout",
-                       f"the dependencies of task {msg_id} were not met within its timeout")
-
-    def _queue_task(self, msg_id: str, frames: list, only) -> None:
-        self._waiting_frames[msg_id] = frames
-        try:
-            assignments = self.scheduler.submit(msg_id, only)
-        except LookupError as exc:
-            del self._waiting_frames[msg_id]
-            return self._fail(msg_id, None, "error", "EngineError", str(exc))
-        self._send_tasks(assignments)
-
-    def _pass_on(self, msg_id: str, engine_id: int) -> bool:
-        """An engine did not meet a task's @require/@depend: send it to one that has not
-        refused it yet, or fail it as impossible when none is left."""
-        frames = self.hub.request_frames(msg_id)
-        if frames is None:
-            return False  # released from the store: the engine's error stands
-        refused = self._refused.setdefault(msg_id, set())
-        refused.add(engine_id)
-        only = wire.unpack(self.signer, frames).header.get("only")
-        candidates = [e for e in (self.hub.engines if only is None else only)
-                      if e in self.hub.engines and e not in refused]
-        self.hub.requeue(msg_id)
-        if not candidates:
-            self._fail(msg_id, None, "error", "ImpossibleDependency",
-                       f"no engine meets the dependencies of task {msg_id} (refused by engines {sorted(refused)})")
-        else:
-            self._queue_task(msg_id, frames, candidates)
-        return True
-
-    def _retry(self, msg_id: str, engine_id: int | None, why: str) -> bool:
-        """Queue a failed load-balanced task again if it has retries left."""
-        again = self.retries.retry(msg_id, engine_id, self.hub.engines)
-        if again is None:
-            return False
-        frames, allowed = again
-        log.info("task %s %s on engine %s; retrying on %s", msg_id, why, engine_id, sorted(allowed))
-        self.hub.requeue(msg_id)
-        self._queue_task(msg_id, frames, allowed)
-        return True
-
-    def _send_tasks(self, assignments: list[tuple[str, int]]) -> None:
-        for msg_id, engine_id in assignments:
-            frames = self._waiting_frames.pop(msg_id)
-            self.hub.assign(msg_id, engine_id)
-            wire.send(self.engine_sock, [self.hub.engines[engine_id].uuid, *frames])
-
     # -- hub queries ----------------------------------------------------------------
 
     def _query(self, ident: bytes, msg: wire.Message) -> None:
@@ -366,6 +263,9 @@ class Controller:
                 reply["result"] = handler(ident, header)
             except (KeyError, TypeError, ValueError) as exc:
                 reply.update(ok=False, error=f"{type(exc).__name__}: {exc}")
+            except Exception as exc:  # noqa: BLE001 - a bug here must answer, not leave the client waiting
+                log.exception("query %r failed", op)
+                reply.update(ok=False, error=f"internal error in the controller: {type(exc).__name__}: {exc}")
         self._send_client(ident, reply)
         if op == "shutdown" and header.get("hub"):
             self._stopping = True
@@ -402,13 +302,8 @@ class Controller:
 
     def _op_abort(self, ident: bytes, header: dict) -> list:
         ids = list(header["ids"])
-        removed = self.scheduler.abort(ids)
-        held = [msg_id for msg_id in ids if self.deps.release(msg_id)]
-        for msg_id in held:
-            self._held_frames.pop(msg_id, None)
-            self._fail(msg_id, None, "aborted", "TaskAborted", "task aborted before it started")
+        removed = self.tasks.abort(ids)
         for msg_id in removed:
-            self._waiting_frames.pop(msg_id, None)
             self._fail(msg_id, None, "aborted", "TaskAborted", "task aborted before it started")
         by_engine: dict[int, list[str]] = {}
         for msg_id in ids:
@@ -419,7 +314,7 @@ class Controller:
         for engine_id, engine_ids in by_engine.items():
             self._control(self.hub.engines[engine_id].uuid,
                           {"t": "control", "op": "abort", "ids": engine_ids, "interrupt": interrupt})
-        return removed + held
+        return removed
 
     def _op_signal(self, ident: bytes, header: dict) -> list:
         """Send a signal to engines' processes (SIGINT interrupts the task running there)."""
@@ -459,7 +354,7 @@ class Controller:
             request.update(id=new, lb=True)
             frames = wire.pack(self.signer, request, stored.content, stored.buffers)
             self.hub.tasks[old].resubmitted = new
-            self._submit_task(ident, wire.unpack(self.signer, frames))
+            self.tasks.submit(ident, wire.unpack(self.signer, frames))
         return new_ids
 
     # -- engine socket --------------------------------------------------------------
@@ -489,21 +384,11 @@ class Controller:
         record = self.hub.tasks.get(msg_id)
         if record is None or record.completed is not None:
             return self._drop_engine(f"reply to unknown or finished task {msg_id!r}")
-        if record.queue == "task":
-            freed = self.scheduler.finished(msg_id)
-            ename = msg.header.get("ename")
-            if msg.header.get("st") == "error" and (
-                    (ename == "UnmetDependency" and self._pass_on(msg_id, engine_id))
-                    or self._retry(msg_id, engine_id, f"raised {ename}")):
-                return self._send_tasks(freed)
-            self.retries.finished(msg_id)
-            self._refused.pop(msg_id, None)
-        else:
-            freed = []
+        if record.queue == "task" and self.tasks.reply(msg_id, engine_id, msg.header):
+            return  # passed on or retried: the client hears only of the last attempt
         self._deliver(msg_id, msg.frames)
         self.hub.finish(msg_id, engine_id, msg.header, msg.frames, sum(len(f) for f in msg.frames), time.time())
-        self._send_tasks(freed)
-        self._release_dependents(msg_id)
+        self.tasks.finished(msg_id)
 
     def _register(self, uuid: bytes, header: dict) -> None:
         info = header.get("info") or {}
@@ -517,23 +402,22 @@ class Controller:
         wire.send(self.engine_sock, [uuid, *wire.pack(self.signer, reply)])
         log.info("engine %d registered (%s, pid %s)", record.id, info.get("hostname"), info.get("pid"))
         self._notify({"t": "notify", "ev": "registered", "engine": record.describe()})
-        self._send_tasks(self.scheduler.add_engine(record.id))
+        self.tasks.add_engine(record.id)
 
     def _engine_gone(self, engine_id: int, why: str) -> None:
         record, lost = self.hub.remove_engine(engine_id)
         if record is None:
             return
         self.monitor.forget(record.uuid)
-        _, stranded = self.scheduler.remove_engine(engine_id)
+        stranded = self.tasks.remove_engine(engine_id)
         log.warning("engine %d %s; failing %d unfinished tasks", engine_id, why, len(lost) + len(stranded))
         self._notify({"t": "notify", "ev": "unregistered", "id": engine_id})  # current when failures arrive
         for rec in lost:
-            if rec.queue == "task" and self._retry(rec.msg_id, engine_id, why):
+            if rec.queue == "task" and self.tasks.retry(rec.msg_id, engine_id, why):
                 continue
             self._fail(rec.msg_id, engine_id, "error", "EngineError",
                        f"engine {engine_id} {why} before task {rec.msg_id} finished")
         for msg_id in stranded:
-            self._waiting_frames.pop(msg_id, None)
             self._fail(msg_id, None, "error", "EngineError", f"engine {engine_id} {why}; no other engine may run this task")
 
     def _on_pipe(self, frames: list) -> None:

@@ -1,0 +1,186 @@
+"""The controller's load-balanced path: scheduling, dependencies, retries, and passing a
+task on from an engine that does not meet its @require/@depend.
+
+It decides where tasks go; the socket shell hands it requests and replies and gives it
+two ways to act: send frames to an engine, and fail a task with a made-up reply. The
+bookkeeping it drives (:mod:`.scheduler`, :mod:`.dependencies`, :mod:`.retries`) is pure.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from typing import Callable
+
+from ..protocol import wire
+from .dependencies import Condition, Decision, DependencyBook
+from .hub import Hub
+from .retries import RetryBook
+from .scheduler import Scheduler
+
+log = logging.getLogger("mpihub.controller")
+
+#: ``fail(msg_id, engine_id, status, ename, evalue)``: answer for a task that will not run.
+Fail = Callable[[str, "int | None", str, str, str], None]
+
+
+class TaskPath:
+    def __init__(self, hub: Hub, scheduler: Scheduler, signer: wire.Signer,
+                 send: Callable[[int, list], None], fail: Fail):
+        self.hub = hub
+        self.scheduler = scheduler
+        self.signer = signer
+        self.send = send
+        self.fail = fail
+        self.retries = RetryBook()
+        self.deps = DependencyBook()
+        self._waiting: dict[str, list] = {}  # requests queued in the scheduler
+        self._held: dict[str, tuple[list, list | None]] = {}  # requests waiting on dependencies
+        self._refused: dict[str, set[int]] = {}  # engines that did not meet a task's @require/@depend
+
+    # -- from clients ---------------------------------------------------------------
+
+    def submit(self, ident: bytes, msg: wire.Message) -> None:
+        """A new load-balanced task (ValueError/TypeError for a malformed one)."""
+        header = msg.header
+        msg_id, only, retries, timeout = header["id"], header.get("only"), header.get("re", 0), header.get("to")
+        if not isinstance(msg_id, str) or msg_id in self.hub.tasks:
+            raise ValueError(f"bad or duplicate task id {msg_id!r}")
+        if only is not None and not (isinstance(only, list) and all(isinstance(t, int) for t in only)):
+            raise TypeError("only must be a list of engine ids")
+        if not isinstance(retries, int) or retries < 0:
+            raise TypeError(f"re must be a non-negative int, not {retries!r}")
+        if timeout is not None and (not isinstance(timeout, (int, float)) or timeout <= 0):
+            raise ValueError(f"to must be a positive number of seconds, not {timeout!r}")
+        after, follow = Condition.from_header(header.get("after")), Condition.from_header(header.get("follow"))
+        now = time.time()
+        self.hub.submit(msg_id, "task", ident, None, now, msg.frames, sum(len(f) for f in msg.frames))
+        self.retries.track(msg_id, msg.frames, retries, only)
+        decision = self.deps.decide(after, follow, self._outcome)
+        if decision.state == "wait":
+            self.deps.hold(msg_id, after, follow, None if timeout is None else now + timeout)
+            self._held[msg_id] = (msg.frames, only)
+        else:
+            self._run_when_decided(msg_id, decision, msg.frames, only)
+
+    def abort(self, msg_ids: list[str]) -> list[str]:
+        """Take tasks that have not gone to an engine out of the path; returns them."""
+        removed = self.scheduler.abort(msg_ids) + [m for m in msg_ids if self.deps.release(m)]
+        for msg_id in removed:
+            self._waiting.pop(msg_id, None)
+            self._held.pop(msg_id, None)
+        return removed
+
+    # -- from engines -----------------------------------------------------------------
+
+    def add_engine(self, engine_id: int) -> None:
+        self._send_assigned(self.scheduler.add_engine(engine_id))
+
+    def remove_engine(self, engine_id: int) -> list[str]:
+        """Forget an engine; returns the queued tasks no other engine may run."""
+        _, stranded = self.scheduler.remove_engine(engine_id)
+        for msg_id in stranded:
+            self._waiting.pop(msg_id, None)
+        return stranded
+
+    def reply(self, msg_id: str, engine_id: int, header: dict) -> bool:
+        """An engine answered a load-balanced task. True when the task goes on (passed on,
+        or retried) and the reply must not be delivered."""
+        freed = self.scheduler.finished(msg_id)
+        ename = header.get("ename")
+        going_on = header.get("st") == "error" and (
+            (ename == "UnmetDependency" and self._pass_on(msg_id, engine_id))
+            or self.retry(msg_id, engine_id, f"raised {ename}"))
+        if not going_on:
+            self.forget(msg_id)
+        self._send_assigned(freed)
+        return going_on
+
+    def retry(self, msg_id: str, engine_id: int | None, why: str) -> bool:
+        """Queue a failed task again if it has retries left."""
+        again = self.retries.retry(msg_id, engine_id, self.hub.engines)
+        if again is None:
+            return False
+        frames, allowed = again
+        log.info("task %s %s on engine %s; retrying on %s", msg_id, why, engine_id, sorted(allowed))
+        self.hub.requeue(msg_id)
+        self._queue(msg_id, frames, allowed)
+        return True
+
+    # -- from anywhere ------------------------------------------------------------------
+
+    def forget(self, msg_id: str) -> None:
+        """A task is finished for good."""
+        self.retries.finished(msg_id)
+        self._refused.pop(msg_id, None)
+
+    def finished(self, msg_id: str) -> None:
+        """Any task (direct ones too) ended: release what waited for it."""
+        for task, decision in self.deps.finished(msg_id, self._outcome):
+            frames, only = self._held.pop(task)
+            self._run_when_decided(task, decision, frames, only)
+
+    def next_deadline(self) -> float | None:
+        return self.deps.next_deadline()
+
+    def expire(self) -> None:
+        """Fail the held tasks whose dependency timeout has passed."""
+        for msg_id in self.deps.expired(time.time()):
+            self._held.pop(msg_id, None)
+            self.fail(msg_id, None, "error", "DependencyTimeout",
+                      f"the dependencies of task {msg_id} were not met within its timeout")
+
+    # -- internals ----------------------------------------------------------------------
+
+    def _outcome(self, msg_id: str) -> tuple[str, int | None] | None:
+        record = self.hub.tasks.get(msg_id)
+        if record is None:
+            return None
+        return ("pending", None) if record.completed is None else (record.status, record.engine_id)
+
+    def _run_when_decided(self, msg_id: str, decision: Decision, frames: list, only: list | None) -> None:
+        """Queue a task whose dependencies are met (where they allow), or fail it."""
+        if decision.state == "impossible":
+            return self.fail(msg_id, None, "error", "ImpossibleDependency",
+                             f"task {msg_id} can never run: {decision.reason}")
+        allowed = only
+        if decision.engines is not None:
+            allowed = [e for e in decision.engines if e in self.hub.engines and (only is None or e in only)]
+            if not allowed:
+                return self.fail(msg_id, None, "error", "ImpossibleDependency",
+                                 f"task {msg_id} must follow tasks that ran on engines {sorted(decision.engines)}, "
+                                 "which are gone or outside its view")
+        self._queue(msg_id, frames, allowed)
+
+    def _pass_on(self, msg_id: str, engine_id: int) -> bool:
+        """Send a task an engine refused to one that has not refused it yet, or fail it as
+        impossible when none is left."""
+        frames = self.hub.request_frames(msg_id)
+        if frames is None:
+            return False  # released from the store: the engine's error stands
+        refused = self._refused.setdefault(msg_id, set())
+        refused.add(engine_id)
+        only = wire.unpack(self.signer, frames).header.get("only")
+        candidates = [e for e in (self.hub.engines if only is None else only)
+                      if e in self.hub.engines and e not in refused]
+        self.hub.requeue(msg_id)
+        if not candidates:
+            self.fail(msg_id, None, "error", "ImpossibleDependency",
+                      f"no engine meets the dependencies of task {msg_id} (refused by engines {sorted(refused)})")
+        else:
+            self._queue(msg_id, frames, candidates)
+        return True
+
+    def _queue(self, msg_id: str, frames: list, only) -> None:
+        self._waiting[msg_id] = frames
+        try:
+            assignments = self.scheduler.submit(msg_id, only)
+        except LookupError as exc:
+            del self._waiting[msg_id]
+            return self.fail(msg_id, None, "error", "EngineError", str(exc))
+        self._send_assigned(assignments)
+
+    def _send_assigned(self, assignments: list[tuple[str, int]]) -> None:
+        for msg_id, engine_id in assignments:
+            frames = self._waiting.pop(msg_id)
+            self.hub.assign(msg_id, engine_id)
+            self.send(engine_id, frames)
