@@ -393,7 +393,7 @@ class Client:
         status = self._query("queue_status", targets=targets, verbose=verbose)
         return {int(k) if not isinstance(k, int) and k != "unassigned" else k: v for k, v in status.items()}
 
-    def send_signal(self, sig: int, targets=None, block: bool = True) -> list[int]:
+    def send_signal(self, sig: int, targets=None) -> list[int]:
         """Send ``sig`` to engine processes; ``signal.SIGINT`` interrupts the task running
         there (it fails with KeyboardInterrupt) and the engine goes on. Returns the ids
         of the engines signalled."""
