@@ -324,3 +324,13 @@ def test_blocking_calls_from_many_threads(rc):
     assert not failures
     assert results == {n: [n * 10] * 30 + [[-n, -n]] for n in range(4)}
     assert pending.get(timeout=10) == ["async", "async"]
+
+
+def test_a_blocking_call_never_overtakes_earlier_calls(rc):
+    """An apply_async followed by an apply_sync from the same thread runs in that order
+    on the engine, although blocking calls normally use the thread's own socket."""
+    payload = np.zeros(60_000)  # a large request takes longer on the wire than the small one after it
+    for i in range(200):
+        rc[0].apply_async(mpihub.interactive(lambda v, _: globals().update(order_check=v)), i, payload)
+        assert rc[0].apply_sync(mpihub.interactive(lambda: order_check)) == i  # noqa: F821
+    assert rc[0].apply_sync(lambda: 1) == 1  # and back on the fast path

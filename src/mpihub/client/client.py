@@ -162,6 +162,10 @@ class Client:
         frames = wire.pack(self._signer, header, content, buffers)
         return (sender or self._sender).send(frames, zero_copy=bool(buffers), track=track)
 
+    def _blocking_call_done(self) -> None:
+        """A blocking call came back: the controller has taken all this thread sent."""
+        self._thread_local.sent_shared = False
+
     def _local_sender(self) -> "LocalSender":
         """This thread's own socket for blocking calls (made on first use)."""
         local = getattr(self._thread_local, "sender", None)
@@ -198,7 +202,10 @@ class Client:
 
         A ``sync`` request (its caller blocks on the result) goes out on the calling
         thread's own socket, so its reply comes back there and is read by the thread that
-        waits for it, with no other thread involved.
+        waits for it, with no other thread involved. Two sockets reach the controller
+        over two connections, which keep no order between them: so once this thread has
+        sent on the shared socket, its blocking calls use that socket too, until one has
+        come back (by then the controller has taken everything sent before).
         """
         pending, results = self._pending, self._results
         ids = header["ids"] if "ids" in header else (header["id"],)
@@ -206,7 +213,9 @@ class Client:
             pending[msg_id] = (ar, offset + index)
             results[msg_id] = ar
         sender = self._sender
-        if sync:
+        if not sync:
+            self._thread_local.sent_shared = True
+        elif not getattr(self._thread_local, "sent_shared", False):
             sender = ar._local = self._local_sender()
         if self._io.links:
             header["rb"] = self._data_identity  # engines may send large results straight back

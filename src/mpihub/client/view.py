@@ -84,7 +84,11 @@ class View:
 
     def _finish(self, ar: AsyncResult, block: bool | None) -> Any:
         if self._blocking(block):
-            return ar.get()
+            try:
+                return ar.get()
+            finally:
+                if ar.ready():
+                    self.client._blocking_call_done()
         self._outstanding.add(ar)
         return ar
 
