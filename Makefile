@@ -20,9 +20,10 @@ $(STAMP): pyproject.toml | $(PY)
 demo: $(STAMP)
 	$(PY) -m mpihub.demo
 
-# the whole suite, then the rank-level MPI tests as one 2-rank MPI job
+# the whole suite, then the rank-level MPI tests alone (one rank) and as one 2-rank MPI job
 test: $(STAMP)
 	$(PY) -m pytest tests -q -p no:cacheprovider --timeout=300
+	$(PY) -m pytest tests/ranks -q -p no:cacheprovider --with-mpi --timeout=300
 	timeout 900 $(VENV)/bin/mpiexec -n 2 $(PY) -m pytest tests/ranks -q -p no:cacheprovider --with-mpi \
 		--timeout=300 --timeout-method=thread
 
