@@ -1,4 +1,4 @@
-"""The Hub as a pure state machine: engines, clients and task records.
+"""The Hub as a pure state machine: engines and task records.
 
 The socket shell feeds it events (an engine registered, a task was submitted, a reply
 came back, an engine died) and carries out what it returns. It never touches sockets or
@@ -71,7 +71,6 @@ class Hub:
         self._finished: OrderedDict[str, None] = OrderedDict()
         self.engines: dict[int, EngineRecord] = {}
         self.by_uuid: dict[bytes, int] = {}
-        self.clients: set[bytes] = set()
         self.tasks: dict[str, TaskRecord] = {}
         self.requests = PayloadStore(store_limit // 2)
         self.replies = PayloadStore(store_limit - store_limit // 2)
@@ -99,6 +98,16 @@ class Hub:
         engine_id = self._next_id if taken else requested_id
         self._next_id = max(self._next_id, engine_id + 1)
         record = EngineRecord(engine_id, uuid, info, now)
+        self.engines[engine_id] = record
+        self.by_uuid[uuid] = engine_id
+        return record
+
+    def mirror_engine(self, engine_id: int, uuid: bytes, now: float) -> EngineRecord:
+        """Admit an engine under the id another Hub gave it (a split controller's paths
+        keep the table of the engines they route to)."""
+        if uuid in self.by_uuid:
+            return self.engines[self.by_uuid[uuid]]
+        record = EngineRecord(engine_id, uuid, {}, now)
         self.engines[engine_id] = record
         self.by_uuid[uuid] = engine_id
         return record

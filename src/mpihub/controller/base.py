@@ -1,0 +1,120 @@
+"""What every controller process shares: its key, its ZMQ context, and one poll loop.
+
+A controller process (the whole controller, or in a split controller its Hub or one of
+its paths) registers a handler per socket; the loop reads each ready socket in turns of
+at most 256 messages, wakes for the earliest timer a subclass asks for, and stops on a
+shutdown request, SIGTERM or SIGINT, always through :meth:`close`.
+"""
+from __future__ import annotations
+
+import logging
+import signal
+import time
+from typing import Callable
+
+import zmq
+
+from .. import process
+from ..protocol import wire
+
+log = logging.getLogger("mpihub.controller")
+
+
+class Service:
+    def __init__(self, key: str):
+        self.key = key
+        self.signer = wire.Signer(key)
+        self.context = zmq.Context()
+        self._handlers: dict[zmq.Socket, Callable[[list], None]] = {}
+        self._stopping = False
+        self.clients: set[bytes] = set()  # receiving identities of connected clients
+        self._reply_to: dict[bytes, bytes] = {}  # a client's sending identity -> its receiving one
+        self._drop_client = wire.DropLog(log, "the client socket")
+
+    client_sock: zmq.Socket  # every controller process has a client ROUTER
+
+    def _send_client(self, ident: bytes, header: dict, content: bytes = b"") -> None:
+        wire.send(self.client_sock, [ident, *wire.pack(self.signer, header, content)])
+
+    def _on_client(self, frames: list) -> None:
+        """Every message on the client ROUTER: connect and close here, the rest to
+        :meth:`_client_message`, addressed to the sender's receiving identity."""
+        ident = frames[0]
+        ident = self._reply_to.get(ident, ident)
+        try:
+            msg = wire.unpack(self.signer, frames[1:])
+        except wire.ProtocolError as exc:
+            return self._drop_client(exc)
+        kind = msg.type
+        try:
+            if kind == "connect":
+                send_as = msg.header.get("send_as")
+                if isinstance(send_as, str):
+                    self._reply_to[send_as.encode()] = ident
+                self.clients.add(ident)
+                self._send_client(ident, {"t": "connect_reply", "rid": msg.header.get("rid"),
+                                          **self._connect_fields()})
+            elif kind == "close":
+                self.clients.discard(ident)
+                for sender in [s for s, r in self._reply_to.items() if r == ident]:
+                    del self._reply_to[sender]
+            else:
+                self._client_message(ident, msg)
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            self._drop_client(f"malformed {kind!r} request: {exc!r}")
+
+    def _connect_fields(self) -> dict:
+        """What a connecting client is told besides its request id."""
+        return {}
+
+    def _client_message(self, ident: bytes, msg: wire.Message) -> None:
+        self._drop_client(f"unexpected message type {msg.type!r}")
+
+    def _handle(self, sock: zmq.Socket, handler: Callable[[list], None]) -> None:
+        """Call ``handler(frames)`` for every message that arrives on ``sock``."""
+        self._handlers[sock] = handler
+
+    def _next_wakeup(self) -> float | None:
+        """The time.time() at which :meth:`_wake` should run next (None: no timer)."""
+        return None
+
+    def _wake(self) -> None:
+        """Runs after every poll that had a timer; subclasses do their timed work here."""
+
+    def serve_forever(self) -> None:
+        """Run until a shutdown request, SIGTERM or SIGINT; always cleans up."""
+        def on_signal(signum, frame):
+            raise SystemExit(0)
+
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)
+        poller = zmq.Poller()
+        for sock in self._handlers:
+            poller.register(sock, zmq.POLLIN)
+        wakeup = process.signal_wakeup()
+        poller.register(wakeup, zmq.POLLIN)
+        try:
+            while not self._stopping:
+                deadline = self._next_wakeup()
+                wait = None if deadline is None else max(0, int((deadline - time.time()) * 1000) + 1)
+                ready = poller.poll(wait)
+                if deadline is not None:
+                    self._wake()
+                for sock, _ in ready:
+                    if sock is wakeup:
+                        process.drain(wakeup)  # the signal handler runs right after this
+                        continue
+                    handle = self._handlers[sock]
+                    for _ in range(256):  # then let the other sockets have a turn
+                        if self._stopping or not sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+                            break
+                        handle(wire.recv(sock))
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """Release sockets and the context; subclasses stop what they own first."""
+        if not self.context.closed:
+            for sock in self._handlers:
+                sock.close(linger=200)
+            self.context.term()

@@ -1,0 +1,203 @@
+"""Engine registration, heartbeats, notices to clients and connection files.
+
+The part of a controller that the Hub owns in either layout: the single-process
+controller mixes it into its :class:`~.router.Router`; a split controller's Hub process
+runs it beside the query fan-out. It expects ``self.hub`` (a :class:`~.hub.Hub` for the
+engine table), ``self.client_sock`` and ``self.engine_sock`` (bound ROUTERs), and calls
+:meth:`_engine_joined` and :meth:`_engine_released` for what the layout does next.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+from pathlib import Path
+
+import zmq
+
+from .. import config
+from ..protocol import connection, wire
+from .base import Service
+from .heartbeat import HeartMonitor
+
+log = logging.getLogger("mpihub.controller")
+
+#: What a query handler returns when it answers later (a split Hub asking its paths).
+LATER = object()
+
+
+class Registrar(Service):
+    ip: str
+    cluster_id: str
+    profile_dir: object
+    owner_pid: int | None
+
+    def _start_heartbeat(self) -> int:
+        """Bind the heartbeat ROUTER and start its thread; returns the port."""
+        self.heart_sock = self.context.socket(zmq.ROUTER)
+        self.heart_sock.linger = 0
+        self.heart_sock.router_handover = True
+        port = self.heart_sock.bind_to_random_port(f"tcp://{'*' if self.ip in ('0.0.0.0', '*') else self.ip}")
+        self.pipe = self.context.socket(zmq.PAIR)
+        pipe_url = f"inproc://heart-{id(self)}"
+        self.pipe.bind(pipe_url)
+        self._handle(self.pipe, self._on_pipe)
+        self.monitor = HeartMonitor(self.context, self.heart_sock, self.signer, pipe_url,
+                                    config.HEARTBEAT_PERIOD, config.HEARTBEAT_TIMEOUT, self.owner_pid)
+        self.monitor.start()
+        self._files: list[Path] = []
+        return port
+
+    def _common_file_fields(self) -> dict:
+        return {
+            "version": connection.FILE_FORMAT_VERSION,
+            "cluster_id": self.cluster_id,
+            "signature_scheme": wire.SIGNATURE_SCHEME,
+            "key": self.key,
+            "location": socket.gethostname(),
+            "controller_pid": os.getpid(),
+        }
+
+    def _write_file(self, role: str, info: dict) -> None:
+        path = connection.connection_file(role, self.cluster_id, self.profile_dir)
+        connection.write_atomic(path, {**self._common_file_fields(), **info})
+        self._files.append(path)
+
+    def _write_connection_files(self, ports: dict[str, int]) -> None:
+        """The client and engine files: every candidate address of each channel."""
+        primary, candidates = connection.channel_urls(self.ip, ports)
+        self._write_file("client", {"client": primary["client"], "candidates": {"client": candidates["client"]}})
+        self._write_file("engine", {
+            "engine": primary["engine"],
+            "heartbeat": primary["heartbeat"],
+            "candidates": {k: candidates[k] for k in ("engine", "heartbeat")},
+            "heartbeat_period": config.HEARTBEAT_PERIOD,
+            # engines listen for direct data links on loopback only when everything is local
+            "engine_bind_ip": "127.0.0.1" if self.ip.startswith("127.") else "*",
+        })
+
+    def _stop_registration(self) -> None:
+        """Stop every engine, remove the connection files, end the heartbeat thread."""
+        for uuid in [rec.uuid for rec in self.hub.engines.values()]:
+            self._shutdown_engine(uuid)
+        for path in self._files:
+            path.unlink(missing_ok=True)
+        self._files.clear()
+        if not self.context.closed:
+            self.pipe.send_multipart([b"stop"])
+            self.monitor.join(timeout=2)
+            self.heart_sock.close(linger=500)
+
+    # -- engines ----------------------------------------------------------------------
+
+    def _notify(self, header: dict) -> None:
+        frames = wire.pack(self.signer, header)
+        for ident in self.clients:
+            wire.send(self.client_sock, [ident, *frames])
+
+    def _control(self, uuid: bytes, header: dict) -> None:
+        """Send a control message to an engine's heartbeat thread (bypasses its queue)."""
+        self.pipe.send_multipart([uuid, *wire.pack(self.signer, header)])
+
+    def _shutdown_engine(self, uuid: bytes) -> None:
+        """Stop an engine now (heartbeat channel) and for certain (its task queue, which
+        reaches even an engine whose heartbeat thread has not connected yet)."""
+        self._control(uuid, {"t": "control", "op": "shutdown"})
+        wire.send(self.engine_sock, [uuid, *wire.pack(self.signer, {"t": "shutdown"})])
+
+    def _register(self, uuid: bytes, header: dict) -> None:
+        info = header.get("info") or {}
+        if not isinstance(info, dict):
+            raise TypeError("info must be a map")
+        requested = header.get("want_id")
+        record = self.hub.register_engine(uuid, requested if isinstance(requested, int) else None, info, time.time())
+        self.monitor.watch(uuid)
+        reply = {"t": "register_reply", "id": record.id, "hb_period": config.HEARTBEAT_PERIOD,
+                 "controller_timeout": config.ENGINE_CONTROLLER_TIMEOUT, **self._register_fields()}
+        wire.send(self.engine_sock, [uuid, *wire.pack(self.signer, reply)])
+        log.info("engine %d registered (%s, pid %s)", record.id, info.get("hostname"), info.get("pid"))
+        self._engine_joined(record.id)
+
+    def _register_fields(self) -> dict:
+        """What a registering engine is told besides its id and heartbeat settings."""
+        return {}
+
+    def _announce(self, engine_id: int) -> None:
+        self._notify({"t": "notify", "ev": "registered", "engine": self.hub.engines[engine_id].describe()})
+
+    def _engine_joined(self, engine_id: int) -> None:
+        """A new engine is in the table; announce it and put it to work."""
+        raise NotImplementedError
+
+    def _engine_released(self, engine_id: int, why: str) -> None:
+        """An engine left the table: fail or retry what it had."""
+        raise NotImplementedError
+
+    def _engine_gone(self, engine_id: int, why: str) -> None:
+        record = self.hub.engines.get(engine_id)
+        if record is None:
+            return
+        self.monitor.forget(record.uuid)
+        self._notify({"t": "notify", "ev": "unregistered", "id": engine_id})  # current when failures arrive
+        self._engine_released(engine_id, why)
+
+    def _on_pipe(self, frames: list) -> None:
+        event = frames[0]
+        if event == b"owner-gone":
+            log.warning("owner process %s is gone; shutting down", self.owner_pid)
+            self._stopping = True
+            return
+        engine_id = self.hub.by_uuid.get(frames[1])
+        if event == b"dead" and engine_id is not None:
+            self._engine_gone(engine_id, "stopped sending heartbeats (died)")
+
+    # -- queries both layouts answer here --------------------------------------------------
+
+    def _op_signal(self, ident: bytes, header: dict) -> list:
+        """Send a signal to engines' processes (SIGINT interrupts the task running there)."""
+        sig, targets = header["sig"], header.get("targets")
+        if not isinstance(sig, int) or isinstance(sig, bool):
+            raise TypeError(f"sig must be a signal number, not {sig!r}")
+        chosen = list(self.hub.engines) if targets is None else [t for t in targets if t in self.hub.engines]
+        for engine_id in chosen:
+            self._control(self.hub.engines[engine_id].uuid, {"t": "control", "op": "signal", "sig": sig})
+        return chosen
+
+    def _op_shutdown(self, ident: bytes, header: dict) -> list:
+        targets = header.get("targets")
+        chosen = list(self.hub.engines) if targets is None else [t for t in targets if t in self.hub.engines]
+        for engine_id in chosen:
+            self._shutdown_engine(self.hub.engines[engine_id].uuid)
+            self._engine_gone(engine_id, "was shut down")
+        return chosen
+
+    def _interrupt(self, by_engine: dict[int, list[str]], interrupt: bool) -> None:
+        """Tell engines to skip these queued tasks, and with ``interrupt`` to stop them running."""
+        for engine_id, ids in by_engine.items():
+            record = self.hub.engines.get(engine_id)
+            if record is not None:
+                self._control(record.uuid, {"t": "control", "op": "abort", "ids": ids, "interrupt": interrupt})
+
+    def _query(self, ident: bytes, msg: wire.Message) -> None:
+        """Run ``_op_<op>`` for a query and answer it, unless the op answers later itself."""
+        header = msg.header
+        op = header.get("op")
+        handler = getattr(self, f"_op_{op}", None) if isinstance(op, str) else None
+        reply = {"t": "query_reply", "rid": header.get("rid"), "ok": True}
+        if handler is None:
+            reply.update(ok=False, error=f"unknown query {op!r}")
+        else:
+            try:
+                result = handler(ident, header)
+                if result is LATER:
+                    return
+                reply["result"] = result
+            except (KeyError, TypeError, ValueError) as exc:
+                reply.update(ok=False, error=f"{type(exc).__name__}: {exc}")
+            except Exception as exc:  # noqa: BLE001 - a bug here must answer, not leave the client waiting
+                log.exception("query %r failed", op)
+                reply.update(ok=False, error=f"internal error in the controller: {type(exc).__name__}: {exc}")
+        self._send_client(ident, reply)
+        if op == "shutdown" and header.get("hub"):
+            self._stopping = True

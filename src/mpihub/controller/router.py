@@ -1,0 +1,284 @@
+"""The request paths: client ROUTER in, engine ROUTER out, and the replies back.
+
+A :class:`Router` forwards requests as the very frames that arrived (zero-copy
+references) and replies likewise; its :class:`~.hub.Hub` learns of each task from the
+header alone, after the forward, so it never delays a round trip. It runs the direct
+path (DirectView: one message fanned out to the named engines), the task path
+(LoadBalancedView, through :class:`~.taskpath.TaskPath`), or both. The single-process
+controller is a Router that also registers engines; a split controller runs each path
+as a Router of its own and answers the Hub's queries with the ``answer_*`` methods.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from collections import OrderedDict
+
+import zmq
+
+from .. import config
+from ..protocol import wire
+from .base import Service
+from .hub import Hub
+from .scheduler import SCHEDULERS
+from .taskpath import TaskPath
+
+log = logging.getLogger("mpihub.controller")
+
+#: Ids aborted before their request arrived (an abort may overtake it on another
+#: connection); a request that comes later with one of them is aborted at once.
+TOMBSTONES = 10_000
+
+
+class Router(Service):
+    def __init__(self, key: str, paths: tuple[str, ...] = ("direct", "task"), scheduler: str = "leastload",
+                 hwm: int | None = None):
+        super().__init__(key)
+        if scheduler not in SCHEDULERS:
+            raise ValueError(f"unknown scheduler {scheduler!r}; available: {sorted(SCHEDULERS)}")
+        self.paths = paths
+        self.hub = Hub(config.STORE_BYTES, config.MAX_RECORDS)
+        self.scheduler_name = scheduler
+        self.tasks: TaskPath | None = None
+        if "task" in paths:
+            chosen = SCHEDULERS[scheduler](config.SCHEDULER_HWM if hwm is None else hwm)
+            self.tasks = TaskPath(self.hub, chosen, self.signer, self._send_to_engine, self._fail)
+        self._tombstones: OrderedDict[str, None] = OrderedDict()
+        self._drop_engine = wire.DropLog(log, "the engine socket")
+
+    def _bind_routers(self, ip: str, names: tuple[str, ...] = ("client", "engine")) -> dict[str, int]:
+        """Bind a ROUTER per name on ``ip`` (random ports); sets ``<name>_sock``."""
+        bind_ip = "*" if ip in ("0.0.0.0", "*") else ip
+        ports = {}
+        for name in names:
+            sock = self.context.socket(zmq.ROUTER)
+            sock.linger = 0
+            sock.router_handover = True
+            ports[name] = sock.bind_to_random_port(f"tcp://{bind_ip}")
+            setattr(self, f"{name}_sock", sock)
+        self._handle(self.client_sock, self._on_client)
+        self._handle(self.engine_sock, self._on_engine)
+        return ports
+
+    def _next_wakeup(self) -> float | None:
+        return self.tasks.next_deadline() if self.tasks else None
+
+    def _wake(self) -> None:
+        if self.tasks:
+            self.tasks.expire()
+
+    # -- sending --------------------------------------------------------------------
+
+    def _send_to_engine(self, engine_id: int, frames: list) -> None:
+        wire.send(self.engine_sock, [self.hub.engines[engine_id].uuid, *frames])
+
+    def _deliver(self, msg_id: str, frames: list) -> None:
+        record = self.hub.tasks.get(msg_id)
+        if record is None:
+            return
+        wire.send(self.client_sock, [record.client_ident, *frames])
+        for watcher in record.watchers:
+            wire.send(self.client_sock, [watcher, *frames])
+
+    def _fail(self, msg_id: str, engine_id: int | None, status: str, ename: str, evalue: str) -> None:
+        """Make up a reply for a task that will never run, and deliver it."""
+        now = time.time()
+        header = {"t": "reply", "id": msg_id, "eng": engine_id, "st": status, "ename": ename,
+                  "evalue": evalue, "tb": "", "started": None, "completed": now}
+        frames = wire.pack(self.signer, header)
+        if self.tasks:
+            self.tasks.forget(msg_id)
+        self._deliver(msg_id, frames)
+        self.hub.finish(msg_id, None, header, frames, 0, now)
+        if self.tasks:
+            self.tasks.finished(msg_id)
+
+    # -- client socket --------------------------------------------------------------
+
+    def _client_message(self, ident: bytes, msg: wire.Message) -> None:
+        if msg.type in ("apply", "execute"):
+            self._submit(ident, msg)
+        else:
+            super()._client_message(ident, msg)
+
+    def _submit(self, ident: bytes, msg: wire.Message) -> None:
+        path = "task" if msg.header.get("lb") else "direct"
+        if path not in self.paths:
+            raise ValueError(f"this controller process runs the {' and '.join(self.paths)} path, not the {path} path")
+        if self._tombstones and self._aborted_early(ident, msg, path):
+            return
+        if self.tasks is not None and path == "task":
+            self.tasks.submit(ident, msg)
+        else:
+            self._submit_direct(ident, msg)
+
+    def _aborted_early(self, ident: bytes, msg: wire.Message, path: str) -> bool:
+        """Abort at once a request whose ids were aborted before it came."""
+        ids = [msg.header["id"]] if path == "task" else msg.header["ids"]
+        if not any(m in self._tombstones for m in ids):
+            return False
+        now = time.time()
+        for msg_id in ids:
+            if isinstance(msg_id, str) and msg_id not in self.hub.tasks:
+                self._tombstones.pop(msg_id, None)
+                self.hub.submit(msg_id, path, ident, None, now, msg.frames, 0)
+                self._fail(msg_id, None, "aborted", "TaskAborted", "task aborted before it started")
+        return True
+
+    def _submit_direct(self, ident: bytes, msg: wire.Message) -> None:
+        targets, ids = msg.header["tg"], msg.header["ids"]
+        if not (isinstance(targets, list) and isinstance(ids, list) and len(targets) == len(ids) and targets):
+            raise ValueError("tg and ids must be equal-length non-empty lists")
+        if not all(isinstance(t, int) for t in targets) or not all(isinstance(i, str) for i in ids):
+            raise TypeError("tg must hold ints and ids strings")
+        now = time.time()
+        nbytes = sum(len(f) for f in msg.frames)
+        data_for = msg.header.get("bt")
+        if data_for is not None and data_for not in targets:
+            raise ValueError(f"bt {data_for!r} is not one of the targets")
+        envelope_only = msg.frames[:1]
+        for engine_id, msg_id in zip(targets, ids):
+            if msg_id in self.hub.tasks:
+                self._drop_client(f"duplicate msg_id {msg_id!r}")
+                continue
+            engine = self.hub.engines.get(engine_id)
+            self.hub.submit(msg_id, "direct", ident, engine_id if engine else None, now, msg.frames, nbytes)
+            nbytes = 0  # one payload shared by every target
+            if engine is None:
+                self._fail(msg_id, engine_id, "error", "EngineError", f"engine {engine_id} is not registered")
+            else:
+                frames = msg.frames if data_for is None or engine_id == data_for else envelope_only
+                wire.send(self.engine_sock, [engine.uuid, *frames])
+
+    # -- engine socket --------------------------------------------------------------
+
+    def _on_engine(self, frames: list) -> None:
+        uuid = frames[0]
+        try:
+            msg = wire.unpack(self.signer, frames[1:])
+        except wire.ProtocolError as exc:
+            return self._drop_engine(exc)
+        kind = msg.type
+        engine_id = self.hub.by_uuid.get(uuid)
+        try:
+            if kind == "reply" and engine_id is not None:
+                self._on_reply(engine_id, msg)
+            else:
+                self._on_engine_other(uuid, engine_id, msg)
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            self._drop_engine(f"malformed {kind!r}: {exc!r}")
+
+    def _on_engine_other(self, uuid: bytes, engine_id: int | None, msg: wire.Message) -> None:
+        self._drop_engine(f"unexpected {msg.type!r} from {'unknown engine' if engine_id is None else engine_id}")
+
+    def _on_reply(self, engine_id: int, msg: wire.Message) -> None:
+        msg_id = msg.header["id"]
+        record = self.hub.tasks.get(msg_id)
+        if record is None or record.completed is not None:
+            return self._drop_engine(f"reply to unknown or finished task {msg_id!r}")
+        if record.queue == "task" and self.tasks.reply(msg_id, engine_id, msg.header):
+            return  # passed on or retried: the client hears only of the last attempt
+        self._deliver(msg_id, msg.frames)
+        self.hub.finish(msg_id, engine_id, msg.header, msg.frames, sum(len(f) for f in msg.frames), time.time())
+        if self.tasks:
+            self.tasks.finished(msg_id)
+
+    # -- engines coming and going -----------------------------------------------------
+
+    def _engine_added(self, engine_id: int) -> None:
+        """An engine in ``self.hub.engines`` may now take work."""
+        if self.tasks:
+            self.tasks.add_engine(engine_id)
+
+    def _forget_engine(self, engine_id: int, why: str) -> None:
+        """Forget an engine that died or left: retry or fail every task it had."""
+        record, lost = self.hub.remove_engine(engine_id)
+        if record is None:
+            return
+        stranded = self.tasks.remove_engine(engine_id) if self.tasks else []
+        log.warning("engine %d %s; failing %d unfinished tasks", engine_id, why, len(lost) + len(stranded))
+        for rec in lost:
+            if rec.queue == "task" and self.tasks.retry(rec.msg_id, engine_id, why):
+                continue
+            self._fail(rec.msg_id, engine_id, "error", "EngineError",
+                       f"engine {engine_id} {why} before task {rec.msg_id} finished")
+        for msg_id in stranded:
+            self._fail(msg_id, None, "error", "EngineError", f"engine {engine_id} {why}; no other engine may run this task")
+
+    # -- answers to Hub queries ---------------------------------------------------------
+
+    def answer_queue_status(self, targets: list | None, verbose: bool) -> dict:
+        return self.hub.queue_status(targets, verbose)
+
+    def answer_db_query(self, query: dict, keys: list | None) -> list:
+        return self.hub.query(query, keys)
+
+    def answer_purge(self, ids: list | None, targets: list | None) -> list:
+        return self.hub.purge(ids, targets)
+
+    def answer_result(self, ident: bytes, ids: list) -> dict:
+        """Send stored replies to ``ident`` now, register it for pending ones, report the rest."""
+        outcome: dict[str, list] = {"pending": [], "unknown": [], "purged": [], "direct": []}
+        for msg_id in ids:
+            record = self.hub.tasks.get(msg_id)
+            if record is None:
+                outcome["unknown"].append(msg_id)
+            elif record.completed is None:
+                if ident != record.client_ident and ident not in record.watchers:
+                    record.watchers += (ident,)
+                outcome["pending"].append(msg_id)
+            else:
+                frames = self.hub.reply_frames(msg_id)
+                if frames is None:
+                    outcome["purged"].append(msg_id)
+                elif "bulk" in wire.unpack(self.signer, frames).header:
+                    outcome["direct"].append(msg_id)
+                else:
+                    wire.send(self.client_sock, [ident, *frames])
+        return outcome
+
+    def answer_abort(self, ids: list) -> tuple[list[str], dict[int, list[str]]]:
+        """Abort the queued tasks among ``ids``; returns them, and the unfinished ones
+        already sent to engines by engine id (theirs to skip or interrupt). Ids not seen
+        yet are remembered, so a request that comes after its abort is aborted too."""
+        removed = self.tasks.abort(ids) if self.tasks else []
+        for msg_id in removed:
+            self._fail(msg_id, None, "aborted", "TaskAborted", "task aborted before it started")
+        by_engine: dict[int, list[str]] = {}
+        for msg_id in ids:
+            record = self.hub.tasks.get(msg_id)
+            if record is None and isinstance(msg_id, str):
+                self._tombstones[msg_id] = None
+                if len(self._tombstones) > TOMBSTONES:
+                    self._tombstones.popitem(last=False)
+            elif record is not None and record.completed is None and record.engine_id in self.hub.engines:
+                by_engine.setdefault(record.engine_id, []).append(msg_id)
+        return removed, by_engine
+
+    def answer_requests(self, renames: dict[str, str]) -> dict[str, list]:
+        """The stored requests of the tasks to rerun under new ids (``{old: new}``), each
+        marked as resubmitted; KeyError/ValueError naming the ones this process has and
+        cannot rerun. Unknown ids are left out."""
+        found = {m: self.hub.request_frames(m) for m in renames if m in self.hub.tasks}
+        missing = [m for m, frames in found.items() if frames is None]
+        if missing:
+            raise KeyError(f"no stored request for {missing}")
+        headers = {m: wire.unpack(self.signer, frames).header for m, frames in found.items()}
+        direct = [m for m, header in headers.items() if "bulk" in header]
+        if direct:
+            raise ValueError(f"the data of {direct} went straight to the engine and is not stored; submit them anew")
+        collective = [m for m, header in headers.items() if "rk" in header]
+        if collective:
+            raise ValueError(f"{collective} ran on a whole MPI world together; one engine cannot run it again alone")
+        for msg_id in found:
+            self.hub.tasks[msg_id].resubmitted = renames[msg_id]
+        return found
+
+    def resubmit(self, ident: bytes, runs: list[tuple[str, list]]) -> None:
+        """Run stored requests again as new load-balanced tasks: ``(new_id, frames)``."""
+        for new, frames in runs:
+            stored = wire.unpack(self.signer, frames)
+            request = {k: v for k, v in stored.header.items() if k not in ("tg", "ids", "only", "v", "nb", "rb")}
+            request.update(id=new, lb=True)
+            self.tasks.submit(ident, wire.unpack(self.signer, wire.pack(self.signer, request, stored.content,
+                                                                        stored.buffers)))
