@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import time
+from pathlib import Path
 
 import pytest
 
@@ -32,6 +33,19 @@ def assert_gone(pids: list[int], timeout: float = 10) -> None:
     assert not left, f"processes still running after teardown: {left}"
 
 
+def children_of(pid: int) -> list[int]:
+    """The PIDs whose parent is ``pid`` (from /proc)."""
+    children = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            children.append(int(stat.parent.name))
+    return children
+
+
 class RunningCluster:
     """A started cluster and its client; records PIDs for the leak check."""
 
@@ -39,12 +53,22 @@ class RunningCluster:
         self.cluster = mpihub.Cluster(n=n, **kwargs)
         self.client = self.cluster.start_and_connect_sync()
         self.pids = list(self.cluster.launcher.pids) + [e["pid"] for e in self.client._engines.values()]
+        self.pids += children_of(self.cluster._controller_process.pid)  # a split controller's paths
 
     def stop(self) -> None:
         self.cluster.stop_cluster_sync()
         assert_gone(self.pids)
         assert not self.cluster.client_file.exists()
         assert not self.cluster.engine_file.exists()
+
+
+def module_kwargs(request, **kwargs) -> dict:
+    """Cluster arguments with the test module's ``CLUSTER_KWARGS`` (e.g. a split
+    controller) merged in; ``controller_args`` add up."""
+    merged = {**getattr(request.module, "CLUSTER_KWARGS", {}), **kwargs}
+    merged["controller_args"] = [*getattr(request.module, "CLUSTER_KWARGS", {}).get("controller_args", ()),
+                                 *kwargs.get("controller_args", ())]
+    return merged
 
 
 def run_cluster(n: int, **kwargs):
@@ -57,9 +81,9 @@ def run_cluster(n: int, **kwargs):
 
 
 @pytest.fixture(scope="module")
-def cluster():
+def cluster(request):
     """A controller and 2 engines shared by one test module, always torn down."""
-    yield from run_cluster(2)
+    yield from run_cluster(2, **module_kwargs(request))
 
 
 @pytest.fixture
@@ -72,12 +96,12 @@ def rc(cluster):
 
 
 @pytest.fixture
-def fresh_cluster():
+def fresh_cluster(request):
     """A cluster of its own, for tests that kill or stop parts of it."""
     started: list[RunningCluster] = []
 
     def start(n: int = 2, **kwargs) -> RunningCluster:
-        running = RunningCluster(n, **kwargs)
+        running = RunningCluster(n, **module_kwargs(request, **kwargs))
         started.append(running)
         return running
 

@@ -9,17 +9,39 @@ import pytest
 import zmq
 
 import mpihub
-from mpihub.protocol import wire
+from mpihub.protocol import connection, wire
 
 pytestmark = pytest.mark.timeout(90)
 
 
+def split_paths(cluster) -> dict:
+    """A split controller's paths and their addresses (none for a single process)."""
+    hub_file = connection.connection_file("hub", cluster.cluster.cluster_id, cluster.cluster.profile_dir)
+    return json.loads(hub_file.read_text()) if hub_file.exists() else {"paths": {}}
+
+
 def ports_of(cluster):
+    """Every port of the controller: of a split one, its Hub's and each path's too."""
     urls = []
     for path in (cluster.cluster.client_file, cluster.cluster.engine_file):
         info = json.loads(path.read_text())
         urls += [info[k] for k in ("client", "engine", "heartbeat") if k in info]
+    hub = split_paths(cluster)
+    urls += [hub["hub"]] if "hub" in hub else []
+    urls += [where[channel][0] for where in hub["paths"].values() for channel in ("client", "engine")]
     return urls
+
+
+def request_urls(cluster) -> list[str]:
+    """Where clients send requests: the controller, or a split one's Hub, direct and task path."""
+    info = json.loads(cluster.cluster.client_file.read_text())
+    return [info["client"]] + [where["client"][0] for where in split_paths(cluster)["paths"].values()]
+
+
+def direct_url(cluster) -> str:
+    """Where DirectView requests go."""
+    paths = split_paths(cluster)["paths"]
+    return paths["direct"]["client"][0] if paths else request_urls(cluster)[0]
 
 
 GARBAGE = [
@@ -79,7 +101,7 @@ def signed_dealer(url, key, identity=None):
 def test_forged_requests_run_nothing(rc, cluster):
     info = json.loads(cluster.cluster.client_file.read_text())
     rc[:].execute("forged = 'no'", block=True)
-    sock, signer = signed_dealer(info["client"], "not-the-key")
+    sock, signer = signed_dealer(direct_url(cluster), "not-the-key")
     sock.send_multipart(wire.pack(signer, {"t": "execute", "tg": [0, 1], "ids": ["f1", "f2"]}, b"forged = 'yes'"))
     good = wire.Signer(info["key"])
     (signed,) = wire.pack(good, {"t": "execute", "tg": [0, 1], "ids": ["f3", "f4"]}, b"forged = 'no!'")
@@ -92,7 +114,6 @@ def test_forged_requests_run_nothing(rc, cluster):
 
 def test_malformed_but_signed_requests_are_dropped(rc, cluster):
     info = json.loads(cluster.cluster.client_file.read_text())
-    sock, signer = signed_dealer(info["client"], info["key"])
     bad_headers = [
         {"t": "apply", "tg": "all", "ids": ["a"]},
         {"t": "apply", "tg": [0, 1], "ids": ["only-one"]},
@@ -110,17 +131,19 @@ def test_malformed_but_signed_requests_are_dropped(rc, cluster):
         {"t": "query", "op": "no_such_query", "rid": "q2"},
         {"t": "who_knows"},
     ]
-    for header in bad_headers:
-        sock.send_multipart(wire.pack(signer, header))
-    time.sleep(0.3)
-    sock.close()
+    for url in request_urls(cluster):
+        sock, signer = signed_dealer(url, info["key"])
+        for header in bad_headers:
+            sock.send_multipart(wire.pack(signer, header))
+        time.sleep(0.3)
+        sock.close()
     assert_still_working(rc, cluster)
 
 
 def test_signed_apply_with_garbage_payload_fails_cleanly(rc, cluster):
     """A well-signed request whose pickle is garbage becomes a RemoteError, not a crash."""
     info = json.loads(cluster.cluster.client_file.read_text())
-    sock, signer = signed_dealer(info["client"], info["key"])
+    sock, signer = signed_dealer(direct_url(cluster), info["key"])
     sock.send_multipart(wire.pack(signer, {"t": "connect", "rid": "r"}))
     assert sock.poll(5000)
     sock.recv_multipart()

@@ -45,11 +45,11 @@ def test_sigint_to_an_idle_engine_is_harmless(rc):
 def test_abort_with_interrupt_stops_running_and_drops_queued(rc):
     lbview = rc.load_balanced_view([1])
     running = lbview.apply_async(spin, 30)
+    time.sleep(0.5)  # running: a split controller's two paths keep no order between them
     queued = rc[1].apply_async(lambda: "never")
-    time.sleep(0.5)
     other = rc[0].apply_async(spin, 1)  # not aborted: must finish normally
+    queued.abort()  # first: once the running task is interrupted, the engine takes the next at once
     running.abort(interrupt=True)
-    queued.abort()
     with pytest.raises(mpihub.RemoteError, match="KeyboardInterrupt"):
         running.get(timeout=10)
     with pytest.raises(mpihub.TaskAborted):

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import mpihub
-from conftest import run_cluster
+from conftest import module_kwargs, run_cluster
 from mpihub.client import collectives
 
 pytestmark = pytest.mark.timeout(180)
@@ -22,7 +22,7 @@ DTYPES = [np.int8, np.uint16, np.int32, np.int64, np.uint64, np.float16, np.floa
 
 @pytest.fixture(scope="module", params=[2, 4], ids=["2 ranks", "4 ranks"])
 def mpi_world(request):
-    yield from run_cluster(request.param, engines="mpi")
+    yield from run_cluster(request.param, **module_kwargs(request, engines="mpi"))
 
 
 @pytest.fixture

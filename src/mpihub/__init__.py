@@ -8,6 +8,7 @@ from .collective import collective
 from .dependency import Dependency, depend, require
 from .errors import (
     CompositeError,
+    ControllerError,
     DependencyTimeout,
     EngineError,
     ImpossibleDependency,
@@ -22,7 +23,7 @@ from .protocol.serialize import Reference, interactive
 __version__ = "0.1.0"
 
 __all__ = [
-    "AsyncMapResult", "AsyncResult", "Client", "Cluster", "CompositeError", "Dependency", "DependencyTimeout",
+    "AsyncMapResult", "AsyncResult", "Client", "Cluster", "CompositeError", "ControllerError", "Dependency", "DependencyTimeout",
     "DirectView", "EngineError", "ImpossibleDependency", "LoadBalancedView", "NoEnginesRegistered",
     "Reference", "RemoteError", "TaskAborted", "TimeoutError", "collective", "config", "depend", "interactive",
     "require", "UnmetDependency",

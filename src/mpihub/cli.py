@@ -24,15 +24,34 @@ def _setup_logging(level: str) -> None:
 
 
 def _cmd_controller(args) -> int:
-    from .controller.server import Controller
     from .protocol import connection
 
     ip = connection.interface_ip(args.interface) if args.interface else args.ip
-    controller = Controller(ip=ip, cluster_id=args.cluster_id, profile_dir=args.profile_dir,
-                            scheduler=args.scheduler, owner_pid=args.owner_pid, hwm=args.hwm)
+    options = dict(ip=ip, cluster_id=args.cluster_id, profile_dir=args.profile_dir, scheduler=args.scheduler,
+                   owner_pid=args.owner_pid, hwm=args.hwm)
+    if args.remote_scheduler and not args.split:
+        print("mpihub controller: --remote-scheduler needs --split", file=sys.stderr)
+        return 2
+    if args.split:
+        from .controller.hubserver import HubServer
+
+        controller = HubServer(remote_scheduler=args.remote_scheduler, **options)
+    else:
+        from .controller.server import Controller
+
+        controller = Controller(**options)
     controller.start()
     controller.serve_forever()
-    return 0
+    return getattr(controller, "exit_code", 0)
+
+
+def _cmd_scheduler(args) -> int:
+    from .controller.pathserver import main
+    from .protocol import connection
+
+    ip = connection.interface_ip(args.interface) if args.interface else args.ip
+    return main(args.url_file, args.cluster_id, args.profile_dir, args.path, ip, args.scheduler, args.hwm,
+                args.owner_pid, args.timeout)
 
 
 def _cmd_engine(args) -> int:
@@ -128,8 +147,27 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"load-balanced tasks in flight per engine (default {config.SCHEDULER_HWM}, "
                         "$MPIHUB_SCHEDULER_HWM)")
     p.add_argument("--owner-pid", type=int, default=None, help="stop when this process is gone")
+    p.add_argument("--split", action="store_true",
+                   help="run the Hub, the direct path and the task scheduler as three processes")
+    p.add_argument("--remote-scheduler", action="store_true",
+                   help="with --split: start no task scheduler here and wait for `mpihub scheduler` on another host")
     common(p)
     p.set_defaults(func=_cmd_controller)
+
+    p = commands.add_parser("scheduler", help="run a split controller's task scheduler (or direct path), "
+                                              "possibly on another host than its Hub")
+    p.add_argument("--url-file", default=None, help="the Hub's mpihub-hub connection file")
+    p.add_argument("--path", default="task", choices=["task", "direct"], help="which path to run (default task)")
+    p.add_argument("--ip", default="127.0.0.1", help="address to bind (0.0.0.0 for all interfaces)")
+    p.add_argument("--interface", default=None, help="bind this interface: a name (ib0) or address")
+    p.add_argument("--scheduler", default="leastload", choices=sorted(SCHEDULERS),
+                   help="how load-balanced tasks pick an engine (default leastload)")
+    p.add_argument("--hwm", type=_positive_int, default=None,
+                   help=f"load-balanced tasks in flight per engine (default {config.SCHEDULER_HWM})")
+    p.add_argument("--owner-pid", type=int, default=None, help="stop when this process (the Hub) is gone")
+    p.add_argument("--timeout", type=float, default=30, help="seconds to wait for the file and the Hub")
+    common(p)
+    p.set_defaults(func=_cmd_scheduler)
 
     p = commands.add_parser("engine", help="run one engine")
     p.add_argument("--url-file", default=None, help="engine connection file")

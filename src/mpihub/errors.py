@@ -20,6 +20,11 @@ class EngineError(MpihubError):
     """The engine died or unregistered while the task was queued or running on it."""
 
 
+class ControllerError(MpihubError):
+    """A part of a split controller (its task scheduler or direct path) is gone, and
+    the tasks it held with it."""
+
+
 class TaskAborted(MpihubError):
     """The task was aborted before it started."""
 

@@ -37,7 +37,7 @@ def _when(timestamp: float | None) -> datetime | None:
 
 
 _CONTROLLER_ERRORS = {"EngineError": errors.EngineError, "ImpossibleDependency": errors.ImpossibleDependency,
-                      "DependencyTimeout": errors.DependencyTimeout}
+                      "DependencyTimeout": errors.DependencyTimeout, "ControllerError": errors.ControllerError}
 
 
 def reply_error(header: dict) -> Exception | None:
@@ -72,6 +72,7 @@ class AsyncResult:
         self._callbacks: list[Callable[[AsyncResult], None]] = []
         self._result: Any = _MISSING
         self._local = None  # the caller's own socket, for a blocking call
+        self._front = None  # the controller process the request went to
         self._submitted = time.time()
         if not self.msg_ids:
             self._event.set()

@@ -28,6 +28,19 @@ if TYPE_CHECKING:
     from .view import DirectView, LoadBalancedView
 
 
+class Front:
+    """A controller process this client sends requests to: the whole controller, or one
+    of a split controller's Hub, direct path and task path."""
+
+    __slots__ = ("name", "url", "sender", "lost")
+
+    def __init__(self, name: str, url: str, sender: Sender):
+        self.name = name
+        self.url = url
+        self.sender = sender
+        self.lost = ""  # why it is gone, once it is
+
+
 class _QuerySlot:
     __slots__ = ("event", "header")
 
@@ -72,28 +85,38 @@ class Client:
         self._also_deliver: dict[str, list[tuple[AsyncResult, int]]] = {}  # get_result of own pending tasks
         self._results: weakref.WeakValueDictionary[str, AsyncResult] = weakref.WeakValueDictionary()
         self._closed = False
-        receiving, sending, self._url, engines = self._connect(timeout)
-        self._sender = Sender(sending)
+        urls = self._info.get("candidates", {}).get("client") or [self._info["client"]]
+        if self._info["client"] in urls:
+            urls = [self._info["client"]] + [u for u in urls if u != self._info["client"]]
+        receiving, hub, reply = self._connect("the controller", urls, timeout)
+        self._sender = hub.sender
+        self._fronts: dict[str, Front] = {"hub": hub, "direct": hub, "task": hub}
         self._thread_local = threading.local()
         self._local_senders: weakref.WeakSet[LocalSender] = weakref.WeakSet()  # gone with their threads
         self._data_identity = f"client-{self._session}-d".encode()
         self._io = IOThread(self._context, receiving, self._signer, self._data_identity, self._on_message)
-        for engine in engines:
+        try:
+            for kind, path_urls in (reply.get("paths") or {}).items():
+                path_receiving, self._fronts[kind], _ = self._connect(f"the controller's {kind} path", path_urls,
+                                                                      timeout, kind)
+                self._io.add_receiver(path_receiving)
+        except errors.TimeoutError:
+            self._io.close_sockets()
+            raise
+        for engine in reply["engines"]:
             self._engines[engine["id"]] = engine
             self._link(engine)
         self._io.start()
 
     # -- connection -------------------------------------------------------------------
 
-    def _connect(self, timeout: float) -> tuple[zmq.Socket, zmq.Socket, str, list]:
+    def _connect(self, what: str, urls: list[str], timeout: float, name: str = "hub") -> tuple[zmq.Socket, "Front", dict]:
         """Say hello on each candidate address in turn; the first that answers wins.
 
         The hello goes out on the receiving socket and names the sending socket's
         identity, so the controller routes replies to requests sent on the latter here.
+        Returns the receiving socket, the front to send to, and the controller's answer.
         """
-        urls = self._info.get("candidates", {}).get("client") or [self._info["client"]]
-        if self._info["client"] in urls:
-            urls = [self._info["client"]] + [u for u in urls if u != self._info["client"]]
         wait = max(timeout, 0.5) / len(urls)
         for url in urls:
             sock = self._context.socket(zmq.DEALER)
@@ -114,10 +137,10 @@ class Client:
                     sending.routing_id = send_as.encode()
                     sending.linger = 1000
                     sending.connect(url)
-                    return sock, sending, url, msg.header["engines"]
+                    return sock, Front(name, url, Sender(sending)), msg.header
             sock.close()
         raise errors.TimeoutError(
-            f"no answer from a controller at {', '.join(urls)} within {timeout:g} s. Is it running, "
+            f"no answer from {what} at {', '.join(urls)} within {timeout:g} s. Is it running, "
             "and is this the connection file it wrote (a stale file or another key is refused)?")
 
     def _new_id(self) -> str:
@@ -139,6 +162,8 @@ class Client:
             if query is not None:
                 query.header = msg.header
                 query.event.set()
+        elif kind == "notify" and msg.header["ev"] == "path_lost":
+            self._path_lost(msg.header.get("path"), msg.header.get("why", ""))
         elif kind == "notify":
             with self._engines_changed:
                 if msg.header["ev"] == "registered":
@@ -162,19 +187,37 @@ class Client:
         frames = wire.pack(self._signer, header, content, buffers)
         return (sender or self._sender).send(frames, zero_copy=bool(buffers), track=track)
 
-    def _blocking_call_done(self) -> None:
-        """A blocking call came back: the controller has taken all this thread sent."""
-        self._thread_local.sent_shared = False
+    def _path_lost(self, path: str, why: str) -> None:
+        """A split controller lost a path: what waited on it fails, and it takes no more."""
+        front = self._fronts.get(path)
+        if front is None or front.lost:
+            return
+        front.lost = f"the controller's {path} path is gone ({why})"
+        for msg_id, (ar, index) in list(self._pending.items()):
+            if ar._front is front:
+                self._pending.pop(msg_id, None)
+                header = {"t": "reply", "id": msg_id, "st": "error", "ename": "ControllerError", "tb": "",
+                          "evalue": f"{front.lost}; task {msg_id} is lost with it"}
+                ar._deliver(index, wire.Message(header, b"", [], []))
 
-    def _local_sender(self) -> "LocalSender":
-        """This thread's own socket for blocking calls (made on first use)."""
-        local = getattr(self._thread_local, "sender", None)
+    def _blocking_call_done(self, ar: AsyncResult) -> None:
+        """A blocking call came back: its front has taken all this thread sent there."""
+        shared = getattr(self._thread_local, "shared", None)
+        if shared:
+            shared.discard(ar._front)
+
+    def _local_sender(self, front: "Front") -> "LocalSender":
+        """This thread's own socket to ``front`` for blocking calls (made on first use)."""
+        senders = getattr(self._thread_local, "senders", None)
+        if senders is None:
+            senders = self._thread_local.senders = {}
+        local = senders.get(front)
         if local is None:
             sock = self._context.socket(zmq.DEALER)
             sock.routing_id = f"client-{self._session}-t{next(self._counter)}".encode()
             sock.linger = 1000
-            sock.connect(self._url)
-            local = self._thread_local.sender = LocalSender(sock)
+            sock.connect(front.url)
+            local = senders[front] = LocalSender(sock)
             with self._engines_changed:
                 self._local_senders.add(local)
         return local
@@ -212,11 +255,20 @@ class Client:
         for index, msg_id in enumerate(ids):
             pending[msg_id] = (ar, offset + index)
             results[msg_id] = ar
-        sender = self._sender
+        front = self._fronts["task" if header.get("lb") else "direct"]
+        if front.lost:
+            for msg_id in ids:
+                pending.pop(msg_id, None)
+            raise errors.ControllerError(front.lost)
+        ar._front = front
+        sender = front.sender
+        shared = getattr(self._thread_local, "shared", None)
+        if shared is None:
+            shared = self._thread_local.shared = set()
         if not sync:
-            self._thread_local.sent_shared = True
-        elif not getattr(self._thread_local, "sent_shared", False):
-            sender = ar._local = self._local_sender()
+            shared.add(front)
+        elif front not in shared:
+            sender = ar._local = self._local_sender(front)
         if self._io.links:
             header["rb"] = self._data_identity  # engines may send large results straight back
             targets = header.get("tg")
@@ -474,11 +526,14 @@ class Client:
     def close(self) -> None:
         if self._closed:
             return
+        fronts = list(dict.fromkeys(self._fronts.values()))
         try:
-            self._send({"t": "close"})
+            for front in fronts:
+                self._send({"t": "close"}, sender=front.sender)
         finally:
             self._closed = True
-            self._sender.close()
+            for front in fronts:
+                front.sender.close()
             for local in list(self._local_senders):
                 local.close()
             self._io.stop()

@@ -98,7 +98,7 @@ class IOThread(threading.Thread):
                  on_message: Callable[[wire.Message], None]):
         super().__init__(name="mpihub-client-io", daemon=True)
         self.context = context
-        self.sock = sock
+        self.receivers = [sock]  # one per controller process that replies (more for a split one)
         self.signer = signer
         self.data_identity = data_identity
         self.on_message = on_message
@@ -117,7 +117,7 @@ class IOThread(threading.Thread):
         self._wake_out = context.socket(zmq.PAIR)
         self._wake_out.connect(wake_url)
         self._poller = zmq.Poller()
-        self._poller.register(self.sock, zmq.POLLIN)
+        self._poller.register(sock, zmq.POLLIN)
         self._poller.register(self._wake_in, zmq.POLLIN)
         self._running = True
         self._drop = wire.DropLog(log, "the client's sockets")
@@ -125,6 +125,16 @@ class IOThread(threading.Thread):
         self._turn = threading.Condition()  # hands the sockets between the IO thread and a borrower
         self._borrowed = False
         self._owner_thread: int | None = None
+
+    def add_receiver(self, sock: zmq.Socket) -> None:
+        """Also receive replies on ``sock`` (before the thread starts)."""
+        self.receivers.append(sock)
+        self._poller.register(sock, zmq.POLLIN)
+
+    def close_sockets(self) -> None:
+        """Close everything, for a client that failed to connect (the thread never ran)."""
+        for sock in (*self.receivers, self._wake_in, self._wake_out):
+            sock.close(linger=0)
 
     # -- called from user threads -------------------------------------------------------
 
@@ -227,7 +237,8 @@ class IOThread(threading.Thread):
                     if link.sock is not None:
                         link.sock.close(linger=0)
                 self._wake_in.close(linger=0)
-                self.sock.close(linger=0)
+                for sock in self.receivers:
+                    sock.close(linger=0)
 
     def _loop(self) -> None:
         while self._running:
@@ -247,8 +258,9 @@ class IOThread(threading.Thread):
             deadlines.append(time.monotonic() + limit)
         timeout = max(0.0, min(deadlines) - time.monotonic()) * 1000 if deadlines else None
         events = dict(self._poller.poll(timeout))
-        if self.sock in events:
-            self._receive_replies()
+        for sock in self.receivers:
+            if sock in events:
+                self._receive_replies(sock)
         for sock in [s for s in events if s in self._by_socket]:
             self._receive_data(self._by_socket[sock])
         if self._wake_in in events:
@@ -360,8 +372,8 @@ class IOThread(threading.Thread):
                     reply = parked[0]
                     self._deliver(wire.Message(reply.header, reply.content, msg.buffers, reply.frames))
 
-    def _receive_replies(self) -> None:
-        for msg in wire.pending(self.sock, self.signer, self._drop):
+    def _receive_replies(self, sock: zmq.Socket) -> None:
+        for msg in wire.pending(sock, self.signer, self._drop):
             if msg.type == "reply":
                 token = msg.header.get("bulk")
                 if token is not None:

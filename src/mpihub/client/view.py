@@ -88,7 +88,7 @@ class View:
                 return ar.get()
             finally:
                 if ar.ready():
-                    self.client._blocking_call_done()
+                    self.client._blocking_call_done(ar)
         self._outstanding.add(ar)
         return ar
 

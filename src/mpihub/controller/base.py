@@ -70,6 +70,18 @@ class Service:
     def _client_message(self, ident: bytes, msg: wire.Message) -> None:
         self._drop_client(f"unexpected message type {msg.type!r}")
 
+    def _bind_routers(self, ip: str, names: tuple[str, ...]) -> dict[str, int]:
+        """Bind a ROUTER per name on ``ip`` (random ports) as ``self.<name>_sock``."""
+        bind_ip = "*" if ip in ("0.0.0.0", "*") else ip
+        ports = {}
+        for name in names:
+            sock = self.context.socket(zmq.ROUTER)
+            sock.linger = 0
+            sock.router_handover = True
+            ports[name] = sock.bind_to_random_port(f"tcp://{bind_ip}")
+            setattr(self, f"{name}_sock", sock)
+        return ports
+
     def _handle(self, sock: zmq.Socket, handler: Callable[[list], None]) -> None:
         """Call ``handler(frames)`` for every message that arrives on ``sock``."""
         self._handlers[sock] = handler

@@ -35,10 +35,7 @@ class Registrar(Service):
 
     def _start_heartbeat(self) -> int:
         """Bind the heartbeat ROUTER and start its thread; returns the port."""
-        self.heart_sock = self.context.socket(zmq.ROUTER)
-        self.heart_sock.linger = 0
-        self.heart_sock.router_handover = True
-        port = self.heart_sock.bind_to_random_port(f"tcp://{'*' if self.ip in ('0.0.0.0', '*') else self.ip}")
+        port = self._bind_routers(self.ip, ("heart",))["heart"]
         self.pipe = self.context.socket(zmq.PAIR)
         pipe_url = f"inproc://heart-{id(self)}"
         self.pipe.bind(pipe_url)
@@ -59,10 +56,12 @@ class Registrar(Service):
             "controller_pid": os.getpid(),
         }
 
-    def _write_file(self, role: str, info: dict) -> None:
+    def _write_file(self, role: str, info: dict) -> Path:
         path = connection.connection_file(role, self.cluster_id, self.profile_dir)
         connection.write_atomic(path, {**self._common_file_fields(), **info})
-        self._files.append(path)
+        if path not in self._files:
+            self._files.append(path)
+        return path
 
     def _write_connection_files(self, ports: dict[str, int]) -> None:
         """The client and engine files: every candidate address of each channel."""

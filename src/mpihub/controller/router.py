@@ -14,8 +14,6 @@ import logging
 import time
 from collections import OrderedDict
 
-import zmq
-
 from .. import config
 from ..protocol import wire
 from .base import Service
@@ -45,20 +43,6 @@ class Router(Service):
             self.tasks = TaskPath(self.hub, chosen, self.signer, self._send_to_engine, self._fail)
         self._tombstones: OrderedDict[str, None] = OrderedDict()
         self._drop_engine = wire.DropLog(log, "the engine socket")
-
-    def _bind_routers(self, ip: str, names: tuple[str, ...] = ("client", "engine")) -> dict[str, int]:
-        """Bind a ROUTER per name on ``ip`` (random ports); sets ``<name>_sock``."""
-        bind_ip = "*" if ip in ("0.0.0.0", "*") else ip
-        ports = {}
-        for name in names:
-            sock = self.context.socket(zmq.ROUTER)
-            sock.linger = 0
-            sock.router_handover = True
-            ports[name] = sock.bind_to_random_port(f"tcp://{bind_ip}")
-            setattr(self, f"{name}_sock", sock)
-        self._handle(self.client_sock, self._on_client)
-        self._handle(self.engine_sock, self._on_engine)
-        return ports
 
     def _next_wakeup(self) -> float | None:
         return self.tasks.next_deadline() if self.tasks else None

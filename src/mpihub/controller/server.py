@@ -3,7 +3,7 @@
 One thread polls the client ROUTER, the engine ROUTER and an inproc pair from the
 heartbeat monitor; engines register on the socket their requests come from, and every
 query is answered from the one Hub. This is the default layout (see
-:mod:`.split` for the other, and docs/architecture.md for the benchmark that chose).
+:mod:`.hubserver` for the split one, and docs/architecture.md for the benchmark that chose).
 """
 from __future__ import annotations
 
@@ -29,7 +29,9 @@ class Controller(Registrar, Router):
         self.scheduler = self.tasks.scheduler
 
     def start(self) -> None:
-        ports = self._bind_routers(self.ip)
+        ports = self._bind_routers(self.ip, ("client", "engine"))
+        self._handle(self.client_sock, self._on_client)
+        self._handle(self.engine_sock, self._on_engine)
         ports["heartbeat"] = self._start_heartbeat()
         self._write_connection_files(ports)
         log.info("controller %s listening on %s (one process; scheduler %s, hwm %d, pid %d)",

@@ -2,7 +2,9 @@
 
 The task socket is a DEALER with the engine's uuid as routing id, connected into the
 controller's engine ROUTER; requests arrive in FIFO order and replies go back the same
-way. Large buffers of a request or reply may take the engine's direct data link
+way. With a split controller the registration reply names its paths (direct, task):
+the engine says hello to each on a DEALER of its own, takes requests from all of them,
+and answers each on the socket it came from. Large buffers of a request or reply may take the engine's direct data link
 (:mod:`.datalink`) instead, while the request and reply themselves keep their order
 through the controller.
 """
@@ -63,6 +65,28 @@ class Engine:
         log.info("registered as engine %d", self.id)
         return reply.header
 
+    def join_paths(self, paths: dict[str, list[str]]) -> list[zmq.Socket]:
+        """A socket per path of a split controller, each greeted at the first of its
+        addresses that answers."""
+        socks = []
+        for kind, urls in paths.items():
+            wait = max(self.register_timeout, 1.0) / max(len(urls), 1)
+            for url in urls:
+                sock = self.context.socket(zmq.DEALER)
+                sock.routing_id = self.uuid
+                sock.linger = 0
+                sock.connect(url)
+                sock.send_multipart(wire.pack(self.signer, {"t": "hello", "id": self.id}))
+                if sock.poll(wait * 1000):
+                    answer = wire.unpack(self.signer, sock.recv_multipart())
+                    if answer.type == "hello_reply":
+                        socks.append(sock)
+                        break
+                sock.close()
+            else:
+                raise TimeoutError(f"no answer from the controller's {kind} path at {', '.join(urls)}")
+        return socks
+
     def serve_forever(self) -> None:
         def on_sigterm(signum, frame):
             raise EngineStop()
@@ -75,6 +99,7 @@ class Engine:
                       registration["hb_period"], registration.get("controller_timeout", config.ENGINE_CONTROLLER_TIMEOUT),
                       self.aborted, self._signal)
         heart.start()
+        paths: list[zmq.Socket] = []
         if self.mpi_world.get("mpi_world"):
             executor.namespace.update(mpi.namespace_names())
         poller = zmq.Poller()
@@ -83,20 +108,28 @@ class Engine:
         wakeup = process.signal_wakeup()
         poller.register(wakeup, zmq.POLLIN)
         try:
-            while True:
+            paths = self.join_paths(registration.get("paths") or {})
+            for sock in paths:
+                poller.register(sock, zmq.POLLIN)
+            requests = [*paths, self.sock]
+            running = True
+            while running:
                 events = dict(poller.poll())
                 if wakeup in events:
                     process.drain(wakeup)
                 if self.data.sock in events:
                     self.data.receive_pending()
-                if self.sock in events and not self._handle_requests(executor):
-                    break
+                for sock in requests:
+                    if sock in events and not self._handle_requests(executor, sock):
+                        running = False
+                        break
         except EngineStop:
             log.info("engine %s stopping on SIGTERM", self.id)
             self.sock.linger = 500
             self.sock.send_multipart(wire.pack(self.signer, {"t": "unregister"}))  # the controller still runs
         finally:
-            self.sock.close()
+            for sock in (*paths, self.sock):
+                sock.close()
             self.data.close()
             heart.stop()
             self.context.term()
@@ -125,9 +158,9 @@ class Engine:
             raise KeyboardInterrupt(f"interrupted while running task {running}")
         log.info("engine %s: SIGINT with no task of its target running; ignored", self.id)
 
-    def _handle_requests(self, executor: Executor) -> bool:
-        """Run every queued request; False once told to shut down."""
-        for msg in wire.pending(self.sock, self.signer, self._drop):
+    def _handle_requests(self, executor: Executor, sock: zmq.Socket) -> bool:
+        """Run every request queued on ``sock``; False once told to shut down."""
+        for msg in wire.pending(sock, self.signer, self._drop):
             if msg.type == "shutdown":
                 log.info("engine %s stopping: shutdown requested by the controller", self.id)
                 return False
@@ -140,10 +173,10 @@ class Engine:
             except (KeyError, ValueError, TypeError, IndexError) as exc:
                 self._drop(f"malformed request: {exc!r}")
                 continue
-            self._run(executor, msg_id, msg)
+            self._run(executor, msg_id, msg, sock)
         return True
 
-    def _run(self, executor: Executor, msg_id: str, msg: wire.Message) -> None:
+    def _run(self, executor: Executor, msg_id: str, msg: wire.Message, sock: zmq.Socket) -> None:
         header = msg.header
         if self._pending_send is not None:  # our last result's buffers may still be in flight
             self._pending_send.wait()
@@ -158,7 +191,7 @@ class Engine:
                 self.data.discard(token)
             reply.update(st="aborted", ename="TaskAborted", evalue="task aborted before it started",
                          tb="", started=None, completed=None, out="", err="")
-            wire.send(self.sock, wire.pack(self.signer, reply))
+            wire.send(sock, wire.pack(self.signer, reply))
             return
         buffers = msg.buffers
         if isinstance(token, str) and header.get("bt", self.id) == self.id:
@@ -168,7 +201,7 @@ class Engine:
                 if "bt" not in header:
                     reply.update(st="error", ename="BulkMissing", evalue=str(exc), tb="", started=None,
                                  completed=None, out="", err="")
-                    wire.send(self.sock, wire.pack(self.signer, reply))
+                    wire.send(sock, wire.pack(self.signer, reply))
                     return
                 buffers = exc  # a collective still runs, so that the other ranks learn of it
         self._running_collective = "rk" in header
@@ -180,13 +213,13 @@ class Engine:
             if tracker is not None:
                 reply["bulk"] = msg_id
                 self._pending_send = tracker
-                wire.send(self.sock, wire.pack(self.signer, reply, data))
+                wire.send(sock, wire.pack(self.signer, reply, data))
                 return
         out = wire.pack(self.signer, reply, data, out_buffers)
         if out_buffers:
-            self._pending_send = self.sock.send_multipart(out, copy=False, track=True)
+            self._pending_send = sock.send_multipart(out, copy=False, track=True)
         else:
-            wire.send(self.sock, out)
+            wire.send(sock, out)
 
 
 def main(url_file: str | None, cluster_id: str | None, profile_dir: str | None, want_id: int | None,

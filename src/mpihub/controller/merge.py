@@ -1,0 +1,72 @@
+"""How a split controller's Hub combines its paths' answers to one query (pure).
+
+Each path (direct, task) keeps the records of the tasks it routes; the Hub asks every
+path and merges what they say into the answer the single-process controller would give.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+
+def queue_status(parts: list[dict]) -> dict:
+    """Per engine: direct ``queue``, load-balanced ``tasks`` and ``completed``, summed
+    (or, verbose, the id lists joined); ``unassigned`` summed."""
+    merged: dict[Any, Any] = {"unassigned": 0}
+    for part in parts:
+        for key, value in part.items():
+            if key == "unassigned":
+                merged["unassigned"] += value
+            elif key not in merged:
+                merged[key] = dict(value)
+            else:
+                for field, amount in value.items():
+                    merged[key][field] = merged[key][field] + amount
+    for key, value in merged.items():
+        if key != "unassigned":
+            for field, amount in value.items():
+                if isinstance(amount, list):
+                    value[field] = sorted(amount)
+    return dict(sorted(((k, v) for k, v in merged.items() if k != "unassigned"), key=lambda kv: kv[0]),
+                unassigned=merged["unassigned"])
+
+
+def records(parts: list[list[dict]]) -> list[dict]:
+    """Task records from every path, in submission order."""
+    joined = [rec for part in parts for rec in part]
+    if all("submitted" in rec for rec in joined):
+        joined.sort(key=lambda rec: rec["submitted"])
+    return joined
+
+
+def joined(parts: list[list]) -> list:
+    """Lists from every path, one after the other (purged ids, aborted ids)."""
+    return [item for part in parts for item in part]
+
+
+def result_outcome(parts: list[dict], ids: list[str]) -> dict[str, list]:
+    """A ``result`` query's outcome: an id is unknown only when no path knows it (a path
+    that sent the stored reply lists the id nowhere)."""
+    where: dict[str, str] = {}
+    unknown_to = dict.fromkeys(ids, 0)
+    for part in parts:
+        for msg_id in part.get("unknown", ()):
+            unknown_to[msg_id] = unknown_to.get(msg_id, 0) + 1
+        for state in ("pending", "purged", "direct"):
+            for msg_id in part.get(state, ()):
+                where[msg_id] = state
+    outcome: dict[str, list] = {"pending": [], "unknown": [], "purged": [], "direct": []}
+    for msg_id in ids:
+        if msg_id in where:
+            outcome[where[msg_id]].append(msg_id)
+        elif unknown_to[msg_id] == len(parts):
+            outcome["unknown"].append(msg_id)
+    return outcome
+
+
+def by_engine(parts: list[dict]) -> dict[int, list[str]]:
+    """``{engine_id: [msg_id, ...]}`` maps from every path, joined per engine."""
+    merged: dict[int, list[str]] = {}
+    for part in parts:
+        for engine_id, ids in part.items():
+            merged.setdefault(int(engine_id), []).extend(ids)
+    return merged
