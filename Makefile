@@ -31,6 +31,7 @@ bench: $(STAMP)
 	bash bench/run.sh
 	$(PY) bench/bench_mpi.py
 	$(PY) bench/bench_lb.py
+	$(PY) bench/bench_layout.py
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache

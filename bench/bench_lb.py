@@ -91,27 +91,27 @@ def start(name: str):
     return Dask()
 
 
-def throughput(system, tasks: int) -> float:
+def throughput(system, tasks: int, f=noop) -> float:
     started = time.perf_counter()
-    results = system.run_map(noop, range(tasks))
+    results = system.run_map(f, range(tasks))
     elapsed = time.perf_counter() - started
     if len(results) != tasks or results[-1] != tasks - 1:
         raise AssertionError(f"{system.name}: {len(results)} results")
     return tasks / elapsed
 
 
-def latency(system, calls: int = 200) -> float:
+def latency(system, calls: int = 200, f=noop) -> float:
     times = []
     for _ in range(calls):
         started = time.perf_counter()
-        system.one(noop)
+        system.one(f)
         times.append(time.perf_counter() - started)
     return statistics.median(times) * 1000
 
 
-def efficiency(system, tasks: int = 1000) -> float:
+def efficiency(system, tasks: int = 1000, f=sleep_10ms) -> float:
     started = time.perf_counter()
-    system.run_map(sleep_10ms, range(tasks))
+    system.run_map(f, range(tasks))
     return tasks * 0.01 / ENGINES / (time.perf_counter() - started)
 
 

@@ -85,7 +85,8 @@ def _cmd_cluster(args) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     cluster = Cluster(n=args.n, engines=args.engines, cluster_id=args.cluster_id, profile_dir=args.profile_dir,
-                      controller_ip=args.ip, detach=args.daemonize, mpiexec=args.mpiexec)
+                      controller_ip=args.ip, detach=args.daemonize, mpiexec=args.mpiexec,
+                      controller_args=["--split"] if args.split else None)
     keep_running = False
     try:
         cluster.start_cluster_sync()
@@ -185,6 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "or the one beside this Python)")
     p.add_argument("--ip", default="127.0.0.1", help="controller address to bind")
     p.add_argument("--daemonize", action="store_true", help="return once started, leave the cluster running")
+    p.add_argument("--split", action="store_true", help="a controller of three processes (see mpihub controller)")
     common(p)
     p.set_defaults(func=_cmd_cluster)
 

@@ -1,0 +1,115 @@
+#!/usr/bin/env python3
+"""The controller's layout: one process, or split (Hub, direct path, task scheduler).
+
+This is the benchmark that picks ``mpihub controller``'s default. Both layouts run with
+2 engines, up at once, alternating within every rep; ipyparallel 9.2 (its default,
+multi-process controller) runs beside them as the reference:
+
+  apply        DirectView apply round trip on one engine (median of 500, ms)
+  apply all    DirectView apply on every engine (median of 200, ms)
+  lb latency   one trivial load-balanced task, submission to result (median of 200, ms)
+  throughput   20,000 trivial load-balanced tasks, chunksize 1 (tasks/s)
+  efficiency   1,000 load-balanced tasks of 10 ms: ideal time / measured time
+
+Usage: python bench/bench_layout.py [--reps N] [--tasks N] [--systems single,split,ipp]
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import statistics
+import time
+
+import bench_lb
+from bench_lb import IpLike, efficiency, latency, throughput
+
+
+def noop(x=None):  # defined here: __main__ functions travel by value, bench_lb's would not
+    return x
+
+
+def sleep_10ms(x):
+    import time
+
+    time.sleep(0.01)
+    return x
+
+
+def start(name: str) -> IpLike:
+    if name == "ipp":
+        import ipyparallel
+
+        return IpLike("ipp", ipyparallel, log_level=40)
+    import mpihub
+
+    return IpLike(name, mpihub, controller_args=["--split"] if name == "split" else [])
+
+
+def direct_latency(system: IpLike, calls: int, every: bool) -> float:
+    view = system.rc[:] if every else system.rc[0]
+    times = []
+    for _ in range(calls):
+        started = time.perf_counter()
+        view.apply_sync(noop)
+        times.append(time.perf_counter() - started)
+    return statistics.median(times) * 1000
+
+
+METRICS = {
+    "apply, 1 engine (ms)": lambda s, args: direct_latency(s, 500, every=False),
+    "apply, all engines (ms)": lambda s, args: direct_latency(s, 200, every=True),
+    "lb latency, 1 task (ms)": lambda s, args: latency(s, f=noop),
+    "lb throughput (tasks/s)": lambda s, args: throughput(s, args.tasks, noop),
+    "lb efficiency, 10 ms tasks": lambda s, args: efficiency(s, f=sleep_10ms),
+}
+HIGHER_IS_BETTER = {"lb throughput (tasks/s)", "lb efficiency, 10 ms tasks"}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--tasks", type=int, default=20_000)
+    parser.add_argument("--systems", default="single,split,ipp")
+    args = parser.parse_args()
+    systems: list[IpLike] = []
+    try:
+        for name in args.systems.split(","):
+            try:
+                systems.append(start(name))
+            except Exception as exc:  # noqa: BLE001 - a missing peer is reported, not fatal
+                print(f"{name} unavailable: {exc}")
+        for s in systems:  # warm-up: imports, connections, first pickles
+            throughput(s, 500, noop)
+            direct_latency(s, 50, every=True)
+        values = {(s.name, m): [] for s in systems for m in METRICS}
+        for metric, measure in METRICS.items():
+            for rep in range(args.reps):
+                for s in systems[rep % len(systems):] + systems[:rep % len(systems)]:
+                    values[s.name, metric].append(measure(s, args))
+        report([s.name for s in systems], values, args)
+    finally:
+        for s in systems:
+            with contextlib.suppress(Exception):
+                s.stop()
+
+
+def report(names: list[str], values: dict, args) -> None:
+    print(f"\n{bench_lb.ENGINES} engines, median of {args.reps} reps")
+    print(f"{'metric':<28}" + "".join(f"{n:>10}" for n in names) + f"{'split/single':>14}" + f"{'single/ipp':>12}")
+    for metric in METRICS:
+        medians = {n: statistics.median(values[n, metric]) for n in names}
+        line = f"{metric:<28}" + "".join(f"{medians[n]:>10.3g}" for n in names)
+        if "single" in medians and "split" in medians:
+            line += f"{medians['split'] / medians['single']:>13.2f}x"
+        if "single" in medians and "ipp" in medians:
+            ratio = medians["single"] / medians["ipp"]
+            line += f"{ratio:>11.2f}x"
+        print(line)
+    print("ratios are of the values shown: for times lower is better, for rates and efficiency higher")
+    for metric in METRICS:
+        print(f"  {metric:<27} " + "; ".join(f"{n} " + " ".join(f"{v:.3g}" for v in values[n, metric])
+                                               for n in names))
+
+
+if __name__ == "__main__":
+    main()
