@@ -27,6 +27,17 @@ def test_requested_ids_are_honoured_when_free():
     assert hub.register_engine(b"c", 1, {}, 0.0).id == 7  # below the counter: never reused
 
 
+def test_a_path_mirrors_the_ids_its_hub_gave():
+    hub = Hub(store_limit=100)
+    assert hub.mirror_engine(7, b"seven", 0.0).id == 7
+    assert hub.mirror_engine(7, b"seven", 1.0).registered == 0.0  # a repeated hello: the same record
+    with pytest.raises(ValueError, match="another uuid"):
+        hub.mirror_engine(7, b"impostor", 0.0)
+    assert hub.by_uuid == {b"seven": 7}
+    hub.remove_engine(7)
+    assert hub.mirror_engine(7, b"impostor", 0.0).uuid == b"impostor"  # gone: the id may come back
+
+
 def test_task_lifecycle_and_queue_status():
     hub = hub_with_engines(2)
     client = b"client-1"

@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -84,11 +85,23 @@ def test_a_lost_task_scheduler_fails_its_tasks_and_the_rest_goes_on(fresh_cluste
     running = fresh_cluster(2)
     rc = running.client
     task_path = path_pids(running)["task"]
+    blocked: dict = {}
+
+    def blocking_call():
+        try:
+            rc.load_balanced_view().apply_sync(time.sleep, 3)
+        except Exception as exc:  # noqa: BLE001 - the test looks at it
+            blocked["error"] = exc
+
+    waiter = threading.Thread(target=blocking_call)
+    waiter.start()
     slow = rc.load_balanced_view().apply_async(time.sleep, 3)
     time.sleep(0.3)
     os.kill(task_path, signal.SIGKILL)
     with pytest.raises(mpihub.ControllerError, match="task path is gone"):
         slow.get(timeout=15)
+    waiter.join(10)
+    assert isinstance(blocked.get("error"), mpihub.ControllerError)
     with pytest.raises(mpihub.ControllerError, match="task path is gone"):
         rc.load_balanced_view().apply_async(lambda: 1)
     assert rc[:].apply_sync(lambda: "direct still works") == ["direct still works"] * 2

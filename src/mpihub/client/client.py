@@ -102,6 +102,8 @@ class Client:
                 self._io.add_receiver(path_receiving)
         except errors.TimeoutError:
             self._io.close_sockets()
+            for front in dict.fromkeys(self._fronts.values()):
+                front.sender.close()
             raise
         for engine in reply["engines"]:
             self._engines[engine["id"]] = engine
@@ -223,14 +225,17 @@ class Client:
         return local
 
     def _wait_local(self, local: "LocalSender", event: threading.Event, timeout: float | None) -> bool:
-        """Read this thread's socket until ``event`` is set: replies to blocking calls."""
+        """Read this thread's socket until ``event`` is set: replies to blocking calls.
+
+        The event may also be set by the IO thread (a failure made up for a lost path), so
+        the wait looks at it at least once a second."""
         deadline = None if timeout is None else time.monotonic() + timeout
         sock = local.sock
         while not event.is_set():
             left = None if deadline is None else deadline - time.monotonic()
             if left is not None and left <= 0:
                 return False
-            if not sock.poll(None if left is None else left * 1000):
+            if not sock.poll(1000 if left is None else min(left, 1.0) * 1000):
                 continue
             for msg in wire.pending(sock, self._signer, self._io._drop):
                 token = msg.header.get("bulk")

@@ -4,7 +4,8 @@ everything that receives.
 User threads send requests directly on the sending DEALER (under a lock), with no
 hand-off. The IO thread owns the receiving DEALER (the controller routes every reply
 and notice there, having been told at connection time which sending identity belongs
-to it) and one data-link DEALER per engine: large buffers go to and come from engines
+to it; a split controller's Hub and paths have one each) and one data-link DEALER per
+engine: large buffers go to and come from engines
 over those in one hop, matched to their request or reply by a token. Incoming messages
 are verified and handed to a callback on the IO thread; results are unpickled later,
 by whoever asks for them.

@@ -107,6 +107,8 @@ class Hub:
         keep the table of the engines they route to)."""
         if uuid in self.by_uuid:
             return self.engines[self.by_uuid[uuid]]
+        if engine_id in self.engines:
+            raise ValueError(f"engine {engine_id} is here already, under another uuid")
         record = EngineRecord(engine_id, uuid, {}, now)
         self.engines[engine_id] = record
         self.by_uuid[uuid] = engine_id

@@ -94,6 +94,7 @@ class HubServer(Registrar):
         self._started = time.monotonic()
         self._next_check = 0.0
         self._drop_path = wire.DropLog(log, "the path socket")
+        self._drop_engine = wire.DropLog(log, "the engine socket")
 
     # -- start and stop -----------------------------------------------------------------
 
@@ -247,7 +248,7 @@ class HubServer(Registrar):
         try:
             msg = wire.unpack(self.signer, frames[1:])
         except wire.ProtocolError as exc:
-            return self._drop_path(f"engine socket: {exc}")
+            return self._drop_engine(exc)
         engine_id = self.hub.by_uuid.get(uuid)
         try:
             if msg.type == "register":
@@ -255,9 +256,9 @@ class HubServer(Registrar):
             elif msg.type == "unregister" and engine_id is not None:
                 self._engine_gone(engine_id, "unregistered")
             else:
-                self._drop_path(f"engine socket: unexpected {msg.type!r}")
+                self._drop_engine(f"unexpected {msg.type!r}")
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            self._drop_path(f"engine socket: malformed {msg.type!r}: {exc!r}")
+            self._drop_engine(f"malformed {msg.type!r}: {exc!r}")
 
     def _register_fields(self) -> dict:
         return {"paths": {kind: link.engine_urls for kind, link in self.links.items()}}
