@@ -57,8 +57,14 @@ def test_sync_and_async_start_stop():
 def test_unsupported_kinds_and_bad_sizes_are_refused():
     with pytest.raises(ValueError):
         mpihub.Cluster(n=1, engines="condor")
-    with pytest.raises(NotImplementedError):
-        mpihub.Cluster(n=1, engines="slurm")
+    with pytest.raises(ValueError, match="controller must be one of"):
+        mpihub.Cluster(n=1, controller="lsf")
+    with pytest.raises(ValueError, match="runs its engines there too"):
+        mpihub.Cluster(n=1, engines="local", controller="slurm")
+    with pytest.raises(ValueError, match="srun"):
+        mpihub.Cluster(n=1, engines="slurm", engine_launch="aprun")
+    with pytest.raises(ValueError, match="no batch job"):
+        mpihub.Cluster(n=1).job_script()
     with pytest.raises(ValueError):
         mpihub.Cluster(n=-1)
 

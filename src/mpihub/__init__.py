@@ -7,6 +7,7 @@ from .cluster import Cluster
 from .collective import collective
 from .dependency import Dependency, depend, require
 from .errors import (
+    BatchError,
     CompositeError,
     ControllerError,
     DependencyTimeout,
@@ -23,7 +24,7 @@ from .protocol.serialize import Reference, interactive
 __version__ = "0.1.0"
 
 __all__ = [
-    "AsyncMapResult", "AsyncResult", "Client", "Cluster", "CompositeError", "ControllerError", "Dependency", "DependencyTimeout",
+    "AsyncMapResult", "AsyncResult", "BatchError", "Client", "Cluster", "CompositeError", "ControllerError", "Dependency", "DependencyTimeout",
     "DirectView", "EngineError", "ImpossibleDependency", "LoadBalancedView", "NoEnginesRegistered",
     "Reference", "RemoteError", "TaskAborted", "TimeoutError", "collective", "config", "depend", "interactive",
     "require", "UnmetDependency",

@@ -108,6 +108,40 @@ def _cmd_cluster(args) -> int:
             cluster.stop_cluster_sync()
 
 
+def _cmd_submit(args) -> int:
+    from .cluster.cluster import Cluster
+    from .cluster.jobscript import TemplateError
+    from .errors import BatchError
+
+    controller = "local" if args.jobs == "engines" else args.system
+    templates = {}
+    if args.template:
+        templates[{"one": "job", "separate": "controller", "engines": "engines"}[args.jobs]] = args.template
+    if args.engines_template:
+        templates["engines"] = args.engines_template
+    try:
+        cluster = Cluster(n=args.n, engines=args.system, controller=controller, walltime=args.walltime,
+                          queue=args.queue, account=args.account, nodes=args.nodes, job_name=args.job_name,
+                          cluster_id=args.cluster_id or None, profile_dir=args.profile_dir, prologue=args.prologue,
+                          engine_launch=args.launch, separate_jobs=args.jobs == "separate", templates=templates,
+                          extra_directives=args.directive, skip_directives=args.skip_directive,
+                          pbs_flavor=args.pbs_flavor, controller_ip=args.ip, controller_args=args.controller_arg)
+        if args.dry_run:
+            for role in cluster._roles():
+                print(f"# ---- {role} script ({args.system}) ----")
+                print(cluster.job_script(role))
+            return 0
+        jobs = cluster.submit_jobs()
+    except (ValueError, TemplateError, BatchError, OSError) as exc:
+        print(f"mpihub submit: {exc}", file=sys.stderr)
+        return 1
+    for job in jobs:
+        print(f"submitted {args.system} job {job.job_id} ({job.role}); log {job.log_path}")
+    print(f"cluster {cluster.cluster_id}: connect with mpihub.Client(cluster_id={cluster.cluster_id!r}); "
+          f"stop with: mpihub cluster stop --cluster-id {cluster.cluster_id}")
+    return 0
+
+
 def _cmd_status(args) -> int:
     from .client.client import Client
 
@@ -189,6 +223,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", action="store_true", help="a controller of three processes (see mpihub controller)")
     common(p)
     p.set_defaults(func=_cmd_cluster)
+
+    p = commands.add_parser("submit", help="submit a cluster as Slurm or PBS batch jobs")
+    p.add_argument("system", choices=["slurm", "pbs"])
+    p.add_argument("-n", type=_positive_int, required=True, help="number of engines (MPI ranks)")
+    p.add_argument("--jobs", choices=["one", "separate", "engines"], default="one",
+                   help="one job (controller, then engines; default), separate controller and engines jobs, "
+                        "or an engines job for a controller that runs elsewhere")
+    p.add_argument("--walltime", default=None, help="time limit, HH:MM:SS")
+    p.add_argument("--queue", default=None, help="Slurm partition or PBS queue")
+    p.add_argument("--account", default=None, help="account / project to charge")
+    p.add_argument("--nodes", type=_positive_int, default=None, help="number of nodes")
+    p.add_argument("--job-name", default=None, help="job name (default mpihub-<cluster id>)")
+    p.add_argument("--prologue", default="", help="shell lines run first in the job, e.g. 'module load mpi'")
+    p.add_argument("--launch", choices=["srun", "mpiexec"], default=None,
+                   help="how engines start (default srun on Slurm, mpiexec on PBS)")
+    p.add_argument("--template", default=None, help="your own template for the first job")
+    p.add_argument("--engines-template", default=None, help="your own template for the engines job")
+    p.add_argument("--directive", action="append", default=[], help="an extra directive (repeatable)")
+    p.add_argument("--skip-directive", action="append", default=[],
+                   help="leave out directives that start with this, e.g. --account (repeatable)")
+    p.add_argument("--pbs-flavor", choices=["pro", "torque"], default="pro",
+                   help="PBS resource syntax: pro (-l select=) or torque (-l nodes=:ppn=)")
+    p.add_argument("--ip", default=None, help="address the job's controller binds (default 0.0.0.0)")
+    p.add_argument("--controller-arg", action="append", default=[], help="an option for the controller (repeatable)")
+    p.add_argument("--dry-run", action="store_true", help="print the job scripts instead of submitting them")
+    common(p)
+    p.set_defaults(func=_cmd_submit)
 
     p = commands.add_parser("status", help="engines, ranks and queues of a running cluster")
     p.add_argument("--timeout", type=float, default=5)

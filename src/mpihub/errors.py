@@ -25,6 +25,12 @@ class ControllerError(MpihubError):
     the tasks it held with it."""
 
 
+class BatchError(MpihubError):
+    """The batch system refused a request, or a job of the cluster ended (cancelled,
+    failed, out of walltime) before it did its part; the message names the job, its
+    state and its log."""
+
+
 class TaskAborted(MpihubError):
     """The task was aborted before it started."""
 

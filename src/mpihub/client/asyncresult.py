@@ -37,7 +37,8 @@ def _when(timestamp: float | None) -> datetime | None:
 
 
 _CONTROLLER_ERRORS = {"EngineError": errors.EngineError, "ImpossibleDependency": errors.ImpossibleDependency,
-                      "DependencyTimeout": errors.DependencyTimeout, "ControllerError": errors.ControllerError}
+                      "DependencyTimeout": errors.DependencyTimeout, "ControllerError": errors.ControllerError,
+                      "BatchError": errors.BatchError}
 
 
 def reply_error(header: dict) -> Exception | None:

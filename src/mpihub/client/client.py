@@ -58,7 +58,23 @@ def _load_connection_info(connection_info, url_file, profile_dir, cluster_id, ti
         if env:
             return connection.check(json.loads(env), "$MPIHUB_CLIENT_INFO")
         source = connection.connection_file("client", cluster_id, profile_dir)
-    return connection.read(Path(source), timeout=max(timeout, 0))
+    path = Path(source)
+    if not path.exists() and timeout > 0 and sys.stderr.isatty():
+        _wait_with_progress(path, timeout)
+    return connection.read(path, timeout=max(timeout, 0))
+
+
+def _wait_with_progress(path: Path, timeout: float) -> None:
+    """Wait for a connection file (a batch job's controller writes it once it starts),
+    with a progress bar; polling, as a shared file system sends no notice."""
+    from tqdm.auto import tqdm
+
+    started = time.monotonic()
+    with tqdm(total=round(timeout), unit="s", desc=f"waiting for {path.name}", file=sys.stderr,
+              bar_format="{desc}: {n:.0f}/{total:.0f} s") as bar:
+        while not path.exists() and (elapsed := time.monotonic() - started) < timeout:
+            bar.update(elapsed - bar.n)
+            time.sleep(0.1)
 
 
 class Client:
@@ -192,14 +208,19 @@ class Client:
     def _path_lost(self, path: str, why: str) -> None:
         """A split controller lost a path: what waited on it fails, and it takes no more."""
         front = self._fronts.get(path)
-        if front is None or front.lost:
-            return
-        front.lost = f"the controller's {path} path is gone ({why})"
+        if front is not None and not front.lost:
+            self._lose([front], f"the controller's {path} path is gone ({why})", "ControllerError")
+
+    def _lose(self, fronts: list["Front"] | None, why: str, ename: str) -> None:
+        """Fail every result still waiting on ``fronts`` (None: on any) with ``ename``,
+        and refuse new requests to them: they will never answer. Any thread may call it."""
+        chosen = set(self._fronts.values()) if fronts is None else set(fronts)
+        for front in chosen:
+            front.lost = front.lost or why
         for msg_id, (ar, index) in list(self._pending.items()):
-            if ar._front is front:
-                self._pending.pop(msg_id, None)
-                header = {"t": "reply", "id": msg_id, "st": "error", "ename": "ControllerError", "tb": "",
-                          "evalue": f"{front.lost}; task {msg_id} is lost with it"}
+            if ar._front in chosen and self._pending.pop(msg_id, None) is not None:
+                header = {"t": "reply", "id": msg_id, "st": "error", "ename": ename, "tb": "",
+                          "evalue": f"{why}; task {msg_id} is lost with it"}
                 ar._deliver(index, wire.Message(header, b"", [], []))
 
     def _blocking_call_done(self, ar: AsyncResult) -> None:
@@ -264,7 +285,7 @@ class Client:
         if front.lost:
             for msg_id in ids:
                 pending.pop(msg_id, None)
-            raise errors.ControllerError(front.lost)
+            raise (errors.BatchError if "job" in front.lost else errors.ControllerError)(front.lost)
         ar._front = front
         sender = front.sender
         shared = getattr(self._thread_local, "shared", None)

@@ -11,6 +11,8 @@ import json
 import logging
 import os
 import secrets
+import shlex
+import sys
 import time
 from pathlib import Path
 
@@ -18,11 +20,16 @@ from .. import config, errors
 from ..client.client import Client
 from ..protocol import connection
 from ..process import pid_alive
+from .batch import BatchError, batch_system
+from .batchjobs import BatchJobs, JobSpec, JobWatch
+from .jobscript import JobOptions
 from .launchers import LocalLauncher, find_mpiexec, mpi_environment, stop_pids
 
 log = logging.getLogger("mpihub.cluster")
 
 ENGINE_KINDS = ("local", "mpi", "slurm", "pbs")
+CONTROLLER_KINDS = ("local", "slurm", "pbs")
+BATCH_KINDS = ("slurm", "pbs")
 
 
 def state_file(cluster_id: str, profile_dir=None) -> Path:
@@ -34,36 +41,64 @@ class Cluster:
 
     def __init__(self, n: int | None = None, engines: str = "local", controller: str = "local",
                  walltime: str | None = None, queue: str | None = None, account: str | None = None,
-                 cluster_id: str | None = None, profile_dir=None, controller_ip: str = "127.0.0.1",
+                 cluster_id: str | None = None, profile_dir=None, controller_ip: str | None = None,
                  controller_args: list[str] | None = None, start_timeout: float = 60,
-                 detach: bool = False, mpiexec: str | None = None, mpiexec_args: list[str] | None = None):
+                 detach: bool = False, mpiexec: str | None = None, mpiexec_args: list[str] | None = None,
+                 nodes: int | None = None, job_name: str | None = None, prologue: str = "",
+                 engine_launch: str | None = None, separate_jobs: bool = False,
+                 templates: dict[str, str] | None = None, extra_directives: list[str] | None = None,
+                 skip_directives: list[str] | None = None, pbs_flavor: str = "pro", python: str | None = None,
+                 poll_interval: float = 2.0):
         """``detach=True`` leaves the cluster running after this process exits (as
         ``mpihub cluster start --daemonize`` does); otherwise it stops with it.
         ``engines="mpi"`` starts the engines as one ``mpiexec -n N`` job (``mpiexec``
-        and ``mpiexec_args`` choose a site MPI)."""
+        and ``mpiexec_args`` choose a site MPI). ``engines="slurm"|"pbs"`` submits them
+        as a batch job; with ``controller`` on the same system the controller runs in
+        that job too (or, ``separate_jobs=True``, in a job of its own). The batch
+        options (``walltime``, ``queue``, ``account``, ``nodes``, ``job_name``,
+        ``prologue``, ``engine_launch`` srun|mpiexec, ``templates`` per role,
+        ``extra_directives``, ``skip_directives``, ``pbs_flavor`` pro|torque) fill the
+        job templates; see docs/hpc.md."""
         if engines not in ENGINE_KINDS:
             raise ValueError(f"engines must be one of {ENGINE_KINDS}, not {engines!r}")
-        if engines not in ("local", "mpi") or controller != "local":
-            raise NotImplementedError(
-                f"engines={engines!r}, controller={controller!r}: only local and mpi clusters are available "
-                "in this version of mpihub")
+        if controller not in CONTROLLER_KINDS:
+            raise ValueError(f"controller must be one of {CONTROLLER_KINDS}, not {controller!r}")
+        if controller != "local" and engines != controller:
+            raise ValueError(f"a controller on {controller} runs its engines there too: engines={controller!r}, "
+                             f"not {engines!r}")
         if n is not None and (not isinstance(n, int) or n < 0):
             raise ValueError(f"n must be a non-negative number of engines, not {n!r}")
+        if engine_launch not in (None, "srun", "mpiexec"):
+            raise ValueError(f"engine_launch is 'srun' or 'mpiexec', not {engine_launch!r}")
         self.n = (os.cpu_count() or 1) if n is None else n
         self.engines = engines
         self.controller = controller
         self.walltime, self.queue, self.account = walltime, queue, account
         self.cluster_id = secrets.token_hex(4) if cluster_id is None else cluster_id
         self.profile_dir = Path(profile_dir or config.default_profile_dir())
-        self.controller_ip = controller_ip
+        self.controller_ip = controller_ip or ("127.0.0.1" if controller == "local" else "0.0.0.0")
         self.controller_args = list(controller_args or [])
         self.mpiexec = find_mpiexec(mpiexec) if engines == "mpi" else None
         self.mpiexec_args = list(mpiexec_args or [])
         self.start_timeout = start_timeout
         self.detach = detach
+        self.separate_jobs = separate_jobs
+        self.poll_interval = poll_interval
         self.launcher = LocalLauncher(self.profile_dir / "log")
+        self.batch: BatchJobs | None = None
+        if engines in BATCH_KINDS:
+            options = JobOptions(engines=self.n, nodes=nodes, walltime=walltime, queue=queue, account=account,
+                                 job_name=job_name or f"mpihub-{self.cluster_id}"[:15],
+                                 extra_directives=list(extra_directives or []),
+                                 skip_directives=list(skip_directives or []))
+            self.batch = BatchJobs(JobSpec(
+                batch_system(engines, **({"flavor": pbs_flavor} if engines == "pbs" else {})), self.cluster_id,
+                self.profile_dir, options, python or sys.executable, prologue,
+                engine_launch or ("srun" if engines == "slurm" else "mpiexec"),
+                shlex.join(["--ip", self.controller_ip, *self.controller_args]), {}, dict(templates or {})))
         self.client: Client | None = None
         self._controller_process = None
+        self._watch: JobWatch | None = None
         self._expected = 0  # engines started so far
 
     def __repr__(self) -> str:
@@ -84,8 +119,36 @@ class Cluster:
             "cluster_id": self.cluster_id, "profile_dir": str(self.profile_dir), "engines": self.engines,
             "controller_pid": self._controller_process.pid if self._controller_process else None,
             "engine_pids": [p.pid for p in self.launcher.processes if p is not self._controller_process],
+            "jobs": [{"system": self.engines, "id": j.job_id, "role": j.role} for j in self.batch.jobs]
+            if self.batch else [],
             "started": time.time(),
         })
+
+    def job_script(self, role: str | None = None) -> str:
+        """The exact batch script this cluster submits (for ``role`` "job", "controller"
+        or "engines"; by default the first one it would submit)."""
+        if self.batch is None:
+            raise ValueError(f"a cluster with {self.engines} engines submits no batch job")
+        return self.batch.script(role or self._roles()[0])
+
+    def submit_jobs(self) -> list:
+        """Submit this cluster's batch jobs and return at once (``mpihub submit``); the
+        state is saved, so ``mpihub cluster stop`` cancels them."""
+        if self.batch is None:
+            raise ValueError(f"a cluster with {self.engines} engines submits no batch job")
+        for role in self._roles():
+            self.batch.submit(role)
+        self._expected += self.n
+        self._save_state()
+        return list(self.batch.jobs)
+
+    def _roles(self) -> list[str]:
+        """The batch jobs this cluster submits, in order."""
+        if self.batch is None:
+            return []
+        if self.controller == "local":
+            return ["engines"]
+        return ["controller", "engines"] if self.separate_jobs else ["job"]
 
     # -- starting ---------------------------------------------------------------------
 
@@ -94,6 +157,11 @@ class Cluster:
             raise RuntimeError(f"a controller for cluster {self.cluster_id!r} seems to be running already "
                                f"({self.client_file} exists); stop it with `mpihub cluster stop "
                                f"--cluster-id {self.cluster_id}` or remove the file if it is stale")
+        if self.controller != "local":
+            self.batch.submit(self._roles()[0])
+            self._save_state()
+            self._wait_for_controller_job()
+            return
         args = ["controller", "--ip", self.controller_ip, "--cluster-id", self.cluster_id,
                 "--profile-dir", str(self.profile_dir), *self.controller_args]
         if not self.detach:  # the cluster ends with this process, even if it is killed
@@ -109,9 +177,31 @@ class Cluster:
             time.sleep(0.02)
         self._save_state()
 
+    def _wait_for_controller_job(self) -> None:
+        """Wait for the controller job's connection file; its job ending first is an error."""
+        deadline = time.monotonic() + self.start_timeout
+        next_check = 0.0
+        while not self.client_file.exists():
+            now = time.monotonic()
+            if now >= next_check:
+                self.batch.check()
+                next_check = now + self.poll_interval
+            if now > deadline:
+                states = ", ".join(f"job {i} {s.state if s else 'gone'}{f' ({s.reason})' if s and s.reason else ''}"
+                                   for i, s in self.batch.states().items())
+                raise errors.TimeoutError(f"no controller connection file after {self.start_timeout} s: {states}")
+            time.sleep(0.05)
+
     def start_engines(self, n: int | None = None) -> None:
         """Start ``n`` more engines: processes of their own, or one MPI job of n ranks."""
         count = self.n if n is None else n
+        if self.batch is not None:
+            if "engines" in self._roles() and count:
+                self.batch.spec.options.engines = count
+                self.batch.submit("engines")
+            self._expected += count
+            self._save_state()
+            return
         first = len(self.launcher.processes)
         name = f"engine-{self.cluster_id or 'default'}-{first}"
         args = ["engine", "--url-file", str(self.engine_file)]
@@ -132,7 +222,15 @@ class Cluster:
     def connect_client_sync(self, **kwargs) -> Client:
         client = Client(self.client_file, timeout=self.start_timeout, **kwargs)
         try:
-            client.wait_for_engines(self._expected, timeout=self.start_timeout, interactive=False)
+            if self.batch is not None:
+                self._wait_for_batch_engines(client)
+                self._watch = JobWatch(self.batch, client, self.poll_interval)
+                self._watch.start()
+            else:
+                client.wait_for_engines(self._expected, timeout=self.start_timeout, interactive=False)
+        except BatchError:
+            client.close()
+            raise
         except errors.TimeoutError:
             dead = [p for p in self.launcher.processes if p.poll() is not None]
             client.close()
@@ -141,6 +239,19 @@ class Cluster:
                                       f"{self.start_timeout} s{hint}") from None
         self.client = client
         return client
+
+    def _wait_for_batch_engines(self, client: Client) -> None:
+        deadline = time.monotonic() + self.start_timeout
+        while len(client.ids) < self._expected:
+            self.batch.check()
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise errors.TimeoutError(f"{len(client.ids)} of {self._expected} engines registered within "
+                                          f"{self.start_timeout} s; jobs: {self.batch.states()}")
+            try:
+                client.wait_for_engines(self._expected, timeout=min(left, self.poll_interval), interactive=False)
+            except errors.TimeoutError:
+                continue
 
     def start_and_connect_sync(self) -> Client:
         """Start controller and engines, then return a Client once all engines registered."""
@@ -157,6 +268,8 @@ class Cluster:
         """Shut down through the controller, then make sure every started PID is gone."""
         client, self.client = self.client, None
         controller = self._controller_process
+        if self._watch is not None:
+            self._watch.stop()
         if client is not None and not client._closed:
             try:
                 client.shutdown(hub=True, block=False)
@@ -165,6 +278,8 @@ class Cluster:
             client.close()
         elif controller is not None and controller.poll() is None:
             controller.terminate()  # a controller stopping cleanly stops its engines
+        if self.batch is not None:
+            self.batch.cancel()
         if not self.launcher.wait(grace):
             self.launcher.stop(grace)
         for path in (self.client_file, self.engine_file, state_file(self.cluster_id, self.profile_dir)):
@@ -205,6 +320,11 @@ def stop_saved(cluster_id: str, profile_dir=None, grace: float = 5.0) -> list[in
     while any(pid_alive(p) for p in pids) and time.monotonic() < deadline:
         time.sleep(0.05)
     stop_pids(pids, grace)
+    for job in state.get("jobs", []):
+        system = batch_system(job["system"])
+        found = system.state(job["id"])
+        if found is not None and not found.ended:
+            system.cancel(job["id"])
     for role in ("client", "engine"):
         connection.connection_file(role, cluster_id, profile_dir).unlink(missing_ok=True)
     path.unlink(missing_ok=True)

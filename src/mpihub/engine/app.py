@@ -48,21 +48,37 @@ class Engine:
         self._drop = wire.DropLog(log, "the task socket")
 
     def register(self) -> dict:
+        """Register at the first of the controller's addresses that answers (the
+        connection file lists every candidate); the heartbeat goes to the same host."""
         self.data = DataLink(self.context, self.signer, self.info.get("engine_bind_ip", "127.0.0.1"))
-        self.sock = self.context.socket(zmq.DEALER)
-        self.sock.routing_id = self.uuid
-        self.sock.linger = 0
-        self.sock.connect(self.info["engine"])
+        candidates = self.info.get("candidates", {})
+        urls = candidates.get("engine") or [self.info["engine"]]
+        if self.info["engine"] in urls:
+            urls = [self.info["engine"]] + [u for u in urls if u != self.info["engine"]]
+        hearts = candidates.get("heartbeat") or [self.info["heartbeat"]]
         details = {"hostname": socket.gethostname(), "pid": os.getpid(), "data": self.data.urls, **self.mpi_world}
-        self.sock.send_multipart(wire.pack(self.signer, {"t": "register", "want_id": self.want_id, "info": details}))
-        if not self.sock.poll(self.register_timeout * 1000):
-            raise TimeoutError(f"no answer from the controller at {self.info['engine']} "
+        wait = self.register_timeout / len(urls)
+        for url in urls:
+            self.sock = self.context.socket(zmq.DEALER)
+            self.sock.routing_id = self.uuid
+            self.sock.linger = 0
+            self.sock.connect(url)
+            self.sock.send_multipart(wire.pack(self.signer, {"t": "register", "want_id": self.want_id,
+                                                             "info": details}))
+            if self.sock.poll(wait * 1000):
+                break
+            log.info("no answer from the controller at %s within %.0f s", url, wait)
+            self.sock.close()
+        else:
+            raise TimeoutError(f"no answer from the controller at {', '.join(urls)} "
                                f"within {self.register_timeout:.0f} s")
+        host = url.rsplit(":", 1)[0]
+        self.heart_url = next((h for h in hearts if h.rsplit(":", 1)[0] == host), self.info["heartbeat"])
         reply = wire.unpack(self.signer, self.sock.recv_multipart())
         if reply.type != "register_reply":
             raise RuntimeError(f"unexpected {reply.type!r} while registering")
         self.id = reply.header["id"]
-        log.info("registered as engine %d", self.id)
+        log.info("registered as engine %d at %s", self.id, url)
         return reply.header
 
     def join_paths(self, paths: dict[str, list[str]]) -> list[zmq.Socket]:
@@ -95,7 +111,7 @@ class Engine:
         registration = self.register()
         executor = self.executor = Executor(self.id)
         signal.signal(signal.SIGINT, self._on_sigint)
-        heart = Heart(self.context, self.info["heartbeat"], self.uuid, self.signer,
+        heart = Heart(self.context, self.heart_url, self.uuid, self.signer,
                       registration["hb_period"], registration.get("controller_timeout", config.ENGINE_CONTROLLER_TIMEOUT),
                       self.aborted, self._signal)
         heart.start()

@@ -1,0 +1,153 @@
+"""The batch jobs of one cluster: scripts rendered, submitted, followed and cancelled.
+
+A cluster on Slurm or PBS is one job (controller first in the batch step, then every
+engine as one MPI step) or two (a controller job and an engines job), or an engines
+job beside a controller on the login node. :class:`BatchJobs` renders each job's script
+from its template, writes it next to the job's log under ``<profile>/log/``, submits it,
+and reports a job that ended (cancelled, failed, out of walltime) as a
+:class:`~.batch.BatchError` that names the job, its state and its log.
+"""
+from __future__ import annotations
+
+import logging
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .batch import BatchError, BatchSystem, JobState
+from .jobscript import SUFFIX, JobOptions, check_template, launchers_dir, render, template_path
+
+log = logging.getLogger("mpihub.cluster")
+
+
+@dataclass
+class Job:
+    role: str
+    job_id: str
+    script: Path
+    log_path: str
+
+
+@dataclass
+class JobSpec:
+    """Everything a cluster's job scripts are made from."""
+
+    system: BatchSystem
+    cluster_id: str
+    profile_dir: Path
+    options: JobOptions
+    python: str = sys.executable
+    prologue: str = ""
+    engine_launch: str = "srun"
+    controller_options: str = ""
+    environment: dict[str, str] = field(default_factory=dict)
+    templates: dict[str, str] = field(default_factory=dict)  # role -> a user's template file
+
+
+class BatchJobs:
+    def __init__(self, spec: JobSpec):
+        self.spec = spec
+        self.jobs: list[Job] = []
+
+    def _log_path(self, role: str) -> str:
+        name = f"{self.spec.options.job_name}-{role}"
+        suffix = "-%j.out" if self.spec.system.name == "slurm" else ".out"  # PBS has no job-id pattern
+        return str(self.spec.profile_dir / "log" / f"{name}{suffix}")
+
+    def script(self, role: str) -> str:
+        """The exact script a job of ``role`` runs."""
+        spec = self.spec
+        source = spec.templates.get(role)
+        if source:
+            text = Path(source).read_text()
+            check_template(text, role, f"template {source}")
+        else:
+            text = template_path(spec.system.name, role).read_text()
+        options = spec.options
+        if options.output is None:
+            options = JobOptions(**{**options.__dict__, "output": self._log_path(role)})
+        environment = "\n".join(f"export {name}={value}" for name, value in sorted(spec.environment.items()))
+        return render(text, {
+            "directives": spec.system.directives(options, role), "engines": options.engines,
+            "nodes": options.nodes or 1, "ppn": options.ppn, "walltime": options.walltime, "queue": options.queue,
+            "account": options.account, "job_name": options.job_name, "output": options.output,
+            "profile_dir": spec.profile_dir, "cluster_id": spec.cluster_id, "python": spec.python,
+            "prologue": spec.prologue, "environment": environment, "launchers": launchers_dir(),
+            "engine_launch": spec.engine_launch, "controller_options": spec.controller_options,
+        })
+
+    def submit(self, role: str) -> Job:
+        text = self.script(role)
+        log_dir = self.spec.profile_dir / "log"
+        log_dir.mkdir(parents=True, exist_ok=True)
+        script = log_dir / f"{self.spec.options.job_name}-{role}.{SUFFIX[self.spec.system.name]}"
+        script.write_text(text)
+        job_id = self.spec.system.submit(script)
+        job = Job(role, job_id, script, self._log_path(role).replace("%j", job_id))
+        self.jobs.append(job)
+        log.info("submitted %s job %s (%s), log %s", self.spec.system.name, job_id, role, job.log_path)
+        return job
+
+    def check(self) -> None:
+        """Raise BatchError for a job of this cluster that has ended."""
+        for job in self.jobs:
+            state = self.spec.system.state(job.job_id)
+            if state is None or state.ended:
+                raise BatchError(describe_end(self.spec.system.name, job, state))
+
+    def states(self) -> dict[str, JobState | None]:
+        return {job.job_id: self.spec.system.state(job.job_id) for job in self.jobs}
+
+    def cancel(self, wait: float = 30.0) -> None:
+        """Cancel every job still queued or running, and wait until they have ended."""
+        for job in self.jobs:
+            state = self.spec.system.state(job.job_id)
+            if state is not None and not state.ended:
+                try:
+                    self.spec.system.cancel(job.job_id)
+                except BatchError as exc:
+                    log.warning("could not cancel job %s: %s", job.job_id, exc)
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            states = self.states().values()
+            if all(s is None or s.ended for s in states):
+                return
+            time.sleep(0.25)
+        log.warning("jobs %s have not ended %g s after being cancelled", [j.job_id for j in self.jobs], wait)
+
+
+def describe_end(system: str, job: Job, state: JobState | None) -> str:
+    what = "is no longer known to the batch system" if state is None else f"is {state.state}"
+    reason = f" ({state.reason})" if state is not None and state.reason else ""
+    return f"{system} job {job.job_id} ({job.role}) {what}{reason}; its log: {job.log_path}"
+
+
+class JobWatch(threading.Thread):
+    """Follows a connected cluster's jobs: when one ends, every result its client still
+    waits for fails with :class:`~mpihub.BatchError` naming the job, instead of waiting
+    for engines or a controller that are gone."""
+
+    def __init__(self, jobs: BatchJobs, client, interval: float):
+        super().__init__(name="mpihub-job-watch", daemon=True)
+        self.jobs = jobs
+        self.client = client
+        self.interval = interval
+        self._stop = threading.Event()
+
+    def run(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                self.jobs.check()
+            except BatchError as exc:
+                log.error("%s", exc)
+                self.client._lose(None, str(exc), "BatchError")
+                return
+            except Exception as exc:  # noqa: BLE001 - a failed poll is retried, not fatal
+                log.warning("could not read the jobs' state: %s", exc)
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self.is_alive() and self is not threading.current_thread():
+            self.join(timeout=5)
