@@ -3,8 +3,6 @@ tear down, and a check that every process a test started is gone afterwards."""
 from __future__ import annotations
 
 import os
-import time
-from pathlib import Path
 
 import pytest
 
@@ -13,8 +11,7 @@ import pytest
 os.environ.setdefault("MPIHUB_HEARTBEAT_PERIOD", "0.25")
 os.environ.setdefault("MPIHUB_HEARTBEAT_TIMEOUT", "3")
 
-import mpihub  # noqa: E402
-from mpihub.process import pid_alive  # noqa: E402
+from support import RunningCluster, module_kwargs, run_cluster  # noqa: E402
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -23,61 +20,6 @@ def profile_dir(tmp_path_factory):
     path = tmp_path_factory.mktemp("profile")
     os.environ["MPIHUB_DIR"] = str(path)
     return path
-
-
-def assert_gone(pids: list[int], timeout: float = 10) -> None:
-    deadline = time.monotonic() + timeout
-    while any(pid_alive(p) for p in pids) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    left = [p for p in pids if pid_alive(p)]
-    assert not left, f"processes still running after teardown: {left}"
-
-
-def children_of(pid: int) -> list[int]:
-    """The PIDs whose parent is ``pid`` (from /proc)."""
-    children = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == pid:
-            children.append(int(stat.parent.name))
-    return children
-
-
-class RunningCluster:
-    """A started cluster and its client; records PIDs for the leak check."""
-
-    def __init__(self, n: int, **kwargs):
-        self.cluster = mpihub.Cluster(n=n, **kwargs)
-        self.client = self.cluster.start_and_connect_sync()
-        self.pids = list(self.cluster.launcher.pids) + [e["pid"] for e in self.client._engines.values()]
-        self.pids += children_of(self.cluster._controller_process.pid)  # a split controller's paths
-
-    def stop(self) -> None:
-        self.cluster.stop_cluster_sync()
-        assert_gone(self.pids)
-        assert not self.cluster.client_file.exists()
-        assert not self.cluster.engine_file.exists()
-
-
-def module_kwargs(request, **kwargs) -> dict:
-    """Cluster arguments with the test module's ``CLUSTER_KWARGS`` (e.g. a split
-    controller) merged in; ``controller_args`` add up."""
-    merged = {**getattr(request.module, "CLUSTER_KWARGS", {}), **kwargs}
-    merged["controller_args"] = [*getattr(request.module, "CLUSTER_KWARGS", {}).get("controller_args", ()),
-                                 *kwargs.get("controller_args", ())]
-    return merged
-
-
-def run_cluster(n: int, **kwargs):
-    """Start a cluster for a fixture to yield; it is always stopped and leak-checked after."""
-    running = RunningCluster(n, **kwargs)
-    try:
-        yield running
-    finally:
-        running.stop()
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ import sys
 import pytest
 
 import mpihub
-from conftest import assert_gone
+from support import assert_gone
 from mpihub.cluster.cluster import state_file
 
 pytestmark = pytest.mark.timeout(90)

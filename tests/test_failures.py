@@ -8,7 +8,7 @@ import time
 import pytest
 
 import mpihub
-from conftest import assert_gone
+from support import assert_gone
 
 
 def engine_pid(client, engine_id):

@@ -10,7 +10,7 @@ import sys
 import pytest
 
 import mpihub
-from conftest import assert_gone
+from support import assert_gone
 from mpihub.cluster.batch import PBS, Slurm
 from mpihub.cluster.jobscript import JobOptions, TemplateError, check_template, render, template_path
 

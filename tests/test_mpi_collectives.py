@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import mpihub
-from conftest import module_kwargs, run_cluster
+from support import module_kwargs, run_cluster
 from mpihub.client import collectives
 
 pytestmark = pytest.mark.timeout(180)

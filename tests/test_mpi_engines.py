@@ -6,7 +6,7 @@ import sys
 import pytest
 
 import mpihub
-from conftest import assert_gone, run_cluster
+from support import assert_gone, run_cluster
 from mpihub.cluster.cluster import state_file
 
 pytestmark = pytest.mark.timeout(120)

@@ -16,7 +16,7 @@ import time
 import pytest
 
 import mpihub
-from conftest import assert_gone, children_of
+from support import assert_gone, children_of
 from mpihub.protocol import connection
 from test_data_link import *  # noqa: F401,F403
 from test_dependencies import (  # noqa: F401

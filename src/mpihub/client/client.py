@@ -32,13 +32,14 @@ class Front:
     """A controller process this client sends requests to: the whole controller, or one
     of a split controller's Hub, direct path and task path."""
 
-    __slots__ = ("name", "url", "sender", "lost")
+    __slots__ = ("name", "url", "sender", "lost", "error")
 
     def __init__(self, name: str, url: str, sender: Sender):
         self.name = name
         self.url = url
         self.sender = sender
         self.lost = ""  # why it is gone, once it is
+        self.error: type[errors.MpihubError] = errors.ControllerError  # what a request to it raises then
 
 
 class _QuerySlot:
@@ -216,7 +217,8 @@ class Client:
         and refuse new requests to them: they will never answer. Any thread may call it."""
         chosen = set(self._fronts.values()) if fronts is None else set(fronts)
         for front in chosen:
-            front.lost = front.lost or why
+            if not front.lost:
+                front.lost, front.error = why, getattr(errors, ename)
         for msg_id, (ar, index) in list(self._pending.items()):
             if ar._front in chosen and self._pending.pop(msg_id, None) is not None:
                 header = {"t": "reply", "id": msg_id, "st": "error", "ename": ename, "tb": "",
@@ -285,7 +287,7 @@ class Client:
         if front.lost:
             for msg_id in ids:
                 pending.pop(msg_id, None)
-            raise (errors.BatchError if "job" in front.lost else errors.ControllerError)(front.lost)
+            raise front.error(f"this request cannot be sent: {front.lost}")
         ar._front = front
         sender = front.sender
         shared = getattr(self._thread_local, "shared", None)
@@ -359,12 +361,19 @@ class Client:
             if bar is not None:
                 bar.close()
 
+    def _no_engines(self, message: str) -> errors.MpihubError:
+        """The error for a call that needs engines: why they are gone, when it is known
+        (their batch job ended, a path of the controller was lost)."""
+        lost = next((front for front in self._fronts.values() if front.lost), None)
+        if lost is not None:
+            return lost.error(f"{message}: {lost.lost}")
+        return errors.NoEnginesRegistered(message)
+
     def _check_targets(self, targets) -> list[int]:
         if targets is None or targets == "all":
             ids = self.ids
             if not ids:
-                raise errors.NoEnginesRegistered("no engines are registered; start some, "
-                                                 "or wait with rc.wait_for_engines(n)")
+                raise self._no_engines("no engines are registered; start some, or wait with rc.wait_for_engines(n)")
             return ids
         if isinstance(targets, int):
             return [targets]
@@ -385,7 +394,7 @@ class Client:
         if isinstance(key, slice):
             ids = self.ids[key]
             if not ids:
-                raise errors.NoEnginesRegistered(f"no engines in {key} of {self.ids}")
+                raise self._no_engines(f"no engines in {key} of {self.ids}")
             return DirectView(self, ids)
         if isinstance(key, (list, tuple)):
             missing = [t for t in key if t not in self._engines]

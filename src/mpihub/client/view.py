@@ -420,8 +420,8 @@ class LoadBalancedView(View):
         if self._targets is not None:
             header["only"] = self.client._check_targets(self._targets)
         elif not self.client.ids:
-            raise errors.NoEnginesRegistered("no engines are registered to balance over; "
-                                             "wait with rc.wait_for_engines(n)")
+            raise self.client._no_engines("no engines are registered to balance over; "
+                                          "wait with rc.wait_for_engines(n)")
         return header
 
     def _apply(self, f, args, kwargs, block=None, track=None):

@@ -35,11 +35,11 @@ class JobState:
         return self.state in ENDED
 
 
-def _run(command: list[str], what: str) -> str:
+def _run(command: list[str], what: str, cwd: Path | None = None) -> str:
     if shutil.which(command[0]) is None:
         raise BatchError(f"{command[0]} not found: {what} needs the batch system's commands on PATH")
     try:
-        done = subprocess.run(command, capture_output=True, text=True, timeout=60)
+        done = subprocess.run(command, capture_output=True, text=True, timeout=60, cwd=cwd)
     except subprocess.TimeoutExpired:
         raise BatchError(f"{' '.join(command)} did not answer within 60 s") from None
     if done.returncode != 0:
@@ -153,7 +153,7 @@ class PBS(BatchSystem):
         return select_directives([f"{self.prefix} {line}" for line in lines], self.prefix, options)
 
     def submit(self, script: Path) -> str:
-        out = _run(["qsub", str(script)], "submitting a job")
+        out = _run(["qsub", str(script)], "submitting a job", cwd=script.parent)  # some qsubs put logs in cwd
         return out.strip().splitlines()[-1].strip()
 
     def state(self, job_id: str) -> JobState | None:

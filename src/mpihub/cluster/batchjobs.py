@@ -134,10 +134,10 @@ class JobWatch(threading.Thread):
         self.jobs = jobs
         self.client = client
         self.interval = interval
-        self._stop = threading.Event()
+        self._done = threading.Event()
 
     def run(self) -> None:
-        while not self._stop.wait(self.interval):
+        while not self._done.wait(self.interval):
             try:
                 self.jobs.check()
             except BatchError as exc:
@@ -148,6 +148,6 @@ class JobWatch(threading.Thread):
                 log.warning("could not read the jobs' state: %s", exc)
 
     def stop(self) -> None:
-        self._stop.set()
+        self._done.set()
         if self.is_alive() and self is not threading.current_thread():
             self.join(timeout=5)
