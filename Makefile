@@ -20,10 +20,14 @@ $(STAMP): pyproject.toml | $(PY)
 demo: $(STAMP)
 	$(PY) -m mpihub.demo
 
-# the whole suite, then the rank-level MPI tests alone (one rank) and as one 2-rank MPI job
+# a real one-node Slurm (tests/slurm/setup.sh, as root; stopped again on exit), the whole
+# suite, then the rank-level MPI tests alone (one rank) and as one 2-rank MPI job. Not
+# root: setup exits 3 and the Slurm tests skip (under CI=true they fail instead).
 test: $(STAMP)
-	$(PY) -m pytest tests -q -p no:cacheprovider --timeout=300
-	$(PY) -m pytest tests/ranks -q -p no:cacheprovider --with-mpi --timeout=300
+	@set -e; trap 'bash tests/slurm/teardown.sh' EXIT; \
+	bash tests/slurm/setup.sh || [ $$? -eq 3 ]; \
+	$(PY) -m pytest tests -q -p no:cacheprovider --timeout=300; \
+	$(PY) -m pytest tests/ranks -q -p no:cacheprovider --with-mpi --timeout=300; \
 	timeout 900 $(VENV)/bin/mpiexec -n 2 $(PY) -m pytest tests/ranks -q -p no:cacheprovider --with-mpi \
 		--timeout=300 --timeout-method=thread
 

@@ -1,0 +1,144 @@
+"""mpihub clusters on the real Slurm: the shipped templates submitted as they are, a
+Client in this process as the login node, MPI between the engines, and nothing left
+behind by a stop, a scancel or a qdel."""
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+import mpihub
+
+pytestmark = pytest.mark.timeout(240)
+
+
+def batch_cluster(**kwargs) -> mpihub.Cluster:
+    kwargs.setdefault("engines", "slurm")
+    kwargs.setdefault("controller", kwargs["engines"])
+    return mpihub.Cluster(n=kwargs.pop("n", 2), controller_ip="127.0.0.1", walltime="00:10:00", start_timeout=120,
+                          poll_interval=0.5, **kwargs)
+
+
+def scatter_compute_gather(rc: mpihub.Client) -> None:
+    dv = rc[:]
+    x = np.arange(1_000_000, dtype=np.float64)
+    dv.scatter("x", x, via="mpi", block=True)
+    dv.execute("y = 2 * x + rank", block=True)
+    y = dv.gather("y", via="mpi", block=True)
+    half = len(x) // 2
+    assert np.array_equal(y, np.concatenate([2 * x[:half], 2 * x[half:] + 1]))
+    dv.push({"ones": np.ones(3)}, block=True)
+    dv.allreduce("ones", op="sum", dest="twos", via="mpi", block=True)
+    assert [a.tolist() for a in dv.pull("twos", block=True)] == [[2.0, 2.0, 2.0]] * 2
+
+
+def started(cluster: mpihub.Cluster) -> mpihub.Client:
+    try:
+        return cluster.start_and_connect_sync()
+    except BaseException:
+        for job in cluster.batch.jobs:  # the log says why
+            if os.path.exists(job.log_path):
+                print(f"--- {job.log_path}\n{open(job.log_path).read()[-3000:]}")
+        raise
+
+
+def test_one_job_runs_controller_then_mpi_engines(slurm):
+    cluster = batch_cluster()
+    rc = started(cluster)
+    job = cluster.batch.jobs[0]
+    try:
+        assert job.role == "job" and sorted(e["mpi_rank"] for e in rc._engines.values()) == [0, 1]
+        assert rc[:].apply_sync(lambda: __import__("os").environ["SLURM_JOB_ID"]) == [job.job_id] * 2
+        scatter_compute_gather(rc)
+    finally:
+        cluster.stop_cluster_sync()
+    slurm.wait_gone(job.job_id)
+    assert not cluster.client_file.exists() and "controller ready" in open(job.log_path).read()
+
+
+def test_controller_job_and_engines_job_with_mpiexec(slurm):
+    cluster = batch_cluster(separate_jobs=True, engine_launch="mpiexec")
+    rc = started(cluster)
+    controller_job, engines_job = cluster.batch.jobs
+    try:
+        assert (controller_job.role, engines_job.role) == ("controller", "engines")
+        assert set(rc[:].apply_sync(lambda: __import__("os").environ["SLURM_JOB_ID"])) == {engines_job.job_id}
+        scatter_compute_gather(rc)
+    finally:
+        cluster.stop_cluster_sync()
+    for job in (controller_job, engines_job):
+        slurm.wait_gone(job.job_id)
+
+
+def test_scancel_of_the_engines_reaches_the_client(slurm):
+    """A login-node controller, engines in a job: scancel fails the waiting task with a
+    BatchError that names the job, its state and its log, and leaves no process."""
+    cluster = batch_cluster(controller="local")
+    rc = started(cluster)
+    job = cluster.batch.jobs[0]
+    try:
+        pids = [e["pid"] for e in rc._engines.values()]
+        waiting = rc.load_balanced_view().apply_async(time.sleep, 60)
+        time.sleep(0.5)
+        subprocess.run(["scancel", job.job_id], check=True, timeout=30)
+        with pytest.raises((mpihub.BatchError, mpihub.EngineError)) as failure:
+            waiting.get(timeout=30)
+        slurm.wait_gone(job.job_id)
+        assert not any(os.path.exists(f"/proc/{pid}") and open(f"/proc/{pid}/stat").read().split()[2] != "Z"
+                       for pid in pids)
+        deadline = time.monotonic() + 10
+        while not rc._fronts["direct"].lost and time.monotonic() < deadline:
+            time.sleep(0.1)
+        with pytest.raises(mpihub.BatchError, match=f"job {job.job_id} \\(engines\\) is CANCELLED.*its log: "):
+            rc.load_balanced_view().apply_async(lambda: 1)
+        if isinstance(failure.value, mpihub.BatchError):
+            assert "CANCELLED" in str(failure.value)
+    finally:
+        cluster.stop_cluster_sync()
+
+
+def test_a_job_that_fails_at_once_is_reported_with_its_log(slurm):
+    cluster = batch_cluster(prologue="echo 'no such module: mpi/7' >&2; exit 3")
+    with pytest.raises(mpihub.BatchError, match="is FAILED.*exit code 3.*its log: .*-job-.*\\.out") as failure:
+        cluster.start_and_connect_sync()
+    log_path = str(failure.value).rsplit("its log: ", 1)[1]
+    assert "no such module" in open(log_path).read()
+    cluster.stop_cluster_sync()
+    slurm.wait_gone(cluster.batch.jobs[0].job_id)
+
+
+@pytest.mark.parametrize("flavor", ["torque", "pro"])
+def test_pbs_templates_through_qsub_and_qdel(slurm, flavor):
+    """The PBS one-job template on this Slurm through its qsub (which reads #PBS lines and,
+    with the set-up's prolog, gives the job a PBS_NODEFILE)."""
+    cluster = batch_cluster(engines="pbs", pbs_flavor=flavor)
+    rc = started(cluster)
+    job = cluster.batch.jobs[0]
+    try:
+        nodefile = rc[0].apply_sync(lambda: open(__import__("os").environ["PBS_NODEFILE"]).read().split())
+        assert len(nodefile) == 2
+        scatter_compute_gather(rc)
+    finally:
+        cluster.stop_cluster_sync()
+    slurm.wait_gone(job.job_id)
+
+
+def test_submit_command_connect_from_the_login_node_and_stop(slurm, profile_dir):
+    cid = "submitted"
+    out = subprocess.run([sys.executable, "-m", "mpihub", "submit", "slurm", "-n", "2", "--walltime", "00:10:00",
+                          "--ip", "127.0.0.1", "--cluster-id", cid, "--profile-dir", str(profile_dir)],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    job_id = out.stdout.split("submitted slurm job ", 1)[1].split()[0]
+    try:
+        rc = mpihub.Client(cluster_id=cid, profile_dir=profile_dir, timeout=120)
+        rc.wait_for_engines(2, timeout=120, interactive=False)
+        assert rc[:].pull("rank", block=True) == [0, 1]
+        rc.close()
+    finally:
+        stop = subprocess.run([sys.executable, "-m", "mpihub", "cluster", "stop", "--cluster-id", cid,
+                               "--profile-dir", str(profile_dir)], capture_output=True, text=True, timeout=60)
+    assert stop.returncode == 0, stop.stderr
+    slurm.wait_gone(job_id)
