@@ -29,13 +29,13 @@ def test_requested_ids_are_honoured_when_free():
 
 def test_a_path_mirrors_the_ids_its_hub_gave():
     hub = Hub(store_limit=100)
-    assert hub.mirror_engine(7, b"seven", 0.0).id == 7
-    assert hub.mirror_engine(7, b"seven", 1.0).registered == 0.0  # a repeated hello: the same record
+    assert hub.mirror_engine(7, b"seven", {}, 0.0).id == 7
+    assert hub.mirror_engine(7, b"seven", {}, 1.0).registered == 0.0  # a repeated hello: the same record
     with pytest.raises(ValueError, match="another uuid"):
-        hub.mirror_engine(7, b"impostor", 0.0)
+        hub.mirror_engine(7, b"impostor", {}, 0.0)
     assert hub.by_uuid == {b"seven": 7}
     hub.remove_engine(7)
-    assert hub.mirror_engine(7, b"impostor", 0.0).uuid == b"impostor"  # gone: the id may come back
+    assert hub.mirror_engine(7, b"impostor", {}, 0.0).uuid == b"impostor"  # gone: the id may come back
 
 
 def test_task_lifecycle_and_queue_status():

@@ -33,6 +33,17 @@ def test_retry_book_reuses_the_only_engine_and_respects_targets():
     assert book.retry("u", 0, [0, 1]) is None
 
 
+def test_a_requeue_after_a_jobs_end_uses_up_no_retry():
+    book = RetryBook()
+    book.track("t", "request", retries=1, only=None)
+    for _ in range(3):  # as often as engines' jobs end under it
+        assert book.requeue("t", [1, 2]) == ("request", frozenset({1, 2}))
+    assert book.retry("t", 1, [1, 2]) == ("request", frozenset({2}))  # its one retry is still there
+    book.track("pinned", "request", retries=2, only=[0])
+    assert book.requeue("pinned", [1]) is None and len(book) == 1  # only engine 0 could run it
+    assert book.requeue("untracked", [0]) is None
+
+
 @mpihub.interactive
 def flaky(path, failures):
     """Fails the first ``failures`` calls (counted in a file); returns the pids it ran in."""

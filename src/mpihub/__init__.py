@@ -12,6 +12,7 @@ from .errors import (
     ControllerError,
     DependencyTimeout,
     EngineError,
+    EngineRetired,
     ImpossibleDependency,
     NoEnginesRegistered,
     RemoteError,
@@ -25,7 +26,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AsyncMapResult", "AsyncResult", "BatchError", "Client", "Cluster", "CompositeError", "ControllerError", "Dependency", "DependencyTimeout",
-    "DirectView", "EngineError", "ImpossibleDependency", "LoadBalancedView", "NoEnginesRegistered",
+    "DirectView", "EngineError", "EngineRetired", "ImpossibleDependency", "LoadBalancedView", "NoEnginesRegistered",
     "Reference", "RemoteError", "TaskAborted", "TimeoutError", "collective", "config", "depend", "interactive",
     "require", "UnmetDependency",
 ]

@@ -30,6 +30,9 @@ STORE_BYTES = _int("MPIHUB_STORE_BYTES", 1 << 30)
 #: Finished task records the Hub keeps for queries (the oldest are forgotten first). A
 #: record of a tiny task costs the controller about 2 KB, payloads included.
 MAX_RECORDS = _int("MPIHUB_MAX_RECORDS", 100_000)
+#: Seconds before its batch job's end (walltime) at which an engine stops taking
+#: load-balanced tasks, so that work does not start where it cannot finish.
+RETIRE_MARGIN = _float("MPIHUB_RETIRE_MARGIN", 60.0)
 #: Load-balanced tasks in flight per engine (1 keeps uneven tasks balanced).
 SCHEDULER_HWM = _int("MPIHUB_SCHEDULER_HWM", 2)
 #: Numpy arrays of at least this many bytes use MPI collectives with via="auto".
@@ -48,6 +51,19 @@ BULK_TIMEOUT = _float("MPIHUB_BULK_TIMEOUT", 60.0)
 MAX_DATA_LINKS = _int("MPIHUB_MAX_DATA_LINKS", 256)
 #: Seconds a client waits for an engine to answer on its direct link before relaying.
 LINK_TIMEOUT = _float("MPIHUB_LINK_TIMEOUT", 2.0)
+
+
+def job_end() -> float | None:
+    """When this process's batch job ends (epoch seconds): ``$MPIHUB_JOB_END``, which
+    mpihub's job scripts set from the walltime, else Slurm's ``$SLURM_JOB_END_TIME``."""
+    for name in ("MPIHUB_JOB_END", "SLURM_JOB_END_TIME"):
+        value = os.environ.get(name)
+        if value:
+            try:
+                return float(value)
+            except ValueError:
+                continue
+    return None
 
 
 def default_profile_dir() -> Path:

@@ -31,6 +31,11 @@ class BatchError(MpihubError):
     state and its log."""
 
 
+class EngineRetired(EngineError):
+    """The engine's batch job reached its walltime while the task was queued or running
+    there; unlike an engine that died, this does not use up the task's ``retries``."""
+
+
 class TaskAborted(MpihubError):
     """The task was aborted before it started."""
 

@@ -2,6 +2,7 @@
 Client in this process as the login node, MPI between the engines, and nothing left
 behind by a stop, a scancel or a qdel."""
 import os
+import re
 import subprocess
 import sys
 import time
@@ -17,8 +18,9 @@ pytestmark = pytest.mark.timeout(240)
 def batch_cluster(**kwargs) -> mpihub.Cluster:
     kwargs.setdefault("engines", "slurm")
     kwargs.setdefault("controller", kwargs["engines"])
-    return mpihub.Cluster(n=kwargs.pop("n", 2), controller_ip="127.0.0.1", walltime="00:10:00", start_timeout=120,
-                          poll_interval=0.5, **kwargs)
+    kwargs.setdefault("walltime", "00:10:00")
+    return mpihub.Cluster(n=kwargs.pop("n", 2), controller_ip="127.0.0.1", start_timeout=120, poll_interval=0.5,
+                          **kwargs)
 
 
 def scatter_compute_gather(rc: mpihub.Client) -> None:
@@ -88,11 +90,16 @@ def test_scancel_of_the_engines_reaches_the_client(slurm):
         slurm.wait_gone(job.job_id)
         assert not any(os.path.exists(f"/proc/{pid}") and open(f"/proc/{pid}/stat").read().split()[2] != "Z"
                        for pid in pids)
-        deadline = time.monotonic() + 10
-        while not rc._fronts["direct"].lost and time.monotonic() < deadline:
-            time.sleep(0.1)
-        with pytest.raises(mpihub.BatchError, match=f"job {job.job_id} \\(engines\\) is CANCELLED.*its log: "):
-            rc.load_balanced_view().apply_async(lambda: 1)
+        deadline = time.monotonic() + 15
+        while True:  # once the watch has seen the job end, a call that finds no engines says why
+            try:
+                rc.load_balanced_view().apply_async(lambda: 1)
+            except mpihub.BatchError as exc:
+                assert re.search(f"job {job.job_id} \\(engines\\) is CANCELLED.*its log: ", str(exc)), exc
+                break
+            except mpihub.NoEnginesRegistered:
+                assert time.monotonic() < deadline, "the client never named the cancelled job"
+                time.sleep(0.2)
         if isinstance(failure.value, mpihub.BatchError):
             assert "CANCELLED" in str(failure.value)
     finally:
@@ -142,3 +149,28 @@ def test_submit_command_connect_from_the_login_node_and_stop(slurm, profile_dir)
                                "--profile-dir", str(profile_dir)], capture_output=True, text=True, timeout=60)
     assert stop.returncode == 0, stop.stderr
     slurm.wait_gone(job_id)
+
+
+def test_walltime_retires_engines_and_lost_work_fails_with_engine_retired(slurm):
+    """A 1-minute job: its engines stop taking load-balanced work 40 s before the end, and
+    the task still running when the walltime kills the job fails with EngineRetired."""
+    cluster = batch_cluster(controller="local", walltime="00:01:00", retire_margin=40)
+    rc = started(cluster)
+    job = cluster.batch.jobs[0]
+    try:
+        lbview = rc.load_balanced_view()
+        long_task = lbview.apply_async(time.sleep, 300)
+        time.sleep(25)  # past the retirement (20 s into the job)
+        late = lbview.apply_async(lambda: "never")
+        time.sleep(1)
+        assert not late.ready() and rc.queue_status()["unassigned"] == 1  # no engine takes it
+        with pytest.raises(mpihub.EngineRetired, match="end of its batch job"):
+            long_task.get(timeout=150)
+        deadline = time.monotonic() + 30
+        while (state := cluster.batch.states()[job.job_id]).state == "COMPLETING" and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert state.state == "TIMEOUT"
+        late.abort()
+    finally:
+        cluster.stop_cluster_sync()
+    slurm.wait_gone(job.job_id)

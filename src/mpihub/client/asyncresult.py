@@ -38,7 +38,7 @@ def _when(timestamp: float | None) -> datetime | None:
 
 _CONTROLLER_ERRORS = {"EngineError": errors.EngineError, "ImpossibleDependency": errors.ImpossibleDependency,
                       "DependencyTimeout": errors.DependencyTimeout, "ControllerError": errors.ControllerError,
-                      "BatchError": errors.BatchError}
+                      "BatchError": errors.BatchError, "EngineRetired": errors.EngineRetired}
 
 
 def reply_error(header: dict) -> Exception | None:

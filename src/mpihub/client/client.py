@@ -102,6 +102,7 @@ class Client:
         self._also_deliver: dict[str, list[tuple[AsyncResult, int]]] = {}  # get_result of own pending tasks
         self._results: weakref.WeakValueDictionary[str, AsyncResult] = weakref.WeakValueDictionary()
         self._closed = False
+        self._gone: tuple[str, type[errors.MpihubError]] | None = None  # why engines are gone, when known
         urls = self._info.get("candidates", {}).get("client") or [self._info["client"]]
         if self._info["client"] in urls:
             urls = [self._info["client"]] + [u for u in urls if u != self._info["client"]]
@@ -212,11 +213,13 @@ class Client:
         if front is not None and not front.lost:
             self._lose([front], f"the controller's {path} path is gone ({why})", "ControllerError")
 
-    def _lose(self, fronts: list["Front"] | None, why: str, ename: str) -> None:
-        """Fail every result still waiting on ``fronts`` (None: on any) with ``ename``,
-        and refuse new requests to them: they will never answer. Any thread may call it."""
+    def _lose(self, fronts: list["Front"] | None, why: str, ename: str, refuse: bool = True) -> None:
+        """Fail every result still waiting on ``fronts`` (None: on any) with ``ename``;
+        with ``refuse``, refuse new requests to them too (they will never answer), else
+        only name ``why`` when a call finds no engines. Any thread may call it."""
         chosen = set(self._fronts.values()) if fronts is None else set(fronts)
-        for front in chosen:
+        self._gone = (why, getattr(errors, ename))
+        for front in chosen if refuse else ():
             if not front.lost:
                 front.lost, front.error = why, getattr(errors, ename)
         for msg_id, (ar, index) in list(self._pending.items()):
@@ -364,9 +367,9 @@ class Client:
     def _no_engines(self, message: str) -> errors.MpihubError:
         """The error for a call that needs engines: why they are gone, when it is known
         (their batch job ended, a path of the controller was lost)."""
-        lost = next((front for front in self._fronts.values() if front.lost), None)
-        if lost is not None:
-            return lost.error(f"{message}: {lost.lost}")
+        if self._gone is not None:
+            why, error = self._gone
+            return error(f"{message}: {why}")
         return errors.NoEnginesRegistered(message)
 
     def _check_targets(self, targets) -> list[int]:

@@ -43,11 +43,13 @@ class View:
 
     # -- flags ------------------------------------------------------------------------
 
-    def set_flags(self, **flags) -> None:
+    def set_flags(self, **flags) -> "View":
+        """Set flags (``block``, ``retries``, ...); returns the view, so calls chain."""
         for name, value in flags.items():
             if name not in self.flag_names:
                 raise KeyError(f"{type(self).__name__} has no flag {name!r}; flags: {sorted(self.flag_names)}")
             setattr(self, name, value)
+        return self
 
     @contextlib.contextmanager
     def temp_flags(self, **flags) -> Iterator["View"]:

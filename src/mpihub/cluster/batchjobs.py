@@ -16,8 +16,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .. import config
 from .batch import BatchError, BatchSystem, JobState
-from .jobscript import SUFFIX, JobOptions, check_template, launchers_dir, render, template_path
+from .jobscript import SUFFIX, JobOptions, check_template, launchers_dir, render, template_path, walltime_seconds
 
 log = logging.getLogger("mpihub.cluster")
 
@@ -68,7 +69,10 @@ class BatchJobs:
         options = spec.options
         if options.output is None:
             options = JobOptions(**{**options.__dict__, "output": self._log_path(role)})
-        environment = "\n".join(f"export {name}={value}" for name, value in sorted(spec.environment.items()))
+        variables = dict(spec.environment)
+        if options.walltime:  # when the job ends, counted from when it starts
+            variables["MPIHUB_JOB_END"] = f"$(( $(date +%s) + {walltime_seconds(options.walltime)} ))"
+        environment = "\n".join(f"export {name}={value}" for name, value in sorted(variables.items()))
         return render(text, {
             "directives": spec.system.directives(options, role), "engines": options.engines,
             "nodes": options.nodes or 1, "ppn": options.ppn, "walltime": options.walltime, "queue": options.queue,
@@ -90,12 +94,19 @@ class BatchJobs:
         log.info("submitted %s job %s (%s), log %s", self.spec.system.name, job_id, role, job.log_path)
         return job
 
-    def check(self) -> None:
-        """Raise BatchError for a job of this cluster that has ended."""
+    def ended(self) -> list[tuple[Job, JobState | None]]:
+        """The jobs of this cluster that have ended, with their last state."""
+        found = []
         for job in self.jobs:
             state = self.spec.system.state(job.job_id)
             if state is None or state.ended:
-                raise BatchError(describe_end(self.spec.system.name, job, state))
+                found.append((job, state))
+        return found
+
+    def check(self) -> None:
+        """Raise BatchError for a job of this cluster that has ended."""
+        for job, state in self.ended()[:1]:
+            raise BatchError(describe_end(self.spec.system.name, job, state))
 
     def states(self) -> dict[str, JobState | None]:
         return {job.job_id: self.spec.system.state(job.job_id) for job in self.jobs}
@@ -125,27 +136,40 @@ def describe_end(system: str, job: Job, state: JobState | None) -> str:
 
 
 class JobWatch(threading.Thread):
-    """Follows a connected cluster's jobs: when one ends, every result its client still
-    waits for fails with :class:`~mpihub.BatchError` naming the job, instead of waiting
-    for engines or a controller that are gone."""
+    """Follows a connected cluster's jobs, so that a job's end reaches the client.
 
-    def __init__(self, jobs: BatchJobs, client, interval: float):
+    When the controller's job ends, every result still waiting fails at once with
+    :class:`~mpihub.BatchError` naming the job (nothing else would ever answer). When
+    only an engines job ends, the controller (alive elsewhere) fails the engines' tasks
+    itself, with ``EngineRetired`` at the walltime or ``EngineError``; what still waits
+    after a grace period fails with the BatchError, and the client names the job when
+    a later call finds no engines.
+    """
+
+    def __init__(self, jobs: BatchJobs, client, interval: float, grace: float = config.HEARTBEAT_TIMEOUT + 2):
         super().__init__(name="mpihub-job-watch", daemon=True)
         self.jobs = jobs
         self.client = client
         self.interval = interval
+        self.grace = grace
         self._done = threading.Event()
 
     def run(self) -> None:
         while not self._done.wait(self.interval):
             try:
-                self.jobs.check()
-            except BatchError as exc:
-                log.error("%s", exc)
-                self.client._lose(None, str(exc), "BatchError")
-                return
+                ended = self.jobs.ended()
             except Exception as exc:  # noqa: BLE001 - a failed poll is retried, not fatal
                 log.warning("could not read the jobs' state: %s", exc)
+                continue
+            if not ended:
+                continue
+            job, state = ended[0]
+            why = describe_end(self.jobs.spec.system.name, job, state)
+            log.error("%s", why)
+            if job.role == "engines" and self._done.wait(self.grace):
+                return
+            self.client._lose(None, why, "BatchError", refuse=job.role != "engines")
+            return
 
     def stop(self) -> None:
         self._done.set()

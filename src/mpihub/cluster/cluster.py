@@ -22,7 +22,7 @@ from ..protocol import connection
 from ..process import pid_alive
 from .batch import BatchError, batch_system
 from .batchjobs import BatchJobs, JobSpec, JobWatch
-from .jobscript import JobOptions
+from .jobscript import JobOptions, walltime_seconds
 from .launchers import LocalLauncher, find_mpiexec, mpi_environment, stop_pids
 
 log = logging.getLogger("mpihub.cluster")
@@ -48,7 +48,7 @@ class Cluster:
                  engine_launch: str | None = None, separate_jobs: bool = False,
                  templates: dict[str, str] | None = None, extra_directives: list[str] | None = None,
                  skip_directives: list[str] | None = None, pbs_flavor: str = "pro", python: str | None = None,
-                 poll_interval: float = 2.0):
+                 poll_interval: float = 2.0, retire_margin: float | None = None):
         """``detach=True`` leaves the cluster running after this process exits (as
         ``mpihub cluster start --daemonize`` does); otherwise it stops with it.
         ``engines="mpi"`` starts the engines as one ``mpiexec -n N`` job (``mpiexec``
@@ -58,7 +58,9 @@ class Cluster:
         options (``walltime``, ``queue``, ``account``, ``nodes``, ``job_name``,
         ``prologue``, ``engine_launch`` srun|mpiexec, ``templates`` per role,
         ``extra_directives``, ``skip_directives``, ``pbs_flavor`` pro|torque) fill the
-        job templates; see docs/hpc.md."""
+        job templates; see docs/hpc.md. Engines stop taking load-balanced tasks
+        ``retire_margin`` seconds (default ``MPIHUB_RETIRE_MARGIN``, 60) before the
+        walltime."""
         if engines not in ENGINE_KINDS:
             raise ValueError(f"engines must be one of {ENGINE_KINDS}, not {engines!r}")
         if controller not in CONTROLLER_KINDS:
@@ -95,7 +97,11 @@ class Cluster:
                 batch_system(engines, **({"flavor": pbs_flavor} if engines == "pbs" else {})), self.cluster_id,
                 self.profile_dir, options, python or sys.executable, prologue,
                 engine_launch or ("srun" if engines == "slurm" else "mpiexec"),
-                shlex.join(["--ip", self.controller_ip, *self.controller_args]), {}, dict(templates or {})))
+                shlex.join(["--ip", self.controller_ip, *self.controller_args]),
+                {} if retire_margin is None else {"MPIHUB_RETIRE_MARGIN": f"{float(retire_margin):g}"},
+                dict(templates or {})))
+            if walltime:
+                walltime_seconds(walltime)  # a bad one is refused now, not by the batch system later
         self.client: Client | None = None
         self._controller_process = None
         self._watch: JobWatch | None = None

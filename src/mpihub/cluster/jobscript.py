@@ -74,6 +74,19 @@ class JobOptions:
         return math.ceil(self.engines / (self.nodes or 1))
 
 
+def walltime_seconds(walltime: str) -> int:
+    """Seconds in a walltime: ``SS``, ``MM:SS``, ``HH:MM:SS`` or ``D-HH:MM:SS``."""
+    match = re.fullmatch(r"(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?", walltime.strip())
+    if not match:
+        raise ValueError(f"walltime {walltime!r} is not [D-]HH:MM:SS, MM:SS or SS")
+    days, *parts = match.groups()
+    numbers = [int(p) for p in parts if p is not None]
+    seconds = 0
+    for number in numbers:
+        seconds = seconds * 60 + number
+    return int(days or 0) * 86400 + seconds
+
+
 def template_path(system: str, role: str) -> Path:
     """The template mpihub ships for ``system`` ("slurm", "pbs") and ``role``."""
     if system not in SUFFIX or role not in REQUIRED:

@@ -29,6 +29,7 @@ class EngineRecord:
     queue: set[str] = field(default_factory=set)  # direct tasks sent, not yet replied
     tasks: set[str] = field(default_factory=set)  # load-balanced tasks assigned, not yet replied
     completed: int = 0
+    retired: bool = False  # near its batch job's end: no more load-balanced tasks
 
     def describe(self) -> dict:
         return {"id": self.id, "uuid": self.uuid.hex(), "registered": self.registered, **self.info}
@@ -102,14 +103,14 @@ class Hub:
         self.by_uuid[uuid] = engine_id
         return record
 
-    def mirror_engine(self, engine_id: int, uuid: bytes, now: float) -> EngineRecord:
+    def mirror_engine(self, engine_id: int, uuid: bytes, info: dict, now: float) -> EngineRecord:
         """Admit an engine under the id another Hub gave it (a split controller's paths
         keep the table of the engines they route to)."""
         if uuid in self.by_uuid:
             return self.engines[self.by_uuid[uuid]]
         if engine_id in self.engines:
             raise ValueError(f"engine {engine_id} is here already, under another uuid")
-        record = EngineRecord(engine_id, uuid, {}, now)
+        record = EngineRecord(engine_id, uuid, info, now)
         self.engines[engine_id] = record
         self.by_uuid[uuid] = engine_id
         return record

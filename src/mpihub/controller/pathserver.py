@@ -111,7 +111,9 @@ class PathServer(Router):
             raise TypeError(f"hello names engine {claimed!r}, not an id")
         wire.send(self.engine_sock, [uuid, *wire.pack(self.signer, {"t": "hello_reply"})])  # before any task
         if engine_id is None:
-            self.hub.mirror_engine(claimed, uuid, time.time())
+            retire_at = msg.header.get("retire_at")
+            info = {"retire_at": retire_at} if isinstance(retire_at, (int, float)) else {}
+            self.hub.mirror_engine(claimed, uuid, info, time.time())
             self._engine_added(claimed)
         wire.send(self.hub_sock, wire.pack(self.signer, {"t": "engine_ready", "id": claimed}))
 

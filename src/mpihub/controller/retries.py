@@ -2,7 +2,8 @@
 
 A task sent with ``retries=n`` keeps its request here until it finishes for good. Each
 time it raises, or its engine dies, it goes back to the scheduler with one retry fewer,
-restricted to engines that have not failed it yet where any exist.
+restricted to engines that have not failed it yet where any exist. A task whose
+engine reached its batch job's end goes back without using up a retry.
 """
 from __future__ import annotations
 
@@ -42,6 +43,18 @@ class RetryBook:
             del self._tasks[msg_id]
             return None
         entry.left -= 1
+        return entry.request, frozenset(allowed - entry.failed_on or allowed)
+
+    def requeue(self, msg_id: str, engines: Iterable[int]) -> tuple[Any, frozenset[int]] | None:
+        """After its engine's batch job ended under it: the request and where it may run
+        again, without using up a retry (None when it has none, or no engine may run it)."""
+        entry = self._tasks.get(msg_id)
+        if entry is None:
+            return None
+        allowed = set(engines) if entry.only is None else entry.only & set(engines)
+        if not allowed:
+            del self._tasks[msg_id]
+            return None
         return entry.request, frozenset(allowed - entry.failed_on or allowed)
 
     def finished(self, msg_id: str) -> None:

@@ -10,6 +10,7 @@ as a Router of its own and answers the Hub's queries with the ``answer_*`` metho
 """
 from __future__ import annotations
 
+import heapq
 import logging
 import time
 from collections import OrderedDict
@@ -42,14 +43,20 @@ class Router(Service):
             chosen = SCHEDULERS[scheduler](config.SCHEDULER_HWM if hwm is None else hwm)
             self.tasks = TaskPath(self.hub, chosen, self.signer, self._send_to_engine, self._fail)
         self._tombstones: OrderedDict[str, None] = OrderedDict()
+        self._retirements: list[tuple[float, int]] = []  # a heap of (retire_at, engine id)
         self._drop_engine = wire.DropLog(log, "the engine socket")
 
     def _next_wakeup(self) -> float | None:
-        return self.tasks.next_deadline() if self.tasks else None
+        times = [self.tasks.next_deadline() if self.tasks else None,
+                 self._retirements[0][0] if self._retirements else None]
+        return min((t for t in times if t is not None), default=None)
 
     def _wake(self) -> None:
         if self.tasks:
             self.tasks.expire()
+        now = time.time()
+        while self._retirements and self._retirements[0][0] <= now:
+            self._retire(heapq.heappop(self._retirements)[1])
 
     # -- sending --------------------------------------------------------------------
 
@@ -170,9 +177,26 @@ class Router(Service):
     # -- engines coming and going -----------------------------------------------------
 
     def _engine_added(self, engine_id: int) -> None:
-        """An engine in ``self.hub.engines`` may now take work."""
+        """An engine in ``self.hub.engines`` may now take work (until it retires, when
+        its batch job has a known end)."""
+        retire_at = self.hub.engines[engine_id].info.get("retire_at")
+        if isinstance(retire_at, (int, float)):
+            heapq.heappush(self._retirements, (float(retire_at), engine_id))
         if self.tasks:
             self.tasks.add_engine(engine_id)
+
+    def _retire(self, engine_id: int) -> None:
+        """Near its job's end an engine takes no more load-balanced tasks; those that
+        only it may run fail with EngineRetired. Direct requests still reach it."""
+        record = self.hub.engines.get(engine_id)
+        if record is None or record.retired:
+            return
+        record.retired = True
+        log.info("engine %d retires (its batch job ends at %s): no more load-balanced tasks", engine_id,
+                 time.strftime("%H:%M:%S", time.localtime(record.info.get("job_end") or time.time())))
+        for msg_id in self.tasks.remove_engine(engine_id) if self.tasks else []:
+            self._fail(msg_id, None, "error", "EngineRetired",
+                       f"engine {engine_id} retired before its batch job's end; no other engine may run task {msg_id}")
 
     def _forget_engine(self, engine_id: int, why: str) -> None:
         """Forget an engine that died or left: retry or fail every task it had."""
@@ -182,6 +206,13 @@ class Router(Service):
         stranded = self.tasks.remove_engine(engine_id) if self.tasks else []
         log.warning("engine %d %s; failing %d unfinished tasks", engine_id, why, len(lost) + len(stranded))
         for rec in lost:
+            if record.retired:  # its job's walltime: not the task's fault, no retry used up
+                if rec.queue == "task" and self.tasks.requeue(rec.msg_id, engine_id):
+                    continue
+                self._fail(rec.msg_id, engine_id, "error", "EngineRetired",
+                           f"engine {engine_id} {why} at the end of its batch job, before task {rec.msg_id} "
+                           "finished")
+                continue
             if rec.queue == "task" and self.tasks.retry(rec.msg_id, engine_id, why):
                 continue
             self._fail(rec.msg_id, engine_id, "error", "EngineError",

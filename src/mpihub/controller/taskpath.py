@@ -97,11 +97,23 @@ class TaskPath:
 
     def retry(self, msg_id: str, engine_id: int | None, why: str) -> bool:
         """Queue a failed task again if it has retries left."""
-        again = self.retries.retry(msg_id, engine_id, self.hub.engines)
+        return self._again(msg_id, self.retries.retry(msg_id, engine_id, self._working()),
+                           f"{why} on engine {engine_id}; retrying")
+
+    def requeue(self, msg_id: str, engine_id: int) -> bool:
+        """Queue a task whose engine's batch job ended again, if it has retries (none is
+        used up)."""
+        return self._again(msg_id, self.retries.requeue(msg_id, self._working()),
+                           f"lost with engine {engine_id} at the end of its job; running it again")
+
+    def _working(self) -> list[int]:
+        return [e for e, rec in self.hub.engines.items() if not rec.retired]
+
+    def _again(self, msg_id: str, again, what: str) -> bool:
         if again is None:
             return False
         frames, allowed = again
-        log.info("task %s %s on engine %s; retrying on %s", msg_id, why, engine_id, sorted(allowed))
+        log.info("task %s %s on %s", msg_id, what, sorted(allowed))
         self.hub.requeue(msg_id)
         self._queue(msg_id, frames, allowed)
         return True

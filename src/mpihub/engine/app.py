@@ -46,6 +46,9 @@ class Engine:
         self._interrupt_target: str | None = None  # the task a requested SIGINT is for
         self._running_collective = False
         self._drop = wire.DropLog(log, "the task socket")
+        end = config.job_end()
+        #: the batch job's end, and when to stop taking load-balanced tasks before it
+        self.retirement = {} if end is None else {"job_end": end, "retire_at": end - config.RETIRE_MARGIN}
 
     def register(self) -> dict:
         """Register at the first of the controller's addresses that answers (the
@@ -56,7 +59,8 @@ class Engine:
         if self.info["engine"] in urls:
             urls = [self.info["engine"]] + [u for u in urls if u != self.info["engine"]]
         hearts = candidates.get("heartbeat") or [self.info["heartbeat"]]
-        details = {"hostname": socket.gethostname(), "pid": os.getpid(), "data": self.data.urls, **self.mpi_world}
+        details = {"hostname": socket.gethostname(), "pid": os.getpid(), "data": self.data.urls, **self.mpi_world,
+                   **self.retirement}
         wait = self.register_timeout / len(urls)
         for url in urls:
             self.sock = self.context.socket(zmq.DEALER)
@@ -92,7 +96,7 @@ class Engine:
                 sock.routing_id = self.uuid
                 sock.linger = 0
                 sock.connect(url)
-                sock.send_multipart(wire.pack(self.signer, {"t": "hello", "id": self.id}))
+                sock.send_multipart(wire.pack(self.signer, {"t": "hello", "id": self.id, **self.retirement}))
                 if sock.poll(wait * 1000):
                     answer = wire.unpack(self.signer, sock.recv_multipart())
                     if answer.type == "hello_reply":
