@@ -69,7 +69,7 @@ def test_a_failing_task_runs_again_elsewhere(rc, tmp_path):
     with pytest.raises(mpihub.RemoteError, match="failure 1"):
         lbview.apply_sync(flaky, str(tmp_path / "c"), 1)  # no retries by default
     with pytest.raises(ValueError, match="retries"):
-        lbview.set_flags(retries=-1) or lbview.apply(flaky, "x", 0)
+        lbview.set_flags(retries=-1).apply(flaky, "x", 0)
     lbview.set_flags(retries=0)
 
 

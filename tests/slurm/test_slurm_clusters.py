@@ -174,3 +174,26 @@ def test_walltime_retires_engines_and_lost_work_fails_with_engine_retired(slurm)
     finally:
         cluster.stop_cluster_sync()
     slurm.wait_gone(job.job_id)
+
+
+def test_qdel_of_a_one_job_cluster_fails_what_waits_and_leaves_nothing(slurm):
+    """qdel ends the PBS job that holds the controller and the engines: the result still
+    waiting fails at once with a BatchError naming the job (no controller is left to
+    answer), and none of the job's processes survives."""
+    cluster = batch_cluster(engines="pbs", pbs_flavor="torque")
+    rc = started(cluster)
+    job = cluster.batch.jobs[0]
+    try:
+        waiting = rc[:].apply_async(time.sleep, 60)
+        time.sleep(0.5)
+        subprocess.run(["qdel", job.job_id], check=True, timeout=30)
+        with pytest.raises(mpihub.CompositeError) as failure:
+            waiting.get(timeout=30)
+        assert all(isinstance(e, mpihub.BatchError) for e in failure.value.elist)
+        message = str(failure.value.elist[0])
+        assert message.startswith(f"pbs job {job.job_id} (job) is "), message
+        log_path = message.split("its log: ")[1].split(";")[0]
+        assert "controller ready" in open(log_path).read()
+        slurm.wait_gone(job.job_id)
+    finally:
+        cluster.stop_cluster_sync()

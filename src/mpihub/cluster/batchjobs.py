@@ -30,6 +30,14 @@ class Job:
     script: Path
     log_path: str
 
+    def log(self) -> str:
+        """Its log: where the script asked, or where a qsub that ignores ``-o`` wrote it."""
+        if not Path(self.log_path).exists():
+            fallback = Path(f"{self.script}.o{self.job_id.split('.')[0]}")
+            if fallback.exists():
+                return str(fallback)
+        return self.log_path
+
 
 @dataclass
 class JobSpec:
@@ -132,7 +140,7 @@ class BatchJobs:
 def describe_end(system: str, job: Job, state: JobState | None) -> str:
     what = "is no longer known to the batch system" if state is None else f"is {state.state}"
     reason = f" ({state.reason})" if state is not None and state.reason else ""
-    return f"{system} job {job.job_id} ({job.role}) {what}{reason}; its log: {job.log_path}"
+    return f"{system} job {job.job_id} ({job.role}) {what}{reason}; its log: {job.log()}"
 
 
 class JobWatch(threading.Thread):
