@@ -313,6 +313,9 @@ class Client:
         return self._send(header, content, buffers, track, sender)
 
     def _query(self, op: str, timeout: float = 30, **args) -> Any:
+        hub = self._fronts["hub"]
+        if hub.lost:
+            raise hub.error(f"the controller cannot answer {op!r}: {hub.lost}")
         rid = self._new_id()
         slot = self._queries[rid] = _QuerySlot()
         self._send({"t": "query", "op": op, "rid": rid, **args})
