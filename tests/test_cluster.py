@@ -2,9 +2,12 @@
 import asyncio
 import json
 import os
+import socket
 import stat
 import subprocess
 import sys
+import threading
+import time
 
 import pytest
 
@@ -188,6 +191,28 @@ def test_controller_on_all_interfaces_lists_every_address():
     assert_gone(cluster.launcher.pids)
 
 
+def test_engines_try_every_address_in_the_file(fresh_cluster, tmp_path):
+    """An engine whose first address does not answer registers at the next one."""
+    running = fresh_cluster(0)
+    info = json.loads(running.cluster.engine_file.read_text())
+    with socket.socket() as closed:  # a port nothing listens on
+        closed.bind(("127.0.0.1", 0))
+        dead = f"tcp://127.0.0.1:{closed.getsockname()[1]}"
+    info["candidates"]["engine"] = [dead, info["engine"]]
+    info["engine"] = dead
+    path = tmp_path / "engine.json"
+    path.write_text(json.dumps(info))
+    engine = subprocess.Popen([sys.executable, "-m", "mpihub", "engine", "--url-file", str(path), "--timeout", "8"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        running.client.wait_for_engines(1, timeout=20, interactive=False)
+        assert running.client[:].apply_sync(lambda: "registered at the second address") == [
+            "registered at the second address"]
+    finally:
+        engine.terminate()
+        engine.wait(10)
+
+
 OWNER_SCRIPT = """
 import time, mpihub
 cluster = mpihub.Cluster(n=1)
@@ -208,3 +233,20 @@ def test_cluster_ends_with_a_killed_owner(tmp_path):
         owner.kill()
         owner.wait(10)
     assert_gone(pids, timeout=15)
+
+
+def test_waiting_for_a_connection_file_shows_progress(tmp_path, capsys, monkeypatch):
+    """A Client started before its batch job's controller is up waits for the file,
+    with a progress bar in a terminal."""
+    from mpihub.client import client as client_module
+
+    path = tmp_path / "mpihub-client-later.json"
+    threading.Timer(0.6, path.write_text, ("{}",)).start()
+    started = time.monotonic()
+    client_module._wait_with_progress(path, timeout=10)
+    assert path.exists() and 0.5 < time.monotonic() - started < 5
+    assert "waiting for mpihub-client-later.json" in capsys.readouterr().err
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    with pytest.raises(FileNotFoundError, match="no connection file"):
+        mpihub.Client(cluster_id="never-started", timeout=0.3)
+    assert "waiting for mpihub-client-never-started.json" in capsys.readouterr().err

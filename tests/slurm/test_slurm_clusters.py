@@ -197,3 +197,10 @@ def test_qdel_of_a_one_job_cluster_fails_what_waits_and_leaves_nothing(slurm):
         slurm.wait_gone(job.job_id)
     finally:
         cluster.stop_cluster_sync()
+
+
+def test_a_refused_submission_says_why(slurm):
+    cluster = batch_cluster(queue="no-such-partition")
+    with pytest.raises(mpihub.BatchError, match="sbatch .* failed .*[Ii]nvalid partition"):
+        cluster.start_and_connect_sync()
+    assert cluster.batch.jobs == [] and not cluster.client_file.exists()

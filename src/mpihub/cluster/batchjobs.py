@@ -119,6 +119,12 @@ class BatchJobs:
     def states(self) -> dict[str, JobState | None]:
         return {job.job_id: self.spec.system.state(job.job_id) for job in self.jobs}
 
+    def describe_states(self) -> str:
+        """``job 12 PENDING (Priority), job 13 RUNNING``: for messages."""
+        return ", ".join(f"job {job_id} {state.state if state else 'gone'}"
+                         f"{f' ({state.reason})' if state and state.reason else ''}"
+                         for job_id, state in self.states().items())
+
     def cancel(self, wait: float = 30.0) -> None:
         """Cancel every job still queued or running, and wait until they have ended."""
         for job in self.jobs:

@@ -193,9 +193,8 @@ class Cluster:
                 self.batch.check()
                 next_check = now + self.poll_interval
             if now > deadline:
-                states = ", ".join(f"job {i} {s.state if s else 'gone'}{f' ({s.reason})' if s and s.reason else ''}"
-                                   for i, s in self.batch.states().items())
-                raise errors.TimeoutError(f"no controller connection file after {self.start_timeout} s: {states}")
+                raise errors.TimeoutError(f"no controller connection file after {self.start_timeout} s: "
+                                          f"{self.batch.describe_states()}")
             time.sleep(0.05)
 
     def start_engines(self, n: int | None = None) -> None:
@@ -253,7 +252,7 @@ class Cluster:
             left = deadline - time.monotonic()
             if left <= 0:
                 raise errors.TimeoutError(f"{len(client.ids)} of {self._expected} engines registered within "
-                                          f"{self.start_timeout} s; jobs: {self.batch.states()}")
+                                          f"{self.start_timeout} s: {self.batch.describe_states()}")
             try:
                 client.wait_for_engines(self._expected, timeout=min(left, self.poll_interval), interactive=False)
             except errors.TimeoutError:
