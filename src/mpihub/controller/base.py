@@ -125,8 +125,7 @@ class Service:
             self.close()
 
     def close(self) -> None:
-        """Release sockets and the context; subclasses stop what they own first."""
+        """Release every socket and the context; subclasses stop what they own first
+        (threads using a socket must have ended)."""
         if not self.context.closed:
-            for sock in self._handlers:
-                sock.close(linger=200)
-            self.context.term()
+            self.context.destroy(linger=200)

@@ -125,17 +125,20 @@ class PathServer(Router):
         except wire.ProtocolError as exc:
             return self._drop_hub(exc)
         kind = msg.type
-        if kind == "pong":
-            self._last_pong = time.monotonic()
-        elif kind == "ask":
-            self._answer(msg)
-        elif kind == "engine_gone":
-            self._forget_engine(msg.header["id"], msg.header.get("why", "is gone"))
-        elif kind == "stop":
-            log.info("the Hub stops the %s path", self.path)
-            self._stopping = True
-        else:
-            self._drop_hub(f"unknown message type {kind!r}")
+        try:
+            if kind == "pong":
+                self._last_pong = time.monotonic()
+            elif kind == "ask":
+                self._answer(msg)
+            elif kind == "engine_gone":
+                self._forget_engine(msg.header["id"], str(msg.header.get("why", "is gone")))
+            elif kind == "stop":
+                log.info("the Hub stops the %s path", self.path)
+                self._stopping = True
+            else:
+                self._drop_hub(f"unknown message type {kind!r}")
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            self._drop_hub(f"malformed {kind!r}: {exc!r}")
 
     def _answer(self, msg: wire.Message) -> None:
         header = msg.header
