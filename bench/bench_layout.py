@@ -16,12 +16,12 @@ Usage: python bench/bench_layout.py [--reps N] [--tasks N] [--systems single,spl
 from __future__ import annotations
 
 import argparse
-import contextlib
+import functools
 import statistics
 import time
 
 import bench_lb
-from bench_lb import IpLike, efficiency, latency, throughput
+from bench_lb import IpLike, efficiency, latency, median_ms, side_by_side, throughput
 
 
 def noop(x=None):  # defined here: __main__ functions travel by value, bench_lb's would not
@@ -47,12 +47,7 @@ def start(name: str) -> IpLike:
 
 def direct_latency(system: IpLike, calls: int, every: bool) -> float:
     view = system.rc[:] if every else system.rc[0]
-    times = []
-    for _ in range(calls):
-        started = time.perf_counter()
-        view.apply_sync(noop)
-        times.append(time.perf_counter() - started)
-    return statistics.median(times) * 1000
+    return median_ms(lambda: view.apply_sync(noop), calls)
 
 
 METRICS = {
@@ -62,7 +57,11 @@ METRICS = {
     "lb throughput (tasks/s)": lambda s, args: throughput(s, args.tasks, noop),
     "lb efficiency, 10 ms tasks": lambda s, args: efficiency(s, f=sleep_10ms),
 }
-HIGHER_IS_BETTER = {"lb throughput (tasks/s)", "lb efficiency, 10 ms tasks"}
+
+
+def warm_up(system: IpLike) -> None:
+    throughput(system, 500, noop)
+    direct_latency(system, 50, every=True)
 
 
 def main() -> None:
@@ -71,26 +70,9 @@ def main() -> None:
     parser.add_argument("--tasks", type=int, default=20_000)
     parser.add_argument("--systems", default="single,split,ipp")
     args = parser.parse_args()
-    systems: list[IpLike] = []
-    try:
-        for name in args.systems.split(","):
-            try:
-                systems.append(start(name))
-            except Exception as exc:  # noqa: BLE001 - a missing peer is reported, not fatal
-                print(f"{name} unavailable: {exc}")
-        for s in systems:  # warm-up: imports, connections, first pickles
-            throughput(s, 500, noop)
-            direct_latency(s, 50, every=True)
-        values = {(s.name, m): [] for s in systems for m in METRICS}
-        for metric, measure in METRICS.items():
-            for rep in range(args.reps):
-                for s in systems[rep % len(systems):] + systems[:rep % len(systems)]:
-                    values[s.name, metric].append(measure(s, args))
-        report([s.name for s in systems], values, args)
-    finally:
-        for s in systems:
-            with contextlib.suppress(Exception):
-                s.stop()
+    metrics = {name: functools.partial(measure, args=args) for name, measure in METRICS.items()}
+    names, values = side_by_side(args.systems.split(","), start, metrics, args.reps, warm_up)
+    report(names, values, args)
 
 
 def report(names: list[str], values: dict, args) -> None:

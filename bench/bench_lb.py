@@ -100,13 +100,18 @@ def throughput(system, tasks: int, f=noop) -> float:
     return tasks / elapsed
 
 
-def latency(system, calls: int = 200, f=noop) -> float:
+def median_ms(call, calls: int) -> float:
+    """The median time of ``calls`` calls of ``call()``, in ms."""
     times = []
     for _ in range(calls):
         started = time.perf_counter()
-        system.one(f)
+        call()
         times.append(time.perf_counter() - started)
     return statistics.median(times) * 1000
+
+
+def latency(system, calls: int = 200, f=noop) -> float:
+    return median_ms(lambda: system.one(f), calls)
 
 
 def efficiency(system, tasks: int = 1000, f=sleep_10ms) -> float:
@@ -115,37 +120,45 @@ def efficiency(system, tasks: int = 1000, f=sleep_10ms) -> float:
     return tasks * 0.01 / ENGINES / (time.perf_counter() - started)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--reps", type=int, default=3)
-    parser.add_argument("--tasks", type=int, default=20_000)
-    parser.add_argument("--systems", default="mpihub,ipp,dask")
-    args = parser.parse_args()
+def side_by_side(names: list[str], start, metrics: dict, reps: int, warm_up) -> tuple[list[str], dict]:
+    """Start each system (one that cannot start is reported and left out), warm it up,
+    then measure every metric ``reps`` times, rotating the systems' order in each rep.
+    Every system is stopped at the end. Returns the names measured and
+    ``{(name, metric): [values]}``."""
     systems = []
     try:
-        for name in args.systems.split(","):
+        for name in names:
             try:
                 systems.append(start(name))
             except Exception as exc:  # noqa: BLE001 - a missing peer is reported, not fatal
                 print(f"{name} unavailable: {exc}")
-        metrics = {"throughput": lambda s: throughput(s, args.tasks), "latency": latency, "efficiency": efficiency}
+        for s in systems:  # imports, connections, first pickles
+            warm_up(s)
         values = {(s.name, m): [] for s in systems for m in metrics}
-        for s in systems:  # warm-up: imports, connections, first pickles
-            throughput(s, 500)
         for metric, measure in metrics.items():
-            for rep in range(args.reps):
+            for rep in range(reps):
                 for s in systems[rep % len(systems):] + systems[:rep % len(systems)]:
                     values[s.name, metric].append(measure(s))
-        report(systems, values, args)
+        return [s.name for s in systems], values
     finally:
         for s in systems:
             with contextlib.suppress(Exception):
                 s.stop()
 
 
-def report(systems, values, args) -> None:
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--tasks", type=int, default=20_000)
+    parser.add_argument("--systems", default="mpihub,ipp,dask")
+    args = parser.parse_args()
+    metrics = {"throughput": lambda s: throughput(s, args.tasks), "latency": latency, "efficiency": efficiency}
+    names, values = side_by_side(args.systems.split(","), start, metrics, args.reps, lambda s: throughput(s, 500))
+    report(names, values, args)
+
+
+def report(names, values, args) -> None:
     units = {"throughput": f"tasks/s ({args.tasks} tasks)", "latency": "ms, one task", "efficiency": "1000 x 10 ms"}
-    names = [s.name for s in systems]
     print(f"\n{ENGINES} engines/workers, median of {args.reps} reps")
     print(f"{'metric':<34}" + "".join(f"{n:>10}" for n in names) + "".join(f"{'mpihub/' + n:>14}" for n in names[1:]))
     for metric, unit in units.items():

@@ -17,7 +17,6 @@ set -euo pipefail
 CPUS=${MPIHUB_SLURM_CPUS:-8}
 TIMEOUT=${MPIHUB_SLURM_TIMEOUT:-120}
 
-RUN=/run/mpihub-slurm              # <daemon>.pid, only for the daemons this script started
 STATE=/var/spool/mpihub-slurm      # ctld/ (StateSaveLocation), d/ (SlurmdSpoolDir), pbs/
 LOGS=/var/log/mpihub-slurm
 ETC=/etc/slurm
@@ -46,6 +45,7 @@ fi
 [[ $CPUS =~ ^[1-9][0-9]*$ ]] || die "MPIHUB_SLURM_CPUS must be a positive integer, not '$CPUS'"
 [[ $TIMEOUT =~ ^[1-9][0-9]*$ ]] || die "MPIHUB_SLURM_TIMEOUT must be a positive integer, not '$TIMEOUT'"
 DEADLINE=$((SECONDS + TIMEOUT))
+. "$(dirname "${BASH_SOURCE[0]}")/daemons.sh"  # RUN, pid_of, ours, stop_ours
 mkdir -p "$RUN"
 # one setup or teardown at a time (test sessions may run this concurrently); fd 9 must not
 # leak into the daemons, or they would hold the lock forever: they start with 9>&-
@@ -53,26 +53,7 @@ exec 9>"$RUN/lock"
 flock -w "$TIMEOUT" 9 || die "another setup/teardown held $RUN/lock for ${TIMEOUT}s"
 left() { local n=$((DEADLINE - SECONDS)); echo $((n > 1 ? n : 1)); }
 
-# ------------------------------------------------------------------ our daemons, by pid file
-pid_of() { [ -f "$RUN/$1.pid" ] && tr -dc '0-9' < "$RUN/$1.pid" || true; }
-# ours NAME: the pid in our pid file is alive, not a zombie, and still NAME (not a reused pid)
-ours() {
-  local pid stat
-  pid=$(pid_of "$1")
-  [ -n "$pid" ] && stat=$(cat "/proc/$pid/stat" 2>/dev/null) || return 1
-  stat=${stat##*) }
-  [ "${stat%% *}" != Z ] && [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = "$1" ]
-}
-stop_ours() {
-  local pid i
-  pid=$(pid_of "$1")
-  if ours "$1"; then
-    kill -TERM "$pid" 2>/dev/null || true
-    for i in $(seq 100); do ours "$1" || break; sleep 0.2; done
-    if ours "$1"; then log "$1 ($pid) ignored SIGTERM: SIGKILL"; kill -KILL "$pid" 2>/dev/null || true; sleep 0.5; fi
-  fi
-  rm -f "$RUN/$1.pid"
-}
+# ------------------------------------------------------------------ waiting
 wait_until() {  # wait_until SECONDS WHAT CMD...
   local end=$((SECONDS + $1)) what=$2; shift 2
   until "$@" >/dev/null 2>&1; do

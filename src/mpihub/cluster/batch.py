@@ -50,6 +50,14 @@ def _run(command: list[str], what: str, cwd: Path | None = None) -> str:
 class BatchSystem:
     name = ""
     prefix = ""
+    #: How each optional job option is spelled as a directive.
+    options: dict[str, str] = {}
+
+    def _directive_block(self, options: JobOptions, lines: list[str]) -> str:
+        """``lines``, then a directive for each optional option that is set, prefixed."""
+        lines = lines + [spelling.format(getattr(options, name)) for name, spelling in self.options.items()
+                         if getattr(options, name)]
+        return select_directives([f"{self.prefix} {line}" for line in lines], self.prefix, options)
 
     def directives(self, options: JobOptions, role: str) -> str:
         """The directive block for a job of ``role`` ("job", "controller", "engines")."""
@@ -70,21 +78,15 @@ class BatchSystem:
 class Slurm(BatchSystem):
     name = "slurm"
     prefix = "#SBATCH"
+    options = {"walltime": "--time={}", "queue": "--partition={}", "account": "--account={}",
+               "output": "--output={}"}
 
     def directives(self, options: JobOptions, role: str) -> str:
         tasks = 1 if role == "controller" else options.engines
         lines = [f"--job-name={options.job_name}", f"--ntasks={tasks}"]
         if options.nodes and role != "controller":
             lines.append(f"--nodes={options.nodes}")
-        if options.walltime:
-            lines.append(f"--time={options.walltime}")
-        if options.queue:
-            lines.append(f"--partition={options.queue}")
-        if options.account:
-            lines.append(f"--account={options.account}")
-        if options.output:
-            lines.append(f"--output={options.output}")
-        return select_directives([f"{self.prefix} {line}" for line in lines], self.prefix, options)
+        return self._directive_block(options, lines)
 
     def submit(self, script: Path) -> str:
         out = _run(["sbatch", "--parsable", f"--chdir={script.parent}", str(script)], "submitting a job")
@@ -126,6 +128,7 @@ class PBS(BatchSystem):
 
     name = "pbs"
     prefix = "#PBS"
+    options = {"walltime": "-l walltime={}", "queue": "-q {}", "account": "-A {}", "output": "-o {}"}
 
     def __init__(self, flavor: str = "pro"):
         if flavor not in ("pro", "torque"):
@@ -141,16 +144,7 @@ class PBS(BatchSystem):
             resources = f"-l select={nodes}:ncpus={ppn}:mpiprocs={ppn}"
         else:
             resources = f"-l nodes={nodes}:ppn={ppn}"
-        lines = [f"-N {options.job_name}", resources, "-j oe"]
-        if options.walltime:
-            lines.append(f"-l walltime={options.walltime}")
-        if options.queue:
-            lines.append(f"-q {options.queue}")
-        if options.account:
-            lines.append(f"-A {options.account}")
-        if options.output:
-            lines.append(f"-o {options.output}")
-        return select_directives([f"{self.prefix} {line}" for line in lines], self.prefix, options)
+        return self._directive_block(options, [f"-N {options.job_name}", resources, "-j oe"])
 
     def submit(self, script: Path) -> str:
         out = _run(["qsub", str(script)], "submitting a job", cwd=script.parent)  # some qsubs put logs in cwd

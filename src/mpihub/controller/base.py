@@ -19,6 +19,9 @@ from ..protocol import wire
 
 log = logging.getLogger("mpihub.controller")
 
+#: What a handler raises for a well-signed message with missing or mistyped fields.
+MALFORMED = (KeyError, TypeError, ValueError, AttributeError)
+
 
 class Service:
     def __init__(self, key: str):
@@ -36,32 +39,38 @@ class Service:
     def _send_client(self, ident: bytes, header: dict, content: bytes = b"") -> None:
         wire.send(self.client_sock, [ident, *wire.pack(self.signer, header, content)])
 
-    def _on_client(self, frames: list) -> None:
-        """Every message on the client ROUTER: connect and close here, the rest to
-        :meth:`_client_message`, addressed to the sender's receiving identity."""
-        ident = frames[0]
-        ident = self._reply_to.get(ident, ident)
+    def _routed(self, frames: list, drop: wire.DropLog, handle: Callable[[bytes, wire.Message], None]) -> None:
+        """Verify a ROUTER message ``[ident, envelope, *buffers]`` and pass it to
+        ``handle(ident, msg)``; what does not verify, or what ``handle`` finds malformed,
+        is logged and dropped by ``drop``: a message never ends the loop."""
         try:
             msg = wire.unpack(self.signer, frames[1:])
         except wire.ProtocolError as exc:
-            return self._drop_client(exc)
-        kind = msg.type
+            return drop(exc)
         try:
-            if kind == "connect":
-                send_as = msg.header.get("send_as")
-                if isinstance(send_as, str):
-                    self._reply_to[send_as.encode()] = ident
-                self.clients.add(ident)
-                self._send_client(ident, {"t": "connect_reply", "rid": msg.header.get("rid"),
-                                          **self._connect_fields()})
-            elif kind == "close":
-                self.clients.discard(ident)
-                for sender in [s for s, r in self._reply_to.items() if r == ident]:
-                    del self._reply_to[sender]
-            else:
-                self._client_message(ident, msg)
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            self._drop_client(f"malformed {kind!r} request: {exc!r}")
+            handle(frames[0], msg)
+        except MALFORMED as exc:
+            drop(f"malformed {msg.type!r}: {exc!r}")
+
+    def _on_client(self, frames: list) -> None:
+        self._routed(frames, self._drop_client, self._from_client)
+
+    def _from_client(self, ident: bytes, msg: wire.Message) -> None:
+        """Connect and close here, the rest to :meth:`_client_message`, addressed to the
+        sender's receiving identity."""
+        ident = self._reply_to.get(ident, ident)
+        if msg.type == "connect":
+            send_as = msg.header.get("send_as")
+            if isinstance(send_as, str):
+                self._reply_to[send_as.encode()] = ident
+            self.clients.add(ident)
+            self._send_client(ident, {"t": "connect_reply", "rid": msg.header.get("rid"), **self._connect_fields()})
+        elif msg.type == "close":
+            self.clients.discard(ident)
+            for sender in [s for s, r in self._reply_to.items() if r == ident]:
+                del self._reply_to[sender]
+        else:
+            self._client_message(ident, msg)
 
     def _connect_fields(self) -> dict:
         """What a connecting client is told besides its request id."""

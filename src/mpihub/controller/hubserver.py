@@ -180,28 +180,23 @@ class HubServer(Registrar):
         wire.send(self.path_sock, [link.ident, *wire.pack(self.signer, header, b"", buffers)])
 
     def _on_path(self, frames: list) -> None:
-        ident = frames[0]
-        try:
-            msg = wire.unpack(self.signer, frames[1:])
-        except wire.ProtocolError as exc:
-            return self._drop_path(exc)
+        self._routed(frames, self._drop_path, self._from_path)
+
+    def _from_path(self, ident: bytes, msg: wire.Message) -> None:
         link = next((li for li in self.links.values() if li.ident == ident), None)
-        try:
-            if msg.type == "join":
-                self._join(ident, msg.header)
-            elif link is None:
-                self._drop_path(f"{msg.type!r} from a path that has not joined")
-            elif msg.type == "ping":
-                link.last_seen = time.monotonic()
-                self._send_path(link, {"t": "pong"})
-            elif msg.type == "engine_ready":
-                self._engine_ready(link.kind, msg.header["id"])
-            elif msg.type == "answer":
-                self._answered(link, msg)
-            else:
-                self._drop_path(f"unknown message type {msg.type!r}")
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            self._drop_path(f"malformed {msg.type!r}: {exc!r}")
+        if msg.type == "join":
+            self._join(ident, msg.header)
+        elif link is None:
+            self._drop_path(f"{msg.type!r} from a path that has not joined")
+        elif msg.type == "ping":
+            link.last_seen = time.monotonic()
+            self._send_path(link, {"t": "pong"})
+        elif msg.type == "engine_ready":
+            self._engine_ready(link.kind, msg.header["id"])
+        elif msg.type == "answer":
+            self._answered(link, msg)
+        else:
+            self._drop_path(f"unknown message type {msg.type!r}")
 
     def _join(self, ident: bytes, header: dict) -> None:
         kind = header["path"]
@@ -244,21 +239,16 @@ class HubServer(Registrar):
     # -- engines ------------------------------------------------------------------------
 
     def _on_engine(self, frames: list) -> None:
-        uuid = frames[0]
-        try:
-            msg = wire.unpack(self.signer, frames[1:])
-        except wire.ProtocolError as exc:
-            return self._drop_engine(exc)
+        self._routed(frames, self._drop_engine, self._from_engine)
+
+    def _from_engine(self, uuid: bytes, msg: wire.Message) -> None:
         engine_id = self.hub.by_uuid.get(uuid)
-        try:
-            if msg.type == "register":
-                self._register(uuid, msg.header)
-            elif msg.type == "unregister" and engine_id is not None:
-                self._engine_gone(engine_id, "unregistered")
-            else:
-                self._drop_engine(f"unexpected {msg.type!r}")
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            self._drop_engine(f"malformed {msg.type!r}: {exc!r}")
+        if msg.type == "register":
+            self._register(uuid, msg.header)
+        elif msg.type == "unregister" and engine_id is not None:
+            self._engine_gone(engine_id, "unregistered")
+        else:
+            self._drop_engine(f"unexpected {msg.type!r}")
 
     def _register_fields(self) -> dict:
         return {"paths": {kind: link.engine_urls for kind, link in self.links.items()}}

@@ -120,25 +120,21 @@ class PathServer(Router):
     # -- the Hub --------------------------------------------------------------------------
 
     def _on_hub(self, frames: list) -> None:
-        try:
-            msg = wire.unpack(self.signer, frames)
-        except wire.ProtocolError as exc:
-            return self._drop_hub(exc)
+        self._routed([b"", *frames], self._drop_hub, self._from_hub)  # a DEALER: no identity frame
+
+    def _from_hub(self, _: bytes, msg: wire.Message) -> None:
         kind = msg.type
-        try:
-            if kind == "pong":
-                self._last_pong = time.monotonic()
-            elif kind == "ask":
-                self._answer(msg)
-            elif kind == "engine_gone":
-                self._forget_engine(msg.header["id"], str(msg.header.get("why", "is gone")))
-            elif kind == "stop":
-                log.info("the Hub stops the %s path", self.path)
-                self._stopping = True
-            else:
-                self._drop_hub(f"unknown message type {kind!r}")
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            self._drop_hub(f"malformed {kind!r}: {exc!r}")
+        if kind == "pong":
+            self._last_pong = time.monotonic()
+        elif kind == "ask":
+            self._answer(msg)
+        elif kind == "engine_gone":
+            self._forget_engine(msg.header["id"], str(msg.header.get("why", "is gone")))
+        elif kind == "stop":
+            log.info("the Hub stops the %s path", self.path)
+            self._stopping = True
+        else:
+            self._drop_hub(f"unknown message type {kind!r}")
 
     def _answer(self, msg: wire.Message) -> None:
         header = msg.header

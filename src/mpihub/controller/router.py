@@ -144,20 +144,14 @@ class Router(Service):
     # -- engine socket --------------------------------------------------------------
 
     def _on_engine(self, frames: list) -> None:
-        uuid = frames[0]
-        try:
-            msg = wire.unpack(self.signer, frames[1:])
-        except wire.ProtocolError as exc:
-            return self._drop_engine(exc)
-        kind = msg.type
+        self._routed(frames, self._drop_engine, self._from_engine)
+
+    def _from_engine(self, uuid: bytes, msg: wire.Message) -> None:
         engine_id = self.hub.by_uuid.get(uuid)
-        try:
-            if kind == "reply" and engine_id is not None:
-                self._on_reply(engine_id, msg)
-            else:
-                self._on_engine_other(uuid, engine_id, msg)
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            self._drop_engine(f"malformed {kind!r}: {exc!r}")
+        if msg.type == "reply" and engine_id is not None:
+            self._on_reply(engine_id, msg)
+        else:
+            self._on_engine_other(uuid, engine_id, msg)
 
     def _on_engine_other(self, uuid: bytes, engine_id: int | None, msg: wire.Message) -> None:
         self._drop_engine(f"unexpected {msg.type!r} from {'unknown engine' if engine_id is None else engine_id}")
