@@ -36,6 +36,7 @@ bench: $(STAMP)
 	$(PY) bench/bench_mpi.py
 	$(PY) bench/bench_lb.py
 	$(PY) bench/bench_layout.py
+	$(PY) bench/bench_curve.py
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache

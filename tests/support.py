@@ -5,11 +5,13 @@ live in conftest.py.
 """
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
 import mpihub
 from mpihub.process import pid_alive
+from mpihub.protocol import connection
 
 
 def assert_gone(pids: list[int], timeout: float = 10) -> None:
@@ -65,3 +67,15 @@ def run_cluster(n: int, **kwargs):
         yield running
     finally:
         running.stop()
+
+
+def split_paths(cluster) -> dict:
+    """A split controller's paths and their addresses (none for a single process)."""
+    hub_file = connection.connection_file("hub", cluster.cluster.cluster_id, cluster.cluster.profile_dir)
+    return json.loads(hub_file.read_text()) if hub_file.exists() else {"paths": {}}
+
+
+def request_urls(cluster) -> list[str]:
+    """Where clients send requests: the controller, or a split one's Hub, direct and task path."""
+    info = json.loads(cluster.cluster.client_file.read_text())
+    return [info["client"]] + [where["client"][0] for where in split_paths(cluster)["paths"].values()]

@@ -9,15 +9,11 @@ import pytest
 import zmq
 
 import mpihub
-from mpihub.protocol import connection, wire
+from mpihub.protocol import wire
+
+from support import request_urls, split_paths
 
 pytestmark = pytest.mark.timeout(90)
-
-
-def split_paths(cluster) -> dict:
-    """A split controller's paths and their addresses (none for a single process)."""
-    hub_file = connection.connection_file("hub", cluster.cluster.cluster_id, cluster.cluster.profile_dir)
-    return json.loads(hub_file.read_text()) if hub_file.exists() else {"paths": {}}
 
 
 def ports_of(cluster):
@@ -30,12 +26,6 @@ def ports_of(cluster):
     urls += [hub["hub"]] if "hub" in hub else []
     urls += [where[channel][0] for where in hub["paths"].values() for channel in ("client", "engine")]
     return urls
-
-
-def request_urls(cluster) -> list[str]:
-    """Where clients send requests: the controller, or a split one's Hub, direct and task path."""
-    info = json.loads(cluster.cluster.client_file.read_text())
-    return [info["client"]] + [where["client"][0] for where in split_paths(cluster)["paths"].values()]
 
 
 def direct_url(cluster) -> str:

@@ -28,7 +28,7 @@ def _cmd_controller(args) -> int:
 
     ip = connection.interface_ip(args.interface) if args.interface else args.ip
     options = dict(ip=ip, cluster_id=args.cluster_id, profile_dir=args.profile_dir, scheduler=args.scheduler,
-                   owner_pid=args.owner_pid, hwm=args.hwm)
+                   owner_pid=args.owner_pid, hwm=args.hwm, curve=args.curve)
     if args.remote_scheduler and not args.split:
         print("mpihub controller: --remote-scheduler needs --split", file=sys.stderr)
         return 2
@@ -86,7 +86,7 @@ def _cmd_cluster(args) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     cluster = Cluster(n=args.n, engines=args.engines, cluster_id=args.cluster_id, profile_dir=args.profile_dir,
                       controller_ip=args.ip, detach=args.daemonize, mpiexec=args.mpiexec,
-                      controller_args=["--split"] if args.split else None)
+                      controller_args=[flag for flag, on in (("--split", args.split), ("--curve", args.curve)) if on])
     keep_running = False
     try:
         cluster.start_cluster_sync()
@@ -186,6 +186,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run the Hub, the direct path and the task scheduler as three processes")
     p.add_argument("--remote-scheduler", action="store_true",
                    help="with --split: start no task scheduler here and wait for `mpihub scheduler` on another host")
+    p.add_argument("--curve", action="store_true",
+                   help="encrypt every connection with CurveZMQ (keys go into the 0600 connection files)")
     common(p)
     p.set_defaults(func=_cmd_controller)
 
@@ -221,6 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ip", default="127.0.0.1", help="controller address to bind")
     p.add_argument("--daemonize", action="store_true", help="return once started, leave the cluster running")
     p.add_argument("--split", action="store_true", help="a controller of three processes (see mpihub controller)")
+    p.add_argument("--curve", action="store_true", help="encrypt every connection with CurveZMQ")
     common(p)
     p.set_defaults(func=_cmd_cluster)
 

@@ -21,6 +21,7 @@ import zmq
 
 from .. import config, errors
 from ..protocol import connection, wire
+from ..protocol.curve import Curve
 from .asyncresult import AsyncResult
 from .io import IOThread, LocalSender, Sender
 
@@ -91,6 +92,7 @@ class Client:
                  context: zmq.Context | None = None):
         self._info = _load_connection_info(connection_info, url_file, profile_dir, cluster_id, timeout)
         self._signer = wire.Signer(self._info["key"])
+        self._curve = Curve.from_info(self._info)
         self.cluster_id = self._info.get("cluster_id") or None
         self._context = context or zmq.Context.instance()
         self._session = uuid.uuid4().hex[:12]
@@ -112,7 +114,8 @@ class Client:
         self._thread_local = threading.local()
         self._local_senders: weakref.WeakSet[LocalSender] = weakref.WeakSet()  # gone with their threads
         self._data_identity = f"client-{self._session}-d".encode()
-        self._io = IOThread(self._context, receiving, self._signer, self._data_identity, self._on_message)
+        self._io = IOThread(self._context, receiving, self._signer, self._data_identity, self._on_message,
+                            self._curve)
         try:
             for kind, path_urls in (reply.get("paths") or {}).items():
                 path_receiving, self._fronts[kind], _ = self._connect(f"the controller's {kind} path", path_urls,
@@ -139,10 +142,7 @@ class Client:
         """
         wait = max(timeout, 0.5) / len(urls)
         for url in urls:
-            sock = self._context.socket(zmq.DEALER)
-            sock.routing_id = f"client-{self._session}-r".encode()
-            sock.linger = 0
-            sock.connect(url)
+            sock = self._dealer(f"client-{self._session}-r", 0, url)
             rid = self._new_id()
             send_as = f"client-{self._session}-s"
             sock.send_multipart(wire.pack(self._signer, {"t": "connect", "rid": rid, "send_as": send_as}))
@@ -153,15 +153,22 @@ class Client:
                 except wire.ProtocolError:
                     continue
                 if msg.type == "connect_reply" and msg.header.get("rid") == rid:
-                    sending = self._context.socket(zmq.DEALER)
-                    sending.routing_id = send_as.encode()
-                    sending.linger = 1000
-                    sending.connect(url)
+                    sending = self._dealer(send_as, 1000, url)
                     return sock, Front(name, url, Sender(sending)), msg.header
             sock.close()
         raise errors.TimeoutError(
             f"no answer from {what} at {', '.join(urls)} within {timeout:g} s. Is it running, "
             "and is this the connection file it wrote (a stale file or another key is refused)?")
+
+    def _dealer(self, routing_id: str, linger: int, url: str) -> zmq.Socket:
+        """A socket to the controller at ``url`` (encrypted when the cluster is)."""
+        sock = self._context.socket(zmq.DEALER)
+        sock.routing_id = routing_id.encode()
+        sock.linger = linger
+        if self._curve:
+            self._curve.client(sock)
+        sock.connect(url)
+        return sock
 
     def _new_id(self) -> str:
         return f"{self._session}-{next(self._counter)}"
@@ -241,10 +248,7 @@ class Client:
             senders = self._thread_local.senders = {}
         local = senders.get(front)
         if local is None:
-            sock = self._context.socket(zmq.DEALER)
-            sock.routing_id = f"client-{self._session}-t{next(self._counter)}".encode()
-            sock.linger = 1000
-            sock.connect(front.url)
+            sock = self._dealer(f"client-{self._session}-t{next(self._counter)}", 1000, front.url)
             local = senders[front] = LocalSender(sock)
             with self._engines_changed:
                 self._local_senders.add(local)

@@ -22,6 +22,7 @@ import zmq
 
 from .. import config
 from ..protocol import wire
+from ..protocol.curve import Curve
 
 log = logging.getLogger("mpihub.client")
 
@@ -96,9 +97,10 @@ class Link:
 
 class IOThread(threading.Thread):
     def __init__(self, context: zmq.Context, sock: zmq.Socket, signer: wire.Signer, data_identity: bytes,
-                 on_message: Callable[[wire.Message], None]):
+                 on_message: Callable[[wire.Message], None], curve: Curve | None = None):
         super().__init__(name="mpihub-client-io", daemon=True)
         self.context = context
+        self.curve = curve
         self.receivers = [sock]  # one per controller process that replies (more for a split one)
         self.signer = signer
         self.data_identity = data_identity
@@ -301,6 +303,8 @@ class IOThread(threading.Thread):
         sock = self.context.socket(zmq.DEALER)
         sock.routing_id = self.data_identity
         sock.linger = 0
+        if self.curve:
+            self.curve.client(sock)
         sock.connect(link.urls.pop(0))
         sock.send_multipart(wire.pack(self.signer, {"t": "hello", "rid": str(link.engine_id)}))
         link.sock = sock

@@ -16,6 +16,7 @@ import zmq
 
 from .. import process
 from ..protocol import wire
+from ..protocol.curve import Curve
 
 log = logging.getLogger("mpihub.controller")
 
@@ -24,8 +25,9 @@ MALFORMED = (KeyError, TypeError, ValueError, AttributeError)
 
 
 class Service:
-    def __init__(self, key: str):
+    def __init__(self, key: str, curve: Curve | None = None):
         self.key = key
+        self.curve = curve  # CURVE keys when the cluster encrypts (``--curve``)
         self.signer = wire.Signer(key)
         self.context = zmq.Context()
         self._handlers: dict[zmq.Socket, Callable[[list], None]] = {}
@@ -87,6 +89,8 @@ class Service:
             sock = self.context.socket(zmq.ROUTER)
             sock.linger = 0
             sock.router_handover = True
+            if self.curve:
+                self.curve.server(sock)
             ports[name] = sock.bind_to_random_port(f"tcp://{bind_ip}")
             setattr(self, f"{name}_sock", sock)
         return ports
@@ -136,5 +140,7 @@ class Service:
     def close(self) -> None:
         """Release every socket and the context; subclasses stop what they own first
         (threads using a socket must have ended)."""
+        if self.curve:
+            self.curve.stop()
         if not self.context.closed:
             self.context.destroy(linger=200)

@@ -29,6 +29,7 @@ from typing import Callable
 
 from .. import config
 from ..protocol import connection, wire
+from ..protocol.curve import ClusterKeys
 from . import merge
 from .hub import Hub
 from .registrar import LATER, Registrar
@@ -72,8 +73,9 @@ class Question:
 class HubServer(Registrar):
     def __init__(self, ip: str = "127.0.0.1", cluster_id: str | None = None, profile_dir=None,
                  scheduler: str = "leastload", key: str | None = None, owner_pid: int | None = None,
-                 hwm: int | None = None, remote_scheduler: bool = False):
-        super().__init__(key or secrets.token_hex(32))
+                 hwm: int | None = None, remote_scheduler: bool = False, curve: bool = False):
+        self.cluster_keys = ClusterKeys.new() if curve else None
+        super().__init__(key or secrets.token_hex(32), self.cluster_keys.for_role("server") if curve else None)
         self.ip = ip
         self.cluster_id = cluster_id or ""
         self.profile_dir = profile_dir

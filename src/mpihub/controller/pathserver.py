@@ -24,6 +24,7 @@ import zmq
 from .. import config
 from ..process import pid_alive
 from ..protocol import connection, wire
+from ..protocol.curve import Curve
 from .router import Router
 
 log = logging.getLogger("mpihub.controller")
@@ -34,7 +35,7 @@ class PathServer(Router):
                  hwm: int | None = None, owner_pid: int | None = None):
         if path not in ("direct", "task"):
             raise ValueError(f"a path is 'direct' or 'task', not {path!r}")
-        super().__init__(hub_info["key"], (path,), scheduler, hwm)
+        super().__init__(hub_info["key"], (path,), scheduler, hwm, Curve.from_info(hub_info))
         self.hub_info = hub_info
         self.path = path
         self.ip = ip
@@ -62,6 +63,8 @@ class PathServer(Router):
                 "host": socket.gethostname()}
         for url in urls:
             sock = self.context.socket(zmq.DEALER)
+            if self.curve:
+                self.curve.client(sock)
             sock.routing_id = f"path-{self.path}-{secrets.token_hex(6)}".encode()
             sock.linger = 0
             sock.connect(url)

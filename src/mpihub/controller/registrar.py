@@ -18,6 +18,7 @@ import zmq
 
 from .. import config
 from ..protocol import connection, wire
+from ..protocol.curve import ClusterKeys
 from .base import Service
 from .heartbeat import HeartMonitor
 
@@ -32,6 +33,7 @@ class Registrar(Service):
     cluster_id: str
     profile_dir: object
     owner_pid: int | None
+    cluster_keys: ClusterKeys | None = None  # every CURVE key pair, when the cluster encrypts
 
     def _start_heartbeat(self) -> int:
         """Bind the heartbeat ROUTER and start its thread; returns the port."""
@@ -58,6 +60,8 @@ class Registrar(Service):
 
     def _write_file(self, role: str, info: dict) -> Path:
         path = connection.connection_file(role, self.cluster_id, self.profile_dir)
+        if self.cluster_keys:
+            info = {**info, "curve": self.cluster_keys.for_role("server" if role == "hub" else role).as_info()}
         connection.write_atomic(path, {**self._common_file_fields(), **info})
         if path not in self._files:
             self._files.append(path)

@@ -17,6 +17,7 @@ from collections import OrderedDict
 
 from .. import config
 from ..protocol import wire
+from ..protocol.curve import Curve
 from .base import Service
 from .hub import Hub
 from .scheduler import SCHEDULERS
@@ -31,8 +32,8 @@ TOMBSTONES = 10_000
 
 class Router(Service):
     def __init__(self, key: str, paths: tuple[str, ...] = ("direct", "task"), scheduler: str = "leastload",
-                 hwm: int | None = None):
-        super().__init__(key)
+                 hwm: int | None = None, curve: Curve | None = None):
+        super().__init__(key, curve)
         if scheduler not in SCHEDULERS:
             raise ValueError(f"unknown scheduler {scheduler!r}; available: {sorted(SCHEDULERS)}")
         self.paths = paths

@@ -11,6 +11,7 @@ import logging
 import os
 import secrets
 
+from ..protocol.curve import ClusterKeys
 from .registrar import Registrar
 from .router import Router
 
@@ -20,8 +21,10 @@ log = logging.getLogger("mpihub.controller")
 class Controller(Registrar, Router):
     def __init__(self, ip: str = "127.0.0.1", cluster_id: str | None = None, profile_dir=None,
                  scheduler: str = "leastload", key: str | None = None, owner_pid: int | None = None,
-                 hwm: int | None = None):
-        super().__init__(key or secrets.token_hex(32), ("direct", "task"), scheduler, hwm)
+                 hwm: int | None = None, curve: bool = False):
+        self.cluster_keys = ClusterKeys.new() if curve else None
+        super().__init__(key or secrets.token_hex(32), ("direct", "task"), scheduler, hwm,
+                         self.cluster_keys.for_role("server") if curve else None)
         self.ip = ip
         self.cluster_id = cluster_id or ""
         self.profile_dir = profile_dir
@@ -34,8 +37,9 @@ class Controller(Registrar, Router):
         self._handle(self.engine_sock, self._on_engine)
         ports["heartbeat"] = self._start_heartbeat()
         self._write_connection_files(ports)
-        log.info("controller %s listening on %s (one process; scheduler %s, hwm %d, pid %d)",
-                 self.cluster_id or "(default)", self.ip, self.scheduler_name, self.scheduler.hwm, os.getpid())
+        log.info("controller %s listening on %s (one process; scheduler %s, hwm %d%s, pid %d)",
+                 self.cluster_id or "(default)", self.ip, self.scheduler_name, self.scheduler.hwm,
+                 ", CURVE encryption" if self.curve else "", os.getpid())
 
     def close(self) -> None:
         self._stop_registration()

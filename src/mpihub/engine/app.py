@@ -22,6 +22,7 @@ import zmq
 
 from .. import config, process
 from ..protocol import connection, wire
+from ..protocol.curve import Curve
 from . import mpi
 from .datalink import BulkMissing, DataLink
 from .executor import EngineStop, Executor
@@ -35,6 +36,7 @@ class Engine:
                  register_timeout: float = 30.0):
         self.info = connection.check(info)
         self.signer = wire.Signer(info["key"])
+        self.curve = Curve.from_info(info)
         self.uuid = uuidlib.uuid4().hex.encode()
         self.want_id = want_id
         self.mpi_world = mpi_world or {"mpi_rank": None}
@@ -53,7 +55,7 @@ class Engine:
     def register(self) -> dict:
         """Register at the first of the controller's addresses that answers (the
         connection file lists every candidate); the heartbeat goes to the same host."""
-        self.data = DataLink(self.context, self.signer, self.info.get("engine_bind_ip", "127.0.0.1"))
+        self.data = DataLink(self.context, self.signer, self.info.get("engine_bind_ip", "127.0.0.1"), self.curve)
         candidates = self.info.get("candidates", {})
         urls = candidates.get("engine") or [self.info["engine"]]
         if self.info["engine"] in urls:
@@ -63,10 +65,7 @@ class Engine:
                    **self.retirement}
         wait = self.register_timeout / len(urls)
         for url in urls:
-            self.sock = self.context.socket(zmq.DEALER)
-            self.sock.routing_id = self.uuid
-            self.sock.linger = 0
-            self.sock.connect(url)
+            self.sock = self._dealer(url)
             self.sock.send_multipart(wire.pack(self.signer, {"t": "register", "want_id": self.want_id,
                                                              "info": details}))
             if self.sock.poll(wait * 1000):
@@ -85,6 +84,16 @@ class Engine:
         log.info("registered as engine %d at %s", self.id, url)
         return reply.header
 
+    def _dealer(self, url: str) -> zmq.Socket:
+        """A socket to the controller at ``url`` under this engine's uuid."""
+        sock = self.context.socket(zmq.DEALER)
+        sock.routing_id = self.uuid
+        sock.linger = 0
+        if self.curve:
+            self.curve.client(sock)
+        sock.connect(url)
+        return sock
+
     def join_paths(self, paths: dict[str, list[str]]) -> list[zmq.Socket]:
         """A socket per path of a split controller, each greeted at the first of its
         addresses that answers."""
@@ -92,10 +101,7 @@ class Engine:
         for kind, urls in paths.items():
             wait = max(self.register_timeout, 1.0) / max(len(urls), 1)
             for url in urls:
-                sock = self.context.socket(zmq.DEALER)
-                sock.routing_id = self.uuid
-                sock.linger = 0
-                sock.connect(url)
+                sock = self._dealer(url)
                 sock.send_multipart(wire.pack(self.signer, {"t": "hello", "id": self.id, **self.retirement}))
                 if sock.poll(wait * 1000):
                     answer = wire.unpack(self.signer, sock.recv_multipart())
@@ -115,7 +121,7 @@ class Engine:
         registration = self.register()
         executor = self.executor = Executor(self.id)
         signal.signal(signal.SIGINT, self._on_sigint)
-        heart = Heart(self.context, self.heart_url, self.uuid, self.signer,
+        heart = Heart(self.context, self.heart_url, self.uuid, self.signer, self.curve,
                       registration["hb_period"], registration.get("controller_timeout", config.ENGINE_CONTROLLER_TIMEOUT),
                       self.aborted, self._signal)
         heart.start()
@@ -152,6 +158,8 @@ class Engine:
                 sock.close()
             self.data.close()
             heart.stop()
+            if self.curve:
+                self.curve.stop()
             self.context.term()
 
     def _signal(self, sig: int, task_ids: list | None) -> None:

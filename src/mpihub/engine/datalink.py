@@ -15,6 +15,7 @@ import zmq
 
 from .. import config
 from ..protocol import connection, wire
+from ..protocol.curve import Curve
 
 log = logging.getLogger("mpihub.engine.datalink")
 
@@ -24,9 +25,11 @@ class BulkMissing(RuntimeError):
 
 
 class DataLink:
-    def __init__(self, context: zmq.Context, signer: wire.Signer, bind_ip: str):
+    def __init__(self, context: zmq.Context, signer: wire.Signer, bind_ip: str, curve: Curve | None = None):
         self.signer = signer
         self.sock = context.socket(zmq.ROUTER)
+        if curve:
+            curve.server(self.sock)
         self.sock.linger = 0
         self.sock.router_mandatory = True  # sending to a client that is not linked fails at once
         self.sock.router_handover = True  # a client that relinks takes its identity over

@@ -18,12 +18,13 @@ from typing import Callable
 import zmq
 
 from ..protocol import wire
+from ..protocol.curve import Curve
 
 log = logging.getLogger("mpihub.engine.heartbeat")
 
 
 class Heart(threading.Thread):
-    def __init__(self, context: zmq.Context, url: str, uuid: bytes, signer: wire.Signer,
+    def __init__(self, context: zmq.Context, url: str, uuid: bytes, signer: wire.Signer, curve: Curve | None,
                  period: float, controller_timeout: float, aborted: set,
                  on_signal: Callable[[int, list | None], None]):
         super().__init__(name="mpihub-heart", daemon=True)
@@ -31,6 +32,7 @@ class Heart(threading.Thread):
         self.url = url
         self.uuid = uuid
         self.signer = signer
+        self.curve = curve
         self.period = period
         self.controller_timeout = controller_timeout
         self.aborted = aborted
@@ -51,6 +53,8 @@ class Heart(threading.Thread):
         sock = self.context.socket(zmq.DEALER)
         sock.routing_id = self.uuid
         sock.linger = 0
+        if self.curve:
+            self.curve.client(sock)
         sock.connect(self.url)
         ping = wire.pack(self.signer, {"t": "ping"})
         poller = zmq.Poller()

@@ -1,0 +1,165 @@
+"""CurveZMQ (``--curve``): everything still works, the bytes on the wire are unreadable,
+and a peer without the cluster's keys is refused before any message is read."""
+from __future__ import annotations
+
+import json
+import selectors
+import socket
+import threading
+
+import numpy as np
+import pytest
+import zmq
+
+import mpihub
+from mpihub.protocol import curve, wire
+
+from support import request_urls, run_cluster
+
+pytestmark = [pytest.mark.timeout(120),
+              pytest.mark.skipif(not curve.available(), reason="this libzmq has no CURVE")]
+
+MARKER = b"plain-text-marker-7f3a9c"
+
+
+class Relay:
+    """A TCP relay that records every byte passing through it (a wiretap)."""
+
+    def __init__(self, target: str):
+        host, port = target.removeprefix("tcp://").rsplit(":", 1)
+        self.target = (host, int(port))
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"tcp://127.0.0.1:{self.listener.getsockname()[1]}"
+        self.seen = bytearray()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        selector = selectors.DefaultSelector()
+        selector.register(self.listener, selectors.EVENT_READ)
+        peers: dict[socket.socket, socket.socket] = {}
+        while not self._stop.is_set():
+            for key, _ in selector.select(0.1):
+                sock = key.fileobj
+                if sock is self.listener:
+                    inside, _ = self.listener.accept()
+                    outside = socket.create_connection(self.target)
+                    peers[inside], peers[outside] = outside, inside
+                    selector.register(inside, selectors.EVENT_READ)
+                    selector.register(outside, selectors.EVENT_READ)
+                    continue
+                data = sock.recv(1 << 16)
+                if not data:
+                    other = peers.pop(sock)
+                    peers.pop(other, None)
+                    for s in (sock, other):
+                        selector.unregister(s)
+                        s.close()
+                    continue
+                self.seen += data
+                peers[sock].sendall(data)
+        for sock in [*peers, self.listener]:
+            sock.close()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+
+def wiretapped_client(cluster) -> tuple[mpihub.Client, Relay]:
+    """A client whose connection to the controller goes through a relay."""
+    info = json.loads(cluster.cluster.client_file.read_text())
+    relay = Relay(info["client"])
+    info["client"] = relay.url
+    info["candidates"] = {"client": [relay.url]}
+    return mpihub.Client(info, timeout=10), relay
+
+
+def traffic_seen(cluster) -> bytes:
+    """What a wiretap sees of a push and a task whose bytes hold ``MARKER``."""
+    client, relay = wiretapped_client(cluster)
+    try:
+        client[0].push({"secret": MARKER * 4}, block=True)
+        assert client.load_balanced_view().apply_sync(lambda m: m.upper(), MARKER) == MARKER.upper()
+    finally:
+        client.close()
+        relay.close()
+    return bytes(relay.seen)
+
+
+@pytest.fixture(scope="module", params=[[], ["--split"]], ids=["one-process", "split"])
+def curve_cluster(request):
+    yield from run_cluster(2, controller_args=["--curve", *request.param])
+
+
+def test_every_file_carries_only_its_share_of_the_keys(curve_cluster):
+    client_info = json.loads(curve_cluster.cluster.client_file.read_text())
+    engine_info = json.loads(curve_cluster.cluster.engine_file.read_text())
+    assert set(client_info["curve"]) == {"server_public", "public", "secret"}
+    assert engine_info["curve"]["server_public"] == client_info["curve"]["server_public"]
+    assert engine_info["curve"]["allowed"] == [client_info["curve"]["public"]]
+    for path in (curve_cluster.cluster.client_file, curve_cluster.cluster.engine_file):
+        assert path.stat().st_mode & 0o777 == 0o600
+
+
+def test_work_runs_encrypted(curve_cluster):
+    rc = curve_cluster.client
+    rc.wait_for_engines(2, timeout=10, interactive=False)
+    dview = rc[:]
+    assert dview.apply_sync(lambda: 1) == [1, 1]
+    big = np.arange(1 << 19, dtype=np.float64)  # 4 MiB: takes the engine's direct data link
+    rc[0].push({"big": big}, block=True)
+    assert np.array_equal(rc[0].pull("big", block=True), big)
+    assert rc.load_balanced_view().map_sync(lambda x: x * x, range(20)) == [x * x for x in range(20)]
+    dview.scatter("part", big, block=True)
+    assert np.array_equal(dview.gather("part", block=True), big)
+
+
+def test_a_wiretap_sees_no_plain_text(curve_cluster):
+    assert MARKER not in traffic_seen(curve_cluster)
+
+
+def test_a_wiretap_sees_plain_text_without_curve(cluster):
+    """The check above can fail: without --curve the marker is right there."""
+    assert MARKER in traffic_seen(cluster)
+
+
+def test_a_peer_without_the_cluster_keys_is_refused(curve_cluster):
+    """Right HMAC key, but no CURVE keys or keys of its own: nothing answers, and the
+    cluster goes on."""
+    info = json.loads(curve_cluster.cluster.client_file.read_text())
+    urls = request_urls(curve_cluster)
+    signer = wire.Signer(info["key"])
+    stranger_keys = zmq.curve_keypair()
+    context = zmq.Context()
+    try:
+        for url in urls:
+            for keys in (None, stranger_keys):
+                sock = context.socket(zmq.DEALER)
+                sock.linger = 0
+                if keys:
+                    sock.curve_serverkey = info["curve"]["server_public"].encode()
+                    sock.curve_publickey, sock.curve_secretkey = keys
+                sock.connect(url)
+                sock.send_multipart(wire.pack(signer, {"t": "connect", "rid": "x", "send_as": "stranger"}))
+                assert not sock.poll(1500), f"{url} answered a peer without the cluster's keys"
+                sock.close()
+    finally:
+        context.destroy(linger=0)
+    info.pop("curve")
+    with pytest.raises(mpihub.TimeoutError):
+        mpihub.Client(info, timeout=1.5)
+    assert curve_cluster.client[:].apply_sync(lambda: 2) == [2, 2]
+
+
+def test_keys_that_cannot_serve_are_refused():
+    keys = curve.ClusterKeys.new()
+    context = zmq.Context()
+    try:
+        with pytest.raises(RuntimeError, match="no server secret"):
+            keys.for_role("client").server(context.socket(zmq.ROUTER))
+        with pytest.raises(ValueError, match="unknown role"):
+            keys.for_role("login-node")
+    finally:
+        context.destroy(linger=0)
