@@ -49,7 +49,7 @@ def test_task_lifecycle_and_queue_status():
     assert hub.queue_status([1]) == {1: {"queue": 0, "completed": 0, "tasks": 1}, "unassigned": 0}
     rec = hub.finish("t1", 1, {"st": "ok", "started": 2.0, "completed": 3.0, "out": "hi"}, ["reply"], 5, 9.0)
     assert rec.status == "ok" and rec.stdout == "hi" and rec.completed == 3.0
-    assert hub.reply_frames("t1") == ["reply"]
+    assert hub.stored_reply("t1") == ("stored", ["reply"])
     assert hub.finish("t1", 1, {}, [], 0, 9.0) is None  # a second reply changes nothing
     assert hub.queue_status(verbose=True)[0]["queue"] == ["d1"]
 
@@ -102,7 +102,7 @@ def test_purge_forgets_only_finished_tasks():
     hub.submit("running", "direct", b"c", 0, 0.0, ["r"], 1)
     hub.finish("done", 0, {"st": "ok"}, ["x"], 1, 9.0)
     assert hub.purge(None, None) == ["done"]
-    assert list(hub.tasks) == ["running"] and hub.reply_frames("done") is None
+    assert list(hub.tasks) == ["running"] and hub.stored_reply("done") == ("unknown", None)
 
 
 def test_store_releases_oldest_payloads_past_its_limit():
@@ -123,7 +123,7 @@ def test_finished_records_are_bounded_oldest_first():
     for i in range(3):
         hub.finish(f"m{i}", 0, {"st": "ok"}, ["x"], 1, 9.0)
     assert sorted(hub.tasks) == ["m1", "m2", "m3"]  # m0 forgotten; unfinished m3 kept
-    assert hub.reply_frames("m0") is None and hub.tasks["m2"].received == 9.0
+    assert hub.stored_reply("m0") == ("evicted", None) and hub.tasks["m2"].received == 9.0
 
 
 def test_mpi_worlds_get_consecutive_ids_in_rank_order():

@@ -27,11 +27,13 @@ def test_records_come_in_submission_order():
 
 
 def test_an_id_is_unknown_only_when_no_path_knows_it():
-    ids = ["sent", "waiting", "gone", "nowhere", "bulk"]
-    direct = {"pending": [], "unknown": ["waiting", "gone", "nowhere", "bulk"], "purged": [], "direct": []}
-    task = {"pending": ["waiting"], "unknown": ["sent", "nowhere"], "purged": ["gone"], "direct": ["bulk"]}
+    ids = ["sent", "waiting", "gone", "nowhere", "bulk", "dropped"]
+    direct = {"pending": [], "unknown": ["waiting", "gone", "nowhere", "bulk", "dropped"], "purged": [], "direct": []}
+    task = {"pending": ["waiting"], "unknown": ["sent", "nowhere"], "purged": ["gone"], "direct": ["bulk"],
+            "evicted": ["dropped"]}
     assert merge.result_outcome([direct, task], ids) == {
-        "pending": ["waiting"], "unknown": ["nowhere"], "purged": ["gone"], "direct": ["bulk"]}
+        "pending": ["waiting"], "unknown": ["nowhere"], "purged": ["gone"], "direct": ["bulk"],
+        "evicted": ["dropped"], "unstored": []}
 
 
 def test_lists_and_engine_maps_join():

@@ -28,7 +28,7 @@ def _cmd_controller(args) -> int:
 
     ip = connection.interface_ip(args.interface) if args.interface else args.ip
     options = dict(ip=ip, cluster_id=args.cluster_id, profile_dir=args.profile_dir, scheduler=args.scheduler,
-                   owner_pid=args.owner_pid, hwm=args.hwm, curve=args.curve)
+                   owner_pid=args.owner_pid, hwm=args.hwm, curve=args.curve, db=args.db)
     if args.remote_scheduler and not args.split:
         print("mpihub controller: --remote-scheduler needs --split", file=sys.stderr)
         return 2
@@ -188,6 +188,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --split: start no task scheduler here and wait for `mpihub scheduler` on another host")
     p.add_argument("--curve", action="store_true",
                    help="encrypt every connection with CurveZMQ (keys go into the 0600 connection files)")
+    p.add_argument("--db", choices=["memory", "sqlite"], default="memory",
+                   help="where task records and results are kept: a bounded cache in memory (default), or also "
+                        "in SQLite under <profile>/db/, for later clients and restarts")
     common(p)
     p.set_defaults(func=_cmd_controller)
 

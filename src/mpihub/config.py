@@ -30,6 +30,10 @@ STORE_BYTES = _int("MPIHUB_STORE_BYTES", 1 << 30)
 #: Finished task records the Hub keeps for queries (the oldest are forgotten first). A
 #: record of a tiny task costs the controller about 2 KB, payloads included.
 MAX_RECORDS = _int("MPIHUB_MAX_RECORDS", 100_000)
+#: Bytes of payloads the durable task store (``--db sqlite``) keeps on disk.
+DB_BYTES = _int("MPIHUB_DB_BYTES", 8 << 30)
+#: Larger payloads keep their record in the durable store, not their bytes.
+DB_PAYLOAD_BYTES = _int("MPIHUB_DB_PAYLOAD_BYTES", 256 << 20)
 #: Seconds before its batch job's end (walltime) at which an engine stops taking
 #: load-balanced tasks, so that work does not start where it cannot finish.
 RETIRE_MARGIN = _float("MPIHUB_RETIRE_MARGIN", 60.0)

@@ -79,6 +79,17 @@ def _wait_with_progress(path: Path, timeout: float) -> None:
             time.sleep(0.1)
 
 
+#: Why the controller has no result to send, by the state its answer names.
+_RESULT_GONE = {
+    "unknown": "unknown to the controller",
+    "purged": "purged from the controller's store",
+    "direct": "its data went straight to the client that submitted it",
+    "evicted": "evicted from the controller's store for its size limit before anyone fetched it "
+               "(MPIHUB_STORE_BYTES, MPIHUB_MAX_RECORDS; with --db sqlite, MPIHUB_DB_BYTES)",
+    "unstored": "larger than the store keeps per result (MPIHUB_DB_PAYLOAD_BYTES)",
+}
+
+
 class Client:
     """Connect to a running controller.
 
@@ -481,9 +492,7 @@ class Client:
                 missing.append(msg_id)
         if missing:
             outcome = self._query("result", ids=missing)
-            gone = {m: "unknown to the controller" for m in outcome["unknown"]}
-            gone.update({m: "purged from the controller's store" for m in outcome["purged"]})
-            gone.update({m: "its data went straight to the client that submitted it" for m in outcome.get("direct", ())})
+            gone = {m: why for state, why in _RESULT_GONE.items() for m in outcome.get(state, ())}
             if gone:
                 for msg_id in missing:
                     self._pending.pop(msg_id, None)

@@ -58,7 +58,9 @@ class Cluster:
         options (``walltime``, ``queue``, ``account``, ``nodes``, ``job_name``,
         ``prologue``, ``engine_launch`` srun|mpiexec, ``templates`` per role,
         ``extra_directives``, ``skip_directives``, ``pbs_flavor`` pro|torque) fill the
-        job templates; see docs/hpc.md. Engines stop taking load-balanced tasks
+        job templates; see docs/hpc.md. A batch cluster's controller keeps its task
+        records and results in SQLite (``--db sqlite``) unless ``controller_args`` say
+        otherwise. Engines stop taking load-balanced tasks
         ``retire_margin`` seconds (default ``MPIHUB_RETIRE_MARGIN``, 60) before the
         walltime."""
         if engines not in ENGINE_KINDS:
@@ -80,6 +82,8 @@ class Cluster:
         self.profile_dir = Path(profile_dir or config.default_profile_dir())
         self.controller_ip = controller_ip or ("127.0.0.1" if controller == "local" else "0.0.0.0")
         self.controller_args = list(controller_args or [])
+        if engines in BATCH_KINDS and "--db" not in self.controller_args:
+            self.controller_args += ["--db", "sqlite"]  # a batch job's work outlives a client's session
         self.mpiexec = find_mpiexec(mpiexec) if engines == "mpi" else None
         self.mpiexec_args = list(mpiexec_args or [])
         self.start_timeout = start_timeout

@@ -3,21 +3,32 @@
 The socket shell feeds it events (an engine registered, a task was submitted, a reply
 came back, an engine died) and carries out what it returns. It never touches sockets or
 payload bytes; payloads live in two :class:`~.store.PayloadStore` (requests, replies).
+With a durable :class:`~.taskdb.TaskDB` (``db``), it also tells the store every event,
+and answers for finished tasks from the store: memory is then only a cache.
 """
 from __future__ import annotations
 
 import fnmatch
+import logging
 import operator
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from .store import PayloadStore
+
+if TYPE_CHECKING:
+    from .taskdb import TaskDB
+
+log = logging.getLogger("mpihub.controller")
 
 TASK_FIELDS = (
     "msg_id", "queue", "engine_id", "client", "submitted", "started", "completed", "received",
     "status", "stdout", "stderr", "ename", "resubmitted",
 )
+
+#: Ids of results dropped unfetched that the Hub remembers, so get_result can say why.
+EVICTED_IDS = 100_000
 
 
 @dataclass
@@ -39,7 +50,8 @@ class TaskRecord:
     """What the Hub knows of one task; its payloads are in the stores under its msg_id.
     Kept lean: a busy Hub holds hundreds of thousands of these."""
 
-    __slots__ = tuple(f for f in TASK_FIELDS if f != "client") + ("client_ident", "watchers", "targets")
+    __slots__ = tuple(f for f in TASK_FIELDS if f != "client") + ("client_ident", "watchers", "targets", "fetched",
+                                                                   "evicted")
 
     def __init__(self, msg_id: str, queue: str, client_ident: bytes, submitted: float, engine_id: int | None):
         self.msg_id = msg_id
@@ -54,6 +66,8 @@ class TaskRecord:
         self.resubmitted = None
         self.watchers: tuple[bytes, ...] = ()  # other clients waiting for the reply
         self.targets = None
+        self.fetched = False  # a client has the result
+        self.evicted = False  # the result was dropped for the store's size limit
 
     @property
     def client(self) -> str:
@@ -64,12 +78,17 @@ class TaskRecord:
 
 
 class Hub:
-    """``store_limit`` bounds payload bytes kept; ``record_limit`` the finished task
-    records kept (the oldest are forgotten first)."""
+    """``store_limit`` bounds payload bytes kept in memory; ``record_limit`` the finished
+    task records (the oldest fetched ones are forgotten first). Without a ``db``, a result
+    dropped before anyone fetched it is logged, and ``get_result`` says it was evicted."""
 
-    def __init__(self, store_limit: int, record_limit: int = 1_000_000):
+    def __init__(self, store_limit: int, record_limit: int = 1_000_000, db: "TaskDB | None" = None):
         self.record_limit = record_limit
-        self._finished: OrderedDict[str, None] = OrderedDict()
+        self.db = db
+        self._finished: OrderedDict[str, None] = OrderedDict()  # fetched: forgotten first
+        self._unfetched: OrderedDict[str, None] = OrderedDict()
+        self.dropped_unfetched = 0
+        self.evicted_ids: OrderedDict[str, None] = OrderedDict()  # the last EVICTED_IDS of them
         self.engines: dict[int, EngineRecord] = {}
         self.by_uuid: dict[bytes, int] = {}
         self.tasks: dict[str, TaskRecord] = {}
@@ -130,10 +149,14 @@ class Hub:
     # -- tasks ----------------------------------------------------------------------
 
     def submit(self, msg_id: str, queue: str, client_ident: bytes, engine_id: int | None,
-               now: float, request: Any, nbytes: int) -> TaskRecord:
+               now: float, request: Any, nbytes: int, shares: str | None = None) -> TaskRecord:
+        """A task arrived; ``shares`` names the task whose request frames it shares (one
+        direct request to several engines), which the durable store keeps once."""
         record = TaskRecord(msg_id, queue, client_ident, now, engine_id)
         self.tasks[msg_id] = record
         self.requests.put(msg_id, _compact(request), nbytes)
+        if self.db:
+            self.db.submitted(record, None if shares else request, nbytes, shares)
         if engine_id is None:
             self.unassigned += 1
         else:
@@ -146,6 +169,8 @@ class Hub:
         record.engine_id = engine_id
         self.unassigned -= 1
         self.engines[engine_id].tasks.add(msg_id)
+        if self.db:
+            self.db.assigned(msg_id, engine_id)
 
     def requeue(self, msg_id: str) -> None:
         """A load-balanced task that failed goes back to waiting for an engine (a retry)."""
@@ -157,8 +182,9 @@ class Hub:
         self.unassigned += 1
 
     def finish(self, msg_id: str, engine_id: int | None, header: dict, reply: Any, nbytes: int,
-               now: float) -> TaskRecord | None:
-        """A reply arrived (or was made up for a failure) at ``now``; returns the record if known."""
+               now: float, fetched: bool = False) -> TaskRecord | None:
+        """A reply arrived (or was made up for a failure) at ``now`` and was passed on to a
+        connected client (``fetched``) or not; returns the record if known."""
         record = self.tasks.get(msg_id)
         if record is None or record.completed is not None:
             return None
@@ -176,23 +202,94 @@ class Hub:
         record.stdout = header.get("out", "")
         record.stderr = header.get("err", "")
         record.ename = header.get("ename")
-        self.replies.put(msg_id, _compact(reply), nbytes)
-        self._finished[msg_id] = None
-        while len(self._finished) > self.record_limit:
-            self._forget(self._finished.popitem(last=False)[0])
+        record.fetched = fetched
+        if self.db:
+            self.db.finished(record, reply, nbytes, fetched)
+        self.requests.settle(msg_id)
+        for released in self.replies.put(msg_id, _compact(reply), nbytes):
+            self._evicted(released)
+        if fetched:
+            self.replies.settle(msg_id)
+        (self._finished if fetched else self._unfetched)[msg_id] = None
+        while len(self._finished) + len(self._unfetched) > self.record_limit:
+            source = self._finished or self._unfetched
+            oldest = source.popitem(last=False)[0]
+            if source is self._unfetched:
+                self._evicted(oldest)
+            self._forget(oldest)
         return record
+
+    def fetched(self, msg_id: str) -> None:
+        """A client took a stored result (``get_result``)."""
+        record = self.tasks.get(msg_id)
+        if record is None and self.db:
+            self.db.fetched(msg_id)
+        elif record is not None and not record.fetched:
+            record.fetched = True
+            self.replies.settle(msg_id)
+            if msg_id in self._unfetched:
+                del self._unfetched[msg_id]
+                self._finished[msg_id] = None
+            if self.db:
+                self.db.fetched(msg_id)
+
+    def mark_resubmitted(self, msg_id: str, new_id: str) -> None:
+        if msg_id in self.tasks:
+            self.tasks[msg_id].resubmitted = new_id
+        if self.db:
+            self.db.resubmitted(msg_id, new_id)
+
+    def _evicted(self, msg_id: str) -> None:
+        """A result left memory for the size limits: said aloud if nobody had it and no
+        durable store keeps it."""
+        record = self.tasks.get(msg_id)
+        if record is None or record.fetched or self.db:
+            return
+        record.evicted = True
+        self.evicted_ids[msg_id] = None
+        if len(self.evicted_ids) > EVICTED_IDS:
+            self.evicted_ids.popitem(last=False)
+        self.dropped_unfetched += 1
+        if self.dropped_unfetched <= 10 or self.dropped_unfetched % 1000 == 0:
+            log.warning("dropped the result of task %s before anyone fetched it (%d so far), to stay within "
+                        "MPIHUB_STORE_BYTES / MPIHUB_MAX_RECORDS; run with --db sqlite to keep every result",
+                        msg_id, self.dropped_unfetched)
 
     def _forget(self, msg_id: str) -> None:
         self.tasks.pop(msg_id, None)
         self._finished.pop(msg_id, None)
+        self._unfetched.pop(msg_id, None)
         self.requests.drop(msg_id)
         self.replies.drop(msg_id)
 
-    def reply_frames(self, msg_id: str) -> list | None:
-        return _frames(self.replies.get(msg_id))
-
     def request_frames(self, msg_id: str) -> list | None:
+        """A live task's request, from memory (what retries and refusals resend)."""
         return _frames(self.requests.get(msg_id))
+
+    def stored_reply(self, msg_id: str) -> tuple[str, list | None]:
+        """``(state, frames)`` of a task's reply, from memory or else the durable store.
+        State: "stored", "pending", "unknown", "purged", "evicted" (dropped for the size
+        limits before anyone fetched it) or "unstored" (above the limit per payload)."""
+        record = self.tasks.get(msg_id)
+        if record is not None and record.completed is None:
+            return "pending", None
+        frames = _frames(self.replies.get(msg_id))
+        if frames is not None:
+            return "stored", frames
+        if self.db:
+            return self.db.payload(msg_id, "reply")
+        if record is None:
+            return ("evicted" if msg_id in self.evicted_ids else "unknown"), None
+        return ("evicted" if record.evicted else "purged"), None
+
+    def stored_request(self, msg_id: str) -> tuple[str, list | None]:
+        """``(state, frames)`` of a task's request, as :meth:`stored_reply` (no "pending")."""
+        frames = _frames(self.requests.get(msg_id))
+        if frames is not None:
+            return "stored", frames
+        if self.db:
+            return self.db.payload(msg_id, "request")
+        return ("purged" if msg_id in self.tasks else "unknown"), None
 
     # -- queries --------------------------------------------------------------------
 
@@ -217,7 +314,12 @@ class Hub:
             if "msg_id" not in keys:
                 keys.insert(0, "msg_id")
         tests = [_compile_test(key, spec) for key, spec in query.items()]
-        return [rec.as_dict(keys) for rec in self.tasks.values() if all(test(rec) for test in tests)]
+        if self.db is None:
+            return [rec.as_dict(keys) for rec in self.tasks.values() if all(test(rec) for test in tests)]
+        live = [rec for rec in self.tasks.values() if rec.completed is None and all(test(rec) for test in tests)]
+        stored = [rec for rec in self.db.finished_records(query) if all(test(rec) for test in tests)]
+        chosen = sorted([*live, *stored], key=lambda rec: rec.submitted)
+        return [{key: getattr(rec, key) for key in (keys or TASK_FIELDS)} for rec in chosen]
 
     def purge(self, msg_ids: Iterable[str] | None, engine_ids: Iterable[int] | None) -> list[str]:
         """Forget completed tasks: the given ids, those of given engines, or all."""
@@ -228,6 +330,9 @@ class Hub:
             chosen = [m for m in (msg_ids or ()) if m in self.tasks]
             chosen += [m for m, rec in self.tasks.items() if rec.engine_id in engines]
             chosen = [m for m in dict.fromkeys(chosen) if self.tasks[m].completed is not None]
+        if self.db:
+            chosen = list(dict.fromkeys([*chosen, *self.db.finished_ids(msg_ids, engine_ids)]))
+            self.db.purged(chosen)
         for msg_id in chosen:
             self._forget(msg_id)
         return chosen

@@ -33,6 +33,7 @@ from ..protocol.curve import ClusterKeys
 from . import merge
 from .hub import Hub
 from .registrar import LATER, Registrar
+from .taskdb import DB_KINDS
 from .server import resubmit_renames
 
 log = logging.getLogger("mpihub.controller")
@@ -73,7 +74,11 @@ class Question:
 class HubServer(Registrar):
     def __init__(self, ip: str = "127.0.0.1", cluster_id: str | None = None, profile_dir=None,
                  scheduler: str = "leastload", key: str | None = None, owner_pid: int | None = None,
-                 hwm: int | None = None, remote_scheduler: bool = False, curve: bool = False):
+                 hwm: int | None = None, remote_scheduler: bool = False, curve: bool = False,
+                 db: str = "memory"):
+        if db not in DB_KINDS:
+            raise ValueError(f"--db is one of {', '.join(DB_KINDS)}, not {db!r}")
+        self.db_kind = db
         self.cluster_keys = ClusterKeys.new() if curve else None
         super().__init__(key or secrets.token_hex(32), self.cluster_keys.for_role("server") if curve else None)
         self.ip = ip
@@ -118,7 +123,8 @@ class HubServer(Registrar):
         """Where paths join the Hub, and (once they have) where each path listens."""
         primary, candidates = connection.channel_urls(self.ip, {"hub": self._ports["path"]})
         paths = {kind: {"client": link.client_urls, "engine": link.engine_urls} for kind, link in self.links.items()}
-        return self._write_file("hub", {"hub": primary["hub"], "candidates": candidates, "paths": paths})
+        return self._write_file("hub", {"hub": primary["hub"], "candidates": candidates, "paths": paths,
+                                        "db": self.db_kind})
 
     def _spawn(self, kind: str) -> subprocess.Popen:
         """Start a path process on this machine; its output goes where ours goes."""

@@ -43,6 +43,10 @@ def joined(parts: list[list]) -> list:
     return [item for part in parts for item in part]
 
 
+#: How a ``result`` query reports each id it could not answer with the reply itself.
+RESULT_STATES = ("pending", "unknown", "purged", "direct", "evicted", "unstored")
+
+
 def result_outcome(parts: list[dict], ids: list[str]) -> dict[str, list]:
     """A ``result`` query's outcome: an id is unknown only when no path knows it (a path
     that sent the stored reply lists the id nowhere)."""
@@ -51,10 +55,10 @@ def result_outcome(parts: list[dict], ids: list[str]) -> dict[str, list]:
     for part in parts:
         for msg_id in part.get("unknown", ()):
             unknown_to[msg_id] = unknown_to.get(msg_id, 0) + 1
-        for state in ("pending", "purged", "direct"):
-            for msg_id in part.get(state, ()):
+        for state in RESULT_STATES:
+            for msg_id in part.get(state, ()) if state != "unknown" else ():
                 where[msg_id] = state
-    outcome: dict[str, list] = {"pending": [], "unknown": [], "purged": [], "direct": []}
+    outcome: dict[str, list] = {state: [] for state in RESULT_STATES}
     for msg_id in ids:
         if msg_id in where:
             outcome[where[msg_id]].append(msg_id)

@@ -18,6 +18,7 @@ import secrets
 import socket
 import sys
 import time
+from pathlib import Path
 
 import zmq
 
@@ -26,16 +27,18 @@ from ..process import pid_alive
 from ..protocol import connection, wire
 from ..protocol.curve import Curve
 from .router import Router
+from .taskdb import open_db
 
 log = logging.getLogger("mpihub.controller")
 
 
 class PathServer(Router):
     def __init__(self, hub_info: dict, path: str, ip: str = "127.0.0.1", scheduler: str = "leastload",
-                 hwm: int | None = None, owner_pid: int | None = None):
+                 hwm: int | None = None, owner_pid: int | None = None, profile_dir=None):
         if path not in ("direct", "task"):
             raise ValueError(f"a path is 'direct' or 'task', not {path!r}")
-        super().__init__(hub_info["key"], (path,), scheduler, hwm, Curve.from_info(hub_info))
+        super().__init__(hub_info["key"], (path,), scheduler, hwm, Curve.from_info(hub_info),
+                         open_db(hub_info.get("db", "memory"), hub_info["key"], profile_dir, hub_info.get("cluster_id"), path))
         self.hub_info = hub_info
         self.path = path
         self.ip = ip
@@ -186,7 +189,8 @@ def main(url_file: str | None, cluster_id: str | None, profile_dir: str | None, 
         handler.setFormatter(logging.Formatter(f"%(asctime)s %(name)s [{path} path] %(levelname)s: %(message)s"))
     server = None
     try:
-        server = PathServer(connection.read(file, timeout=timeout), path, ip, scheduler, hwm, owner_pid)
+        server = PathServer(connection.read(file, timeout=timeout), path, ip, scheduler, hwm, owner_pid,
+                            Path(file).parent.parent)
         server.start(timeout)
     except (FileNotFoundError, TimeoutError, RuntimeError, ValueError) as exc:
         print(f"mpihub scheduler: {exc}", file=sys.stderr)

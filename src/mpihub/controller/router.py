@@ -18,9 +18,11 @@ from collections import OrderedDict
 from .. import config
 from ..protocol import wire
 from ..protocol.curve import Curve
+from . import merge
 from .base import Service
 from .hub import Hub
 from .scheduler import SCHEDULERS
+from .taskdb import TaskDB
 from .taskpath import TaskPath
 
 log = logging.getLogger("mpihub.controller")
@@ -32,12 +34,12 @@ TOMBSTONES = 10_000
 
 class Router(Service):
     def __init__(self, key: str, paths: tuple[str, ...] = ("direct", "task"), scheduler: str = "leastload",
-                 hwm: int | None = None, curve: Curve | None = None):
+                 hwm: int | None = None, curve: Curve | None = None, db: TaskDB | None = None):
         super().__init__(key, curve)
         if scheduler not in SCHEDULERS:
             raise ValueError(f"unknown scheduler {scheduler!r}; available: {sorted(SCHEDULERS)}")
         self.paths = paths
-        self.hub = Hub(config.STORE_BYTES, config.MAX_RECORDS)
+        self.hub = Hub(config.STORE_BYTES, config.MAX_RECORDS, db)
         self.scheduler_name = scheduler
         self.tasks: TaskPath | None = None
         if "task" in paths:
@@ -46,6 +48,11 @@ class Router(Service):
         self._tombstones: OrderedDict[str, None] = OrderedDict()
         self._retirements: list[tuple[float, int]] = []  # a heap of (retire_at, engine id)
         self._drop_engine = wire.DropLog(log, "the engine socket")
+
+    def close(self) -> None:
+        super().close()
+        if self.hub.db:
+            self.hub.db.close()
 
     def _next_wakeup(self) -> float | None:
         times = [self.tasks.next_deadline() if self.tasks else None,
@@ -64,13 +71,15 @@ class Router(Service):
     def _send_to_engine(self, engine_id: int, frames: list) -> None:
         wire.send(self.engine_sock, [self.hub.engines[engine_id].uuid, *frames])
 
-    def _deliver(self, msg_id: str, frames: list) -> None:
+    def _deliver(self, msg_id: str, frames: list) -> bool:
+        """Send a reply to its client and watchers; whether one of them is connected."""
         record = self.hub.tasks.get(msg_id)
         if record is None:
-            return
+            return False
         wire.send(self.client_sock, [record.client_ident, *frames])
         for watcher in record.watchers:
             wire.send(self.client_sock, [watcher, *frames])
+        return record.client_ident in self.clients or any(w in self.clients for w in record.watchers)
 
     def _fail(self, msg_id: str, engine_id: int | None, status: str, ename: str, evalue: str) -> None:
         """Make up a reply for a task that will never run, and deliver it."""
@@ -80,8 +89,8 @@ class Router(Service):
         frames = wire.pack(self.signer, header)
         if self.tasks:
             self.tasks.forget(msg_id)
-        self._deliver(msg_id, frames)
-        self.hub.finish(msg_id, None, header, frames, 0, now)
+        fetched = self._deliver(msg_id, frames)
+        self.hub.finish(msg_id, None, header, frames, 0, now, fetched)
         if self.tasks:
             self.tasks.finished(msg_id)
 
@@ -129,13 +138,14 @@ class Router(Service):
         if data_for is not None and data_for not in targets:
             raise ValueError(f"bt {data_for!r} is not one of the targets")
         envelope_only = msg.frames[:1]
+        first = None
         for engine_id, msg_id in zip(targets, ids):
             if msg_id in self.hub.tasks:
                 self._drop_client(f"duplicate msg_id {msg_id!r}")
                 continue
             engine = self.hub.engines.get(engine_id)
-            self.hub.submit(msg_id, "direct", ident, engine_id if engine else None, now, msg.frames, nbytes)
-            nbytes = 0  # one payload shared by every target
+            self.hub.submit(msg_id, "direct", ident, engine_id if engine else None, now, msg.frames, nbytes, first)
+            nbytes, first = 0, first or msg_id  # one payload shared by every target
             if engine is None:
                 self._fail(msg_id, engine_id, "error", "EngineError", f"engine {engine_id} is not registered")
             else:
@@ -164,8 +174,9 @@ class Router(Service):
             return self._drop_engine(f"reply to unknown or finished task {msg_id!r}")
         if record.queue == "task" and self.tasks.reply(msg_id, engine_id, msg.header):
             return  # passed on or retried: the client hears only of the last attempt
-        self._deliver(msg_id, msg.frames)
-        self.hub.finish(msg_id, engine_id, msg.header, msg.frames, sum(len(f) for f in msg.frames), time.time())
+        fetched = self._deliver(msg_id, msg.frames)
+        self.hub.finish(msg_id, engine_id, msg.header, msg.frames, sum(len(f) for f in msg.frames), time.time(),
+                        fetched)
         if self.tasks:
             self.tasks.finished(msg_id)
 
@@ -227,24 +238,22 @@ class Router(Service):
         return self.hub.purge(ids, targets)
 
     def answer_result(self, ident: bytes, ids: list) -> dict:
-        """Send stored replies to ``ident`` now, register it for pending ones, report the rest."""
-        outcome: dict[str, list] = {"pending": [], "unknown": [], "purged": [], "direct": []}
+        """Send stored replies to ``ident`` now, register it for pending ones, report the
+        rest by state (see :meth:`.Hub.stored_reply`)."""
+        outcome: dict[str, list] = {state: [] for state in merge.RESULT_STATES}
         for msg_id in ids:
-            record = self.hub.tasks.get(msg_id)
-            if record is None:
-                outcome["unknown"].append(msg_id)
-            elif record.completed is None:
-                if ident != record.client_ident and ident not in record.watchers:
+            state, frames = self.hub.stored_reply(msg_id)
+            if state == "pending":
+                record = self.hub.tasks.get(msg_id)
+                if record is not None and ident != record.client_ident and ident not in record.watchers:
                     record.watchers += (ident,)
-                outcome["pending"].append(msg_id)
-            else:
-                frames = self.hub.reply_frames(msg_id)
-                if frames is None:
-                    outcome["purged"].append(msg_id)
-                elif "bulk" in wire.unpack(self.signer, frames).header:
-                    outcome["direct"].append(msg_id)
-                else:
-                    wire.send(self.client_sock, [ident, *frames])
+            elif state == "stored" and "bulk" in wire.unpack(self.signer, frames).header:
+                state = "direct"
+            elif state == "stored":
+                wire.send(self.client_sock, [ident, *frames])
+                self.hub.fetched(msg_id)
+                continue
+            outcome[state].append(msg_id)
         return outcome
 
     def answer_abort(self, ids: list) -> tuple[list[str], dict[int, list[str]]]:
@@ -269,10 +278,11 @@ class Router(Service):
         """The stored requests of the tasks to rerun under new ids (``{old: new}``), each
         marked as resubmitted; KeyError/ValueError naming the ones this process has and
         cannot rerun. Unknown ids are left out."""
-        found = {m: self.hub.request_frames(m) for m in renames if m in self.hub.tasks}
-        missing = [m for m, frames in found.items() if frames is None]
+        stored = {m: self.hub.stored_request(m) for m in renames}
+        missing = [f"{m} ({state})" for m, (state, _) in stored.items() if state not in ("stored", "unknown")]
         if missing:
-            raise KeyError(f"no stored request for {missing}")
+            raise KeyError(f"no stored request for {', '.join(missing)}")
+        found = {m: frames for m, (state, frames) in stored.items() if state == "stored"}
         headers = {m: wire.unpack(self.signer, frames).header for m, frames in found.items()}
         direct = [m for m, header in headers.items() if "bulk" in header]
         if direct:
@@ -281,7 +291,7 @@ class Router(Service):
         if collective:
             raise ValueError(f"{collective} ran on a whole MPI world together; one engine cannot run it again alone")
         for msg_id in found:
-            self.hub.tasks[msg_id].resubmitted = renames[msg_id]
+            self.hub.mark_resubmitted(msg_id, renames[msg_id])
         return found
 
     def resubmit(self, ident: bytes, runs: list[tuple[str, list]]) -> None:

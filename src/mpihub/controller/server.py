@@ -14,6 +14,7 @@ import secrets
 from ..protocol.curve import ClusterKeys
 from .registrar import Registrar
 from .router import Router
+from .taskdb import open_db
 
 log = logging.getLogger("mpihub.controller")
 
@@ -21,10 +22,11 @@ log = logging.getLogger("mpihub.controller")
 class Controller(Registrar, Router):
     def __init__(self, ip: str = "127.0.0.1", cluster_id: str | None = None, profile_dir=None,
                  scheduler: str = "leastload", key: str | None = None, owner_pid: int | None = None,
-                 hwm: int | None = None, curve: bool = False):
+                 hwm: int | None = None, curve: bool = False, db: str = "memory"):
         self.cluster_keys = ClusterKeys.new() if curve else None
-        super().__init__(key or secrets.token_hex(32), ("direct", "task"), scheduler, hwm,
-                         self.cluster_keys.for_role("server") if curve else None)
+        key = key or secrets.token_hex(32)
+        super().__init__(key, ("direct", "task"), scheduler, hwm, self.cluster_keys.for_role("server") if curve else None,
+                         open_db(db, key, profile_dir, cluster_id))
         self.ip = ip
         self.cluster_id = cluster_id or ""
         self.profile_dir = profile_dir
@@ -37,9 +39,10 @@ class Controller(Registrar, Router):
         self._handle(self.engine_sock, self._on_engine)
         ports["heartbeat"] = self._start_heartbeat()
         self._write_connection_files(ports)
-        log.info("controller %s listening on %s (one process; scheduler %s, hwm %d%s, pid %d)",
+        log.info("controller %s listening on %s (one process; scheduler %s, hwm %d%s; tasks stored %s; pid %d)",
                  self.cluster_id or "(default)", self.ip, self.scheduler_name, self.scheduler.hwm,
-                 ", CURVE encryption" if self.curve else "", os.getpid())
+                 ", CURVE encryption" if self.curve else "", self.hub.db.path if self.hub.db else "in memory",
+                 os.getpid())
 
     def close(self) -> None:
         self._stop_registration()
