@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
-"""The controller's layout: one process, or split (Hub, direct path, task scheduler).
+"""The controller's layout: one process, or split (Hub, direct path, task scheduler),
+and what the durable task store (``--db sqlite``) costs the one-process layout.
 
-This is the benchmark that picks ``mpihub controller``'s default. Both layouts run with
+This is the benchmark that picks ``mpihub controller``'s default. Every system runs with
 2 engines, up at once, alternating within every rep; ipyparallel 9.2 (its default,
 multi-process controller) runs beside them as the reference:
 
@@ -11,7 +12,7 @@ multi-process controller) runs beside them as the reference:
   throughput   20,000 trivial load-balanced tasks, chunksize 1 (tasks/s)
   efficiency   1,000 load-balanced tasks of 10 ms: ideal time / measured time
 
-Usage: python bench/bench_layout.py [--reps N] [--tasks N] [--systems single,split,ipp]
+Usage: python bench/bench_layout.py [--reps N] [--tasks N] [--systems single,split,sqlite,ipp]
 """
 from __future__ import annotations
 
@@ -42,7 +43,8 @@ def start(name: str) -> IpLike:
         return IpLike("ipp", ipyparallel, log_level=40)
     import mpihub
 
-    return IpLike(name, mpihub, controller_args=["--split"] if name == "split" else [])
+    options = {"single": [], "split": ["--split"], "sqlite": ["--db", "sqlite"]}
+    return IpLike(name, mpihub, controller_args=options[name])
 
 
 def direct_latency(system: IpLike, calls: int, every: bool) -> float:
@@ -68,7 +70,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--tasks", type=int, default=20_000)
-    parser.add_argument("--systems", default="single,split,ipp")
+    parser.add_argument("--systems", default="single,split,sqlite,ipp")
     args = parser.parse_args()
     metrics = {name: functools.partial(measure, args=args) for name, measure in METRICS.items()}
     names, values = side_by_side(args.systems.split(","), start, metrics, args.reps, warm_up)
@@ -77,12 +79,15 @@ def main() -> None:
 
 def report(names: list[str], values: dict, args) -> None:
     print(f"\n{bench_lb.ENGINES} engines, median of {args.reps} reps")
-    print(f"{'metric':<28}" + "".join(f"{n:>10}" for n in names) + f"{'split/single':>14}" + f"{'single/ipp':>12}")
+    ratios = [f"{other}/single" for other in ("split", "sqlite") if other in names]
+    print(f"{'metric':<28}" + "".join(f"{n:>10}" for n in names) + "".join(f"{r:>14}" for r in ratios)
+          + f"{'single/ipp':>12}")
     for metric in METRICS:
         medians = {n: statistics.median(values[n, metric]) for n in names}
         line = f"{metric:<28}" + "".join(f"{medians[n]:>10.3g}" for n in names)
-        if "single" in medians and "split" in medians:
-            line += f"{medians['split'] / medians['single']:>13.2f}x"
+        for other in ("split", "sqlite"):
+            if "single" in medians and other in medians:
+                line += f"{medians[other] / medians['single']:>13.2f}x"
         if "single" in medians and "ipp" in medians:
             ratio = medians["single"] / medians["ipp"]
             line += f"{ratio:>11.2f}x"
