@@ -13,14 +13,13 @@ Usage: python bench/bench_curve.py [--reps N] [--mib N] [--systems plain,curve,i
 """
 from __future__ import annotations
 
-import argparse
 import functools
 import statistics
 import time
 
 import numpy as np
 
-from bench_lb import IpLike, median_ms, side_by_side, throughput
+from bench_lb import IpLike, bench_args, median_ms, side_by_side, throughput
 
 
 def noop(x=None):  # defined here: __main__ functions travel by value
@@ -55,11 +54,7 @@ def pull_rate(system: IpLike, array: np.ndarray) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--reps", type=int, default=5)
-    parser.add_argument("--mib", type=int, default=64)
-    parser.add_argument("--systems", default="plain,curve,ipp,ipp-curve")
-    args = parser.parse_args()
+    args = bench_args(__doc__, "plain,curve,ipp,ipp-curve", reps=5, mib=64)
     array = np.arange(args.mib * (1 << 20) // 8, dtype=np.float64)
     metrics = {
         "push (MB/s)": functools.partial(push_rate, array=array),

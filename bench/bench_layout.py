@@ -16,13 +16,12 @@ Usage: python bench/bench_layout.py [--reps N] [--tasks N] [--systems single,spl
 """
 from __future__ import annotations
 
-import argparse
 import functools
 import statistics
 import time
 
 import bench_lb
-from bench_lb import IpLike, efficiency, latency, median_ms, side_by_side, throughput
+from bench_lb import IpLike, bench_args, efficiency, latency, median_ms, side_by_side, throughput
 
 
 def noop(x=None):  # defined here: __main__ functions travel by value, bench_lb's would not
@@ -67,11 +66,7 @@ def warm_up(system: IpLike) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--reps", type=int, default=3)
-    parser.add_argument("--tasks", type=int, default=20_000)
-    parser.add_argument("--systems", default="single,split,sqlite,ipp")
-    args = parser.parse_args()
+    args = bench_args(__doc__, "single,split,sqlite,ipp", tasks=20_000)
     metrics = {name: functools.partial(measure, args=args) for name, measure in METRICS.items()}
     names, values = side_by_side(args.systems.split(","), start, metrics, args.reps, warm_up)
     report(names, values, args)

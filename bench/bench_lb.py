@@ -146,12 +146,19 @@ def side_by_side(names: list[str], start, metrics: dict, reps: int, warm_up) -> 
                 s.stop()
 
 
+def bench_args(doc: str, systems: str, reps: int = 3, **sizes: int) -> argparse.Namespace:
+    """The side-by-side benchmarks' command line: ``--reps``, ``--systems`` (comma-
+    separated) and an integer option per ``sizes`` entry (``tasks=20_000``: ``--tasks``)."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--reps", type=int, default=reps)
+    for name, default in sizes.items():
+        parser.add_argument(f"--{name}", type=int, default=default)
+    parser.add_argument("--systems", default=systems)
+    return parser.parse_args()
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--reps", type=int, default=3)
-    parser.add_argument("--tasks", type=int, default=20_000)
-    parser.add_argument("--systems", default="mpihub,ipp,dask")
-    args = parser.parse_args()
+    args = bench_args(__doc__, "mpihub,ipp,dask", tasks=20_000)
     metrics = {"throughput": lambda s: throughput(s, args.tasks), "latency": latency, "efficiency": efficiency}
     names, values = side_by_side(args.systems.split(","), start, metrics, args.reps, lambda s: throughput(s, 500))
     report(names, values, args)
