@@ -6,6 +6,9 @@ live in conftest.py.
 from __future__ import annotations
 
 import json
+import selectors
+import socket
+import threading
 import time
 from pathlib import Path
 
@@ -79,3 +82,75 @@ def request_urls(cluster) -> list[str]:
     """Where clients send requests: the controller, or a split one's Hub, direct and task path."""
     info = json.loads(cluster.cluster.client_file.read_text())
     return [info["client"]] + [where["client"][0] for where in split_paths(cluster)["paths"].values()]
+
+
+class Relay:
+    """A TCP relay to ``target`` that records every byte passing through it (a wiretap)
+    and can cut the line: :meth:`cut` drops every connection and refuses new ones (the
+    peers see them close and keep dialling) until :meth:`mend`."""
+
+    def __init__(self, target: str):
+        host, port = target.removeprefix("tcp://").rsplit(":", 1)
+        self.target = (host, int(port))
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"tcp://127.0.0.1:{self.listener.getsockname()[1]}"
+        self.seen = bytearray()
+        self.cuts = 0
+        self._cut = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def cut(self) -> None:
+        self._cut.set()
+        self.cuts += 1
+
+    def mend(self) -> None:
+        self._cut.clear()
+
+    def _run(self) -> None:
+        selector = selectors.DefaultSelector()
+        selector.register(self.listener, selectors.EVENT_READ)
+        peers: dict[socket.socket, socket.socket] = {}
+
+        def hang_up(sock: socket.socket) -> None:
+            other = peers.pop(sock)
+            peers.pop(other, None)
+            for s in (sock, other):
+                selector.unregister(s)
+                s.close()
+
+        while not self._stop.is_set():
+            if self._cut.is_set():
+                for sock in list(peers):
+                    if sock in peers:
+                        hang_up(sock)
+            for key, _ in selector.select(0.05):
+                sock = key.fileobj
+                if sock is self.listener:
+                    inside, _ = self.listener.accept()
+                    if self._cut.is_set():
+                        inside.close()
+                        continue
+                    outside = socket.create_connection(self.target)
+                    peers[inside], peers[outside] = outside, inside
+                    selector.register(inside, selectors.EVENT_READ)
+                    selector.register(outside, selectors.EVENT_READ)
+                    continue
+                if sock not in peers:
+                    continue
+                try:
+                    data = sock.recv(1 << 16)
+                except OSError:
+                    data = b""
+                if not data or self._cut.is_set():
+                    hang_up(sock)
+                    continue
+                self.seen += data
+                peers[sock].sendall(data)
+        for sock in [*peers, self.listener]:
+            sock.close()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)

@@ -3,9 +3,6 @@ and a peer without the cluster's keys is refused before any message is read."""
 from __future__ import annotations
 
 import json
-import selectors
-import socket
-import threading
 
 import numpy as np
 import pytest
@@ -14,57 +11,12 @@ import zmq
 import mpihub
 from mpihub.protocol import curve, wire
 
-from support import request_urls, run_cluster
+from support import Relay, request_urls, run_cluster
 
 pytestmark = [pytest.mark.timeout(120),
               pytest.mark.skipif(not curve.available(), reason="this libzmq has no CURVE")]
 
 MARKER = b"plain-text-marker-7f3a9c"
-
-
-class Relay:
-    """A TCP relay that records every byte passing through it (a wiretap)."""
-
-    def __init__(self, target: str):
-        host, port = target.removeprefix("tcp://").rsplit(":", 1)
-        self.target = (host, int(port))
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.url = f"tcp://127.0.0.1:{self.listener.getsockname()[1]}"
-        self.seen = bytearray()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        selector = selectors.DefaultSelector()
-        selector.register(self.listener, selectors.EVENT_READ)
-        peers: dict[socket.socket, socket.socket] = {}
-        while not self._stop.is_set():
-            for key, _ in selector.select(0.1):
-                sock = key.fileobj
-                if sock is self.listener:
-                    inside, _ = self.listener.accept()
-                    outside = socket.create_connection(self.target)
-                    peers[inside], peers[outside] = outside, inside
-                    selector.register(inside, selectors.EVENT_READ)
-                    selector.register(outside, selectors.EVENT_READ)
-                    continue
-                data = sock.recv(1 << 16)
-                if not data:
-                    other = peers.pop(sock)
-                    peers.pop(other, None)
-                    for s in (sock, other):
-                        selector.unregister(s)
-                        s.close()
-                    continue
-                self.seen += data
-                peers[sock].sendall(data)
-        for sock in [*peers, self.listener]:
-            sock.close()
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
 
 
 def wiretapped_client(cluster) -> tuple[mpihub.Client, Relay]:

@@ -16,15 +16,15 @@ def test_ids_count_up_and_are_never_reused():
     hub = hub_with_engines(2)
     assert sorted(hub.engines) == [0, 1]
     hub.remove_engine(1)
-    assert hub.register_engine(b"new", None, {}, 0.0).id == 2
-    assert hub.register_engine(b"uuid0", None, {}, 0.0).id == 0  # same uuid: same record
+    assert hub.register_engine(b"new", None, {}, 0.0)[0].id == 2
+    assert hub.register_engine(b"uuid0", None, {}, 0.0)[0].id == 0  # same uuid: same record
 
 
 def test_requested_ids_are_honoured_when_free():
     hub = Hub(store_limit=100)
-    assert hub.register_engine(b"a", 5, {}, 0.0).id == 5
-    assert hub.register_engine(b"b", 5, {}, 0.0).id == 6  # taken: next free
-    assert hub.register_engine(b"c", 1, {}, 0.0).id == 7  # below the counter: never reused
+    assert hub.register_engine(b"a", 5, {}, 0.0)[0].id == 5
+    assert hub.register_engine(b"b", 5, {}, 0.0)[0].id == 6  # taken: next free
+    assert hub.register_engine(b"c", 1, {}, 0.0)[0].id == 7  # below the counter: never reused
 
 
 def test_a_path_mirrors_the_ids_its_hub_gave():
@@ -135,6 +135,34 @@ def test_mpi_worlds_get_consecutive_ids_in_rank_order():
     assert {hub.by_uuid[f"w1-{r}".encode()]: r for r in range(3)} == {1: 0, 2: 1, 3: 2}
     hub.register_engine(b"w2-1", None, {"mpi_world": "w2", "mpi_size": 2, "mpi_rank": 1}, 0.0)
     assert hub.by_uuid[b"w2-1"] == 5  # the second world's block starts after the first
-    assert hub.register_engine(b"late", None, {}, 0.0).id == 6
-    odd = hub.register_engine(b"odd", None, {"mpi_world": "w3", "mpi_size": 2, "mpi_rank": 7}, 0.0)
+    assert hub.register_engine(b"late", None, {}, 0.0)[0].id == 6
+    odd, _ = hub.register_engine(b"odd", None, {"mpi_world": "w3", "mpi_size": 2, "mpi_rank": 7}, 0.0)
     assert odd.id == 7  # a nonsensical rank gets an ordinary id
+
+
+def test_an_engine_declared_dead_gets_its_id_back_under_its_uuid_only():
+    hub = hub_with_engines(2)
+    hub.remove_engine(1)
+    assert hub.register_engine(b"stranger", 1, {}, 0.0)[0].id == 2  # another uuid: a new id
+    record, how = hub.register_engine(b"uuid1", 1, {"hostname": "back"}, 1.0)
+    assert (record.id, how, record.info) == (1, "rejoined", {"hostname": "back"})
+    assert hub.register_engine(b"uuid1", 1, {}, 2.0) == (record, "again")  # a repeated registration
+    hub.remove_engine(1)
+    assert hub.register_engine(b"uuid1", None, {}, 3.0)[0].id == 3  # asking for no id: a new one
+
+
+def test_a_restored_hub_waits_for_its_engines_with_their_tasks():
+    hub = Hub(store_limit=1 << 20)
+    hub.restore_engine(4, b"four", {"hostname": "h"}, 0.0)
+    hub.restore_next_id(7)
+    direct = hub.restore_task("d", "direct", b"client", 1.0, 4, [b"request"], 7)
+    assigned = hub.restore_task("t", "task", b"client", 2.0, 4, [b"request"], 7)
+    queued = hub.restore_task("q", "task", b"client", 3.0, None, [b"request"], 7)
+    orphan = hub.restore_task("o", "direct", b"client", 4.0, 9, None, 0)  # its engine is not in the table
+    record = hub.engines[4]
+    assert record.rejoining and record.queue == {"d"} and record.tasks == {"t"}
+    assert (direct.engine_id, assigned.engine_id, queued.engine_id, orphan.engine_id) == (4, 4, None, None)
+    assert hub.unassigned == 2 and hub.request_frames("t") == [b"request"]
+    assert hub.register_engine(b"new", None, {}, 5.0)[0].id == 7  # new ids start past every old one
+    back, how = hub.register_engine(b"four", 4, {"hostname": "h2"}, 5.0)
+    assert (back, how) == (record, "rejoined") and not back.rejoining and back.tasks == {"t"}

@@ -146,3 +146,26 @@ def test_weighted_favours_engines_with_room():
     assert s.load[0] == 90
     picks = [e for t in range(50) for _, e in s.submit(str(t))]
     assert picks.count(1) > 40
+
+
+@pytest.mark.parametrize("policy", sorted(SCHEDULERS))
+def test_a_paused_engine_counts_as_registered_but_takes_nothing_until_resumed(policy):
+    s = SCHEDULERS[policy](hwm=2)
+    assert s.add_engine(0, running=["old"], paused=True) == []
+    assert s.submit("only-0", [0]) == []  # waits for it rather than failing as unregistered
+    s.add_engine(1)
+    assert s.submit("any") == [("any", 1)]
+    assert s.finished("old") == []  # its load goes down, still paused
+    assert s.resume(0) == [("only-0", 0)]
+    assert s.load == {0: 1, 1: 1} and s.resume(0) == []
+
+
+def test_an_engine_back_with_running_tasks_has_that_load():
+    s = LeastLoadScheduler(hwm=2)
+    s.add_engine(0, running=["a", "b"])
+    s.add_engine(1)
+    assert s.submit("c") == [("c", 1)]
+    assert s.finished("a") == []  # its room goes to what waits: nothing
+    assert s.submit("d") == [("d", 1)]  # both at load 1: engine 1 has waited longer
+    assert s.submit("e") == [("e", 0)]
+    assert s.remove_engine(0) == (["b", "e"], [])

@@ -196,3 +196,30 @@ def test_a_later_controller_with_a_new_key_hands_out_old_payloads_signed_anew(db
         assert [bytes(b) for b in msg.buffers] == [b"buf"]
     finally:
         later.close()
+
+
+def test_the_store_keeps_what_a_restore_takes_back(db):
+    hub = Hub(0, record_limit=0, db=db)
+    signer = wire.Signer(KEY)
+    hub.register_engine(b"u0", None, {"hostname": "h", "data": ["tcp://x:1"]}, 1.0)
+    hub.register_engine(b"u1", None, {}, 2.0)
+    hub.remove_engine(1)
+    hub.submit("done", "task", b"\x01c", None, 1.0, wire.pack(signer, {"t": "apply", "id": "done"}), 1)
+    hub.assign("done", 0)
+    hub.finish("done", 0, {"st": "ok"}, wire.pack(signer, {"t": "reply"}), 1, 2.0)
+    hub.submit("queued", "task", b"\x01c", None, 3.0, wire.pack(signer, {"t": "apply", "id": "queued"}), 1)
+    hub.submit("sent", "task", b"\x01c", None, 4.0, wire.pack(signer, {"t": "apply", "id": "sent"}), 1)
+    hub.assign("sent", 0)
+    shared = wire.pack(signer, {"t": "apply", "ids": ["d0", "d1"], "tg": [0, 5]})
+    hub.submit("d0", "direct", b"\x01c", 0, 5.0, shared, 1)
+    hub.submit("d1", "direct", b"\x01c", None, 5.0, shared, 0, shares="d0")
+    db.set_meta("controller", "{}")
+    assert [(e.id, e.uuid, e.info) for e in db.engines()] == [(0, b"u0", {"hostname": "h", "data": ["tcp://x:1"]})]
+    assert db.meta("next_engine_id") == "2" and db.meta("controller") == "{}"
+    pending = {task.msg_id: task for task in db.pending_tasks()}
+    assert list(pending) == ["queued", "sent", "d0", "d1"]
+    assert (pending["sent"].engine_id, pending["queued"].engine_id, pending["d0"].engine_id) == (0, None, 0)
+    assert pending["d1"].request == pending["d0"].request and bytes.fromhex(pending["sent"].client) == b"\x01c"
+    assert wire.unpack(signer, pending["queued"].request).header["id"] == "queued"
+    assert hub.outcome("done") == ("ok", 0) and "done" not in hub.tasks  # from the store, for dependencies
+    assert hub.outcome("sent") == ("pending", None) and hub.outcome("nowhere") is None

@@ -32,6 +32,10 @@ def _cmd_controller(args) -> int:
     if args.remote_scheduler and not args.split:
         print("mpihub controller: --remote-scheduler needs --split", file=sys.stderr)
         return 2
+    if args.restore and args.split:
+        print("mpihub controller: --restore is for the one-process controller; a split one cannot restore yet",
+              file=sys.stderr)
+        return 2
     if args.split:
         from .controller.hubserver import HubServer
 
@@ -39,8 +43,18 @@ def _cmd_controller(args) -> int:
     else:
         from .controller.server import Controller
 
-        controller = Controller(**options)
-    controller.start()
+        from .controller.restore import RestoreError
+
+        try:
+            controller = Controller(restore=args.restore, **options)
+        except RestoreError as exc:
+            print(f"mpihub controller: {exc}", file=sys.stderr)
+            return 2
+    try:
+        controller.start()
+    except RuntimeError as exc:  # a restored port that is taken
+        print(f"mpihub controller: {exc}", file=sys.stderr)
+        return 2
     controller.serve_forever()
     return getattr(controller, "exit_code", 0)
 
@@ -191,6 +205,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--db", choices=["memory", "sqlite"], default="memory",
                    help="where task records and results are kept: a bounded cache in memory (default), or also "
                         "in SQLite under <profile>/db/, for later clients and restarts")
+    p.add_argument("--restore", action="store_true",
+                   help="with --db sqlite: take over from a controller of this cluster that stopped (same keys and "
+                        "ports; its engines register again, its results and unfinished tasks are kept)")
     common(p)
     p.set_defaults(func=_cmd_controller)
 

@@ -24,6 +24,7 @@ from ..protocol import connection, wire
 from ..protocol.curve import Curve
 from .asyncresult import AsyncResult
 from .io import IOThread, LocalSender, Sender
+from .reconnect import Reconnector
 
 if TYPE_CHECKING:
     from .view import DirectView, LoadBalancedView
@@ -125,13 +126,16 @@ class Client:
         self._thread_local = threading.local()
         self._local_senders: weakref.WeakSet[LocalSender] = weakref.WeakSet()  # gone with their threads
         self._data_identity = f"client-{self._session}-d".encode()
+        self._reconnector = Reconnector(self, f"client-{self._session}-s")
         self._io = IOThread(self._context, receiving, self._signer, self._data_identity, self._on_message,
                             self._curve)
+        self._io.watch(receiving, "hub", self._reconnector)
         try:
             for kind, path_urls in (reply.get("paths") or {}).items():
                 path_receiving, self._fronts[kind], _ = self._connect(f"the controller's {kind} path", path_urls,
                                                                       timeout, kind)
                 self._io.add_receiver(path_receiving)
+                self._io.watch(path_receiving, kind, self._reconnector)
         except errors.TimeoutError:
             self._io.close_sockets()
             for front in dict.fromkeys(self._fronts.values()):
@@ -195,7 +199,9 @@ class Client:
             if self._also_deliver:
                 for ar, index in self._also_deliver.pop(msg_id, ()):
                     ar._deliver(index, msg)
-        elif kind == "query_reply":
+        elif kind == "connect_reply":
+            self._reconnector.on_connect_reply(msg)
+        elif kind == "query_reply" and not self._reconnector.on_query_reply(msg):
             query = self._queries.pop(msg.header.get("rid"), None)
             if query is not None:
                 query.header = msg.header
@@ -212,6 +218,17 @@ class Client:
                     self._engines.pop(msg.header["id"], None)
                     self._io.unlink(msg.header["id"])
                 self._engines_changed.notify_all()
+
+    def _replace_engines(self, engines: list[dict]) -> None:
+        """The engine table as a controller says it is, after a reconnect."""
+        table = {engine["id"]: engine for engine in engines}
+        with self._engines_changed:
+            for engine_id in self._engines.keys() - table.keys():
+                self._io.unlink(engine_id)
+            for engine_id in table.keys() - self._engines.keys():
+                self._link(table[engine_id])
+            self._engines = table
+            self._engines_changed.notify_all()
 
     def _link(self, engine: dict) -> None:
         """Open a direct data link to a new engine, up to ``config.MAX_DATA_LINKS``."""
@@ -240,11 +257,16 @@ class Client:
         for front in chosen if refuse else ():
             if not front.lost:
                 front.lost, front.error = why, getattr(errors, ename)
-        for msg_id, (ar, index) in list(self._pending.items()):
-            if ar._front in chosen and self._pending.pop(msg_id, None) is not None:
-                header = {"t": "reply", "id": msg_id, "st": "error", "ename": ename, "tb": "",
-                          "evalue": f"{why}; task {msg_id} is lost with it"}
-                ar._deliver(index, wire.Message(header, b"", [], []))
+        for msg_id, (ar, _) in list(self._pending.items()):
+            if ar._front in chosen:
+                self._fail_pending(msg_id, ename, f"{why}; task {msg_id} is lost with it")
+
+    def _fail_pending(self, msg_id: str, ename: str, why: str) -> None:
+        """Give a result still awaited a made-up error reply (any thread)."""
+        slot = self._pending.pop(msg_id, None)
+        if slot is not None:
+            header = {"t": "reply", "id": msg_id, "st": "error", "ename": ename, "tb": "", "evalue": why}
+            slot[0]._deliver(slot[1], wire.Message(header, b"", [], []))
 
     def _blocking_call_done(self, ar: AsyncResult) -> None:
         """A blocking call came back: its front has taken all this thread sent there."""

@@ -13,12 +13,14 @@ by whoever asks for them.
 from __future__ import annotations
 
 import logging
+import secrets
 import threading
 import time
 from collections import deque
 from typing import Callable
 
 import zmq
+from zmq.utils.monitor import parse_monitor_message
 
 from .. import config
 from ..protocol import wire
@@ -122,6 +124,7 @@ class IOThread(threading.Thread):
         self._poller = zmq.Poller()
         self._poller.register(sock, zmq.POLLIN)
         self._poller.register(self._wake_in, zmq.POLLIN)
+        self._monitors: dict[zmq.Socket, tuple] = {}  # monitor -> (receiving socket, front, listener)
         self._running = True
         self._drop = wire.DropLog(log, "the client's sockets")
         self._owner = threading.Lock()  # held by whichever thread is using the sockets
@@ -134,10 +137,30 @@ class IOThread(threading.Thread):
         self.receivers.append(sock)
         self._poller.register(sock, zmq.POLLIN)
 
+    def watch(self, sock: zmq.Socket, front: str, listener) -> None:
+        """Tell ``listener`` (its ``disconnected(front)`` and ``reconnected(sock, front)``)
+        when ``sock``, a receiving socket already connected, loses its connection and when
+        it has a new one (before the thread starts)."""
+        url = f"inproc://mpihub-client-monitor-{secrets.token_hex(8)}"  # unique, unlike pyzmq's fd-named one
+        sock.monitor(url, zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED)
+        monitor = self.context.socket(zmq.PAIR)
+        monitor.linger = 0
+        monitor.connect(url)
+        self._monitors[monitor] = (sock, front, listener)
+        self._poller.register(monitor, zmq.POLLIN)
+
     def close_sockets(self) -> None:
         """Close everything, for a client that failed to connect (the thread never ran)."""
+        self._stop_monitors()
         for sock in (*self.receivers, self._wake_in, self._wake_out):
             sock.close(linger=0)
+
+    def _stop_monitors(self) -> None:
+        """Stop each socket's monitor before closing its reading end: libzmq would block
+        its I/O thread, the whole context's, on an event nobody reads."""
+        for monitor, (sock, _, _) in self._monitors.items():
+            sock.disable_monitor()
+            monitor.close(linger=0)
 
     # -- called from user threads -------------------------------------------------------
 
@@ -240,6 +263,7 @@ class IOThread(threading.Thread):
                     if link.sock is not None:
                         link.sock.close(linger=0)
                 self._wake_in.close(linger=0)
+                self._stop_monitors()
                 for sock in self.receivers:
                     sock.close(linger=0)
 
@@ -266,6 +290,8 @@ class IOThread(threading.Thread):
                 self._receive_replies(sock)
         for sock in [s for s in events if s in self._by_socket]:
             self._receive_data(self._by_socket[sock])
+        for monitor in [s for s in events if s in self._monitors]:
+            self._connection_events(monitor)
         if self._wake_in in events:
             self._run_commands()
         if self._pending or self._parked:
@@ -357,6 +383,18 @@ class IOThread(threading.Thread):
                           "ename": "BulkMissing", "tb": "",
                           "evalue": f"the result data did not arrive over the direct link within {config.BULK_TIMEOUT:g} s"}
                 self._deliver(wire.Message(header, b"", [], []))
+
+    def _connection_events(self, monitor: zmq.Socket) -> None:
+        sock, front, listener = self._monitors[monitor]
+        while monitor.poll(0):
+            event = parse_monitor_message(monitor.recv_multipart())["event"]
+            if event == zmq.EVENT_DISCONNECTED:
+                listener.disconnected(front)
+            elif event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                try:
+                    listener.reconnected(sock, front)
+                except Exception:  # noqa: BLE001 - the IO thread must survive
+                    log.exception("could not resume after a reconnect")
 
     def _receive_data(self, link: Link) -> None:
         for msg in wire.pending(link.sock, self.signer, self._drop):

@@ -81,8 +81,9 @@ class Service:
     def _client_message(self, ident: bytes, msg: wire.Message) -> None:
         self._drop_client(f"unexpected message type {msg.type!r}")
 
-    def _bind_routers(self, ip: str, names: tuple[str, ...]) -> dict[str, int]:
-        """Bind a ROUTER per name on ``ip`` (random ports) as ``self.<name>_sock``."""
+    def _bind_routers(self, ip: str, names: tuple[str, ...], fixed: dict[str, int] | None = None) -> dict[str, int]:
+        """Bind a ROUTER per name on ``ip`` as ``self.<name>_sock``: on the port ``fixed``
+        names for it (a restored controller's), else a random one."""
         bind_ip = "*" if ip in ("0.0.0.0", "*") else ip
         ports = {}
         for name in names:
@@ -91,8 +92,17 @@ class Service:
             sock.router_handover = True
             if self.curve:
                 self.curve.server(sock)
-            ports[name] = sock.bind_to_random_port(f"tcp://{bind_ip}")
             setattr(self, f"{name}_sock", sock)
+            port = (fixed or {}).get(name)
+            if port is None:
+                ports[name] = sock.bind_to_random_port(f"tcp://{bind_ip}")
+                continue
+            try:
+                sock.bind(f"tcp://{bind_ip}:{port}")
+            except zmq.ZMQError as exc:
+                raise RuntimeError(f"cannot bind the {name} port {port} again ({exc}): is the controller "
+                                   "that used it still running?") from exc
+            ports[name] = port
         return ports
 
     def _handle(self, sock: zmq.Socket, handler: Callable[[list], None]) -> None:

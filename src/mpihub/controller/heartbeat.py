@@ -33,15 +33,25 @@ class HeartMonitor(threading.Thread):
         self.timeout = timeout
         self.owner_pid = owner_pid
         self._last_seen: dict[bytes, float] = {}
+        self._rejoining: set[bytes] = set()  # watched, but told to register again
         self._lock = threading.Lock()
 
     def watch(self, uuid: bytes) -> None:
         with self._lock:
             self._last_seen[uuid] = time.monotonic()
+            self._rejoining.discard(uuid)
+
+    def expect(self, uuid: bytes) -> None:
+        """Watch an engine of the controller before a restart: its pings are answered
+        with "unknown", so that it registers again, and silence declares it dead."""
+        with self._lock:
+            self._last_seen[uuid] = time.monotonic()
+            self._rejoining.add(uuid)
 
     def forget(self, uuid: bytes) -> None:
         with self._lock:
             self._last_seen.pop(uuid, None)
+            self._rejoining.discard(uuid)
 
     def run(self) -> None:
         pipe = self.context.socket(zmq.PAIR)
@@ -88,9 +98,9 @@ class HeartMonitor(threading.Thread):
                 log.warning("dropped heartbeat message from %r: %s", uuid[:32], exc)
                 continue
             with self._lock:
-                known = uuid in self._last_seen
-                if known:
+                if uuid in self._last_seen:
                     self._last_seen[uuid] = time.monotonic()
+                known = uuid in self._last_seen and uuid not in self._rejoining
             self.socket.send_multipart([uuid, *(pong if known else unknown)])
 
     def _silent(self, now: float) -> list[bytes]:
@@ -98,5 +108,6 @@ class HeartMonitor(threading.Thread):
             dead = [uuid for uuid, seen in self._last_seen.items() if now - seen > self.timeout]
             for uuid in dead:
                 del self._last_seen[uuid]
+                self._rejoining.discard(uuid)
         return dead
 

@@ -29,6 +29,8 @@ TASK_FIELDS = (
 
 #: Ids of results dropped unfetched that the Hub remembers, so get_result can say why.
 EVICTED_IDS = 100_000
+#: Departed engines whose id the Hub keeps for them, should they register again.
+DEPARTED = 100_000
 
 
 @dataclass
@@ -41,6 +43,7 @@ class EngineRecord:
     tasks: set[str] = field(default_factory=set)  # load-balanced tasks assigned, not yet replied
     completed: int = 0
     retired: bool = False  # near its batch job's end: no more load-balanced tasks
+    rejoining: bool = False  # restored after a controller restart; has not registered again yet
 
     def describe(self) -> dict:
         return {"id": self.id, "uuid": self.uuid.hex(), "registered": self.registered, **self.info}
@@ -97,15 +100,27 @@ class Hub:
         self.unassigned = 0
         self._next_id = 0
         self._worlds: dict[str, int] = {}  # MPI world id -> first engine id of its block
+        self.departed: OrderedDict[int, bytes] = OrderedDict()  # id -> uuid of engines that left
 
     # -- engines --------------------------------------------------------------------
 
-    def register_engine(self, uuid: bytes, requested_id: int | None, info: dict, now: float) -> EngineRecord:
-        """Admit an engine; ids count up and are never reused. Re-registering a live
-        uuid returns its existing record. The ranks of one MPI world get a block of
-        consecutive ids in rank order, whatever order they register in."""
+    def register_engine(self, uuid: bytes, requested_id: int | None, info: dict,
+                        now: float) -> tuple[EngineRecord, str]:
+        """Admit an engine; returns its record and how it came: "new", "again" (a
+        repeated registration of a live uuid: the same record) or "rejoined" (an engine
+        the Hub lost or restored, under its old id). Other ids count up and are never
+        reused. The ranks of one MPI world get a block of consecutive ids in rank
+        order, whatever order they register in."""
         if uuid in self.by_uuid:
-            return self.engines[self.by_uuid[uuid]]
+            record = self.engines[self.by_uuid[uuid]]
+            if not record.rejoining:
+                return record, "again"
+            record.rejoining = False
+            record.info = info
+            return record, "rejoined"
+        if requested_id is not None and self.departed.get(requested_id) == uuid and requested_id not in self.engines:
+            del self.departed[requested_id]
+            return self._add_engine(requested_id, uuid, info, now), "rejoined"
         world, rank, size = info.get("mpi_world"), info.get("mpi_rank"), info.get("mpi_size")
         if isinstance(world, str) and isinstance(rank, int) and isinstance(size, int) and 0 <= rank < size:
             if world not in self._worlds:
@@ -117,9 +132,26 @@ class Hub:
             taken = requested_id is None or requested_id < self._next_id or requested_id in self.engines
         engine_id = self._next_id if taken else requested_id
         self._next_id = max(self._next_id, engine_id + 1)
+        return self._add_engine(engine_id, uuid, info, now), "new"
+
+    def restore_engine(self, engine_id: int, uuid: bytes, info: dict, registered: float) -> EngineRecord:
+        """Put back an engine of the controller before a restart, as rejoining: it is
+        expected to register again (or be declared dead)."""
+        record = self._add_engine(engine_id, uuid, info, registered)
+        record.rejoining = True
+        self._next_id = max(self._next_id, engine_id + 1)
+        return record
+
+    def restore_next_id(self, next_id: int) -> None:
+        """Ids a restored Hub gives new engines start past every id given before."""
+        self._next_id = max(self._next_id, next_id)
+
+    def _add_engine(self, engine_id: int, uuid: bytes, info: dict, now: float) -> EngineRecord:
         record = EngineRecord(engine_id, uuid, info, now)
         self.engines[engine_id] = record
         self.by_uuid[uuid] = engine_id
+        if self.db:
+            self.db.engine_joined(record, self._next_id)
         return record
 
     def mirror_engine(self, engine_id: int, uuid: bytes, info: dict, now: float) -> EngineRecord:
@@ -140,6 +172,11 @@ class Hub:
         if record is None:
             return None, []
         del self.by_uuid[record.uuid]
+        self.departed[engine_id] = record.uuid
+        if len(self.departed) > DEPARTED:
+            self.departed.popitem(last=False)
+        if self.db:
+            self.db.engine_left(engine_id)
         lost = [self.tasks[t] for t in (*record.queue, *record.tasks) if t in self.tasks]
         return record, lost
 
@@ -161,6 +198,23 @@ class Hub:
             self.unassigned += 1
         else:
             self.engines[engine_id].queue.add(msg_id)
+        return record
+
+    def restore_task(self, msg_id: str, queue: str, client_ident: bytes, submitted: float, engine_id: int | None,
+                     request: Any, nbytes: int) -> TaskRecord:
+        """Put back a task the controller before a restart had not finished (the durable
+        store has it already): queued on its engine if that one is back in the table,
+        else waiting for one."""
+        record = TaskRecord(msg_id, queue, client_ident, submitted, None)
+        self.tasks[msg_id] = record
+        if request is not None:
+            self.requests.put(msg_id, _compact(request), nbytes)
+        engine = self.engines.get(engine_id) if engine_id is not None else None
+        if engine is None:
+            self.unassigned += 1
+        else:
+            record.engine_id = engine_id
+            (engine.queue if queue == "direct" else engine.tasks).add(msg_id)
         return record
 
     def assign(self, msg_id: str, engine_id: int) -> None:
@@ -261,6 +315,15 @@ class Hub:
         self._unfetched.pop(msg_id, None)
         self.requests.drop(msg_id)
         self.replies.drop(msg_id)
+
+    def outcome(self, msg_id: str) -> tuple[str, int | None] | None:
+        """What a dependency on a task finds: ``("pending", None)``, ``(status,
+        engine_id)`` once it finished (from the durable store if memory let it go, or
+        it ran under the controller before a restart), None if unknown."""
+        record = self.tasks.get(msg_id)
+        if record is not None:
+            return ("pending", None) if record.completed is None else (record.status, record.engine_id)
+        return self.db.outcome(msg_id) if self.db else None
 
     def request_frames(self, msg_id: str) -> list | None:
         """A live task's request, from memory (what retries and refusals resend)."""

@@ -31,6 +31,7 @@ from .. import config
 from ..protocol import connection, wire
 from ..protocol.curve import ClusterKeys
 from . import merge
+from .base import MALFORMED
 from .hub import Hub
 from .registrar import LATER, Registrar
 from .taskdb import DB_KINDS
@@ -258,6 +259,10 @@ class HubServer(Registrar):
         else:
             self._drop_engine(f"unexpected {msg.type!r}")
 
+    def _readopt(self, engine_id: int, held: set[str], answered: set[str]) -> list[str]:
+        """Tasks come from the paths, each of which settles them with the engine's hello."""
+        return []
+
     def _register_fields(self) -> dict:
         return {"paths": {kind: link.engine_urls for kind, link in self.links.items()}}
 
@@ -337,8 +342,11 @@ class HubServer(Registrar):
         else:
             try:
                 result = question.then(question.answers)
-            except (KeyError, TypeError, ValueError) as exc:
+            except (*MALFORMED, IndexError) as exc:  # a path's answer that does not fit
                 reply.update(ok=False, error=f"{type(exc).__name__}: {exc}")
+            except Exception as exc:  # noqa: BLE001 - a bug here must answer, not leave the client waiting
+                log.exception("merging the answers to %r failed", question.op)
+                reply.update(ok=False, error=f"internal error in the controller: {type(exc).__name__}: {exc}")
             else:
                 if result is LATER:
                     return
@@ -380,15 +388,16 @@ class HubServer(Registrar):
         def run(answers: list[wire.Message]) -> object:
             found: dict[str, list] = {}
             for answer in answers:
-                buffers = iter(answer.buffers)
-                for old, count in answer.header["result"]:
-                    found[old] = [next(buffers) for _ in range(count)]
+                found.update(merge.frames_by_id(answer.header["result"], answer.buffers))
             missing = [m for m in renames if m not in found]
             if missing:
                 raise KeyError(f"no stored request for {missing}")
             runs = [[renames[old], len(found[old])] for old in renames]
             frames = [frame for old in renames for frame in found[old]]
-            return self._ask(ident, header, "resubmit", {"runs": runs, "who": ident},
-                             lambda _: list(renames.values()), kinds=("task",), buffers=frames)
+            return self._ask(ident, header, "resubmit", {"runs": runs, "who": ident}, mark, kinds=("task",),
+                             buffers=frames)
+
+        def mark(_: list[wire.Message]) -> object:
+            return self._ask(ident, header, "resubmitted", {"renames": renames}, lambda _: list(renames.values()))
 
         return self._ask(ident, header, "requests", {"renames": renames}, run)

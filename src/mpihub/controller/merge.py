@@ -74,3 +74,19 @@ def by_engine(parts: list[dict]) -> dict[int, list[str]]:
         for engine_id, ids in part.items():
             merged.setdefault(int(engine_id), []).extend(ids)
     return merged
+
+
+def frames_by_id(counts: Any, buffers: list) -> dict[str, list]:
+    """``{id: frames}`` from ``[[id, count], ...]`` and the frames one after the other
+    (the stored requests a path sends); ValueError if they do not add up."""
+    if not isinstance(counts, list) or not all(
+            isinstance(pair, list) and len(pair) == 2 and isinstance(pair[0], str) and isinstance(pair[1], int)
+            and not isinstance(pair[1], bool) and pair[1] >= 0 for pair in counts):
+        raise ValueError(f"expected [[id, frame count], ...], not {counts!r}")
+    if sum(count for _, count in counts) != len(buffers) or len({msg_id for msg_id, _ in counts}) != len(counts):
+        raise ValueError(f"{len(buffers)} frames do not match {counts!r}")
+    found, start = {}, 0
+    for msg_id, count in counts:
+        found[msg_id] = list(buffers[start:start + count])
+        start += count
+    return found

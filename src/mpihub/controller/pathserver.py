@@ -26,6 +26,7 @@ from .. import config
 from ..process import pid_alive
 from ..protocol import connection, wire
 from ..protocol.curve import Curve
+from . import merge
 from .router import Router
 from .taskdb import open_db
 
@@ -115,11 +116,15 @@ class PathServer(Router):
         claimed = msg.header["id"]
         if not isinstance(claimed, int):
             raise TypeError(f"hello names engine {claimed!r}, not an id")
-        wire.send(self.engine_sock, [uuid, *wire.pack(self.signer, {"t": "hello_reply"})])  # before any task
-        if engine_id is None:
+        skip = []
+        if engine_id is None:  # new here, or back after a network cut: what it holds is no longer its own
+            skip = sorted(wire.task_ids(msg.header.get("held")))
             retire_at = msg.header.get("retire_at")
             info = {"retire_at": retire_at} if isinstance(retire_at, (int, float)) else {}
             self.hub.mirror_engine(claimed, uuid, info, time.time())
+        reply = wire.pack(self.signer, {"t": "hello_reply", "skip": skip})
+        wire.send(self.engine_sock, [uuid, *reply])  # before any task
+        if engine_id is None:
             self._engine_added(claimed)
         wire.send(self.hub_sock, wire.pack(self.signer, {"t": "engine_ready", "id": claimed}))
 
@@ -171,12 +176,13 @@ class PathServer(Router):
             found = self.answer_requests(header["renames"])
             return [[old, len(frames)] for old, frames in found.items()], [f for fs in found.values() for f in fs]
         if op == "resubmit":
-            if self.tasks is None:
-                raise ValueError("only the task path runs tasks again")
-            frames, runs = iter(buffers), []
-            for new_id, count in header["runs"]:
-                runs.append((new_id, [next(frames) for _ in range(count)]))
-            self.resubmit(header["who"], runs)
+            self.resubmit(header["who"], list(merge.frames_by_id(header["runs"], buffers).items()))
+            return None, []
+        if op == "resubmitted":
+            renames = header["renames"]
+            if not isinstance(renames, dict) or not all(isinstance(v, str) for v in renames.values()):
+                raise TypeError(f"renames must map task ids to task ids, not {renames!r}")
+            self.mark_resubmitted(renames)
             return None, []
         raise ValueError(f"unknown question {op!r}")
 

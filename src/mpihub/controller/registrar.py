@@ -4,7 +4,9 @@ The part of a controller that the Hub owns in either layout: the single-process
 controller mixes it into its :class:`~.router.Router`; a split controller's Hub process
 runs it beside the query fan-out. It expects ``self.hub`` (a :class:`~.hub.Hub` for the
 engine table), ``self.client_sock`` and ``self.engine_sock`` (bound ROUTERs), and calls
-:meth:`_engine_joined` and :meth:`_engine_released` for what the layout does next.
+:meth:`_engine_joined` and :meth:`_engine_released` for what the layout does next, and
+``_readopt(engine_id, held, answered)`` when an engine comes back under its id (it
+settles the engine's tasks and returns those the engine must skip).
 """
 from __future__ import annotations
 
@@ -35,9 +37,10 @@ class Registrar(Service):
     owner_pid: int | None
     cluster_keys: ClusterKeys | None = None  # every CURVE key pair, when the cluster encrypts
 
-    def _start_heartbeat(self) -> int:
-        """Bind the heartbeat ROUTER and start its thread; returns the port."""
-        port = self._bind_routers(self.ip, ("heart",))["heart"]
+    def _start_heartbeat(self, port: int | None = None) -> int:
+        """Bind the heartbeat ROUTER (on ``port``, else any) and start its thread;
+        returns the port."""
+        port = self._bind_routers(self.ip, ("heart",), {"heart": port} if port else None)["heart"]
         self.pipe = self.context.socket(zmq.PAIR)
         pipe_url = f"inproc://heart-{id(self)}"
         self.pipe.bind(pipe_url)
@@ -82,8 +85,9 @@ class Registrar(Service):
 
     def _stop_registration(self) -> None:
         """Stop every engine, remove the connection files, end the heartbeat thread."""
-        for uuid in [rec.uuid for rec in self.hub.engines.values()]:
-            self._shutdown_engine(uuid)
+        for record in list(self.hub.engines.values()):
+            self._shutdown_engine(record.uuid)
+            self.hub.remove_engine(record.id)  # a later --restore expects none of them back
         for path in self._files:
             path.unlink(missing_ok=True)
         self._files.clear()
@@ -110,16 +114,24 @@ class Registrar(Service):
         wire.send(self.engine_sock, [uuid, *wire.pack(self.signer, {"t": "shutdown"})])
 
     def _register(self, uuid: bytes, header: dict) -> None:
+        """Admit an engine, or take one back under its id (it says which tasks it holds
+        and answered lately, so that none is lost or run twice)."""
         info = header.get("info") or {}
         if not isinstance(info, dict):
             raise TypeError("info must be a map")
         requested = header.get("want_id")
-        record = self.hub.register_engine(uuid, requested if isinstance(requested, int) else None, info, time.time())
+        held, answered = wire.task_ids(header.get("held")), wire.task_ids(header.get("answered"))
+        record, how = self.hub.register_engine(uuid, requested if isinstance(requested, int) else None, info,
+                                               time.time())
         self.monitor.watch(uuid)
+        skip = self._readopt(record.id, held, answered) if how == "rejoined" else [] if how == "again" else sorted(held)
         reply = {"t": "register_reply", "id": record.id, "hb_period": config.HEARTBEAT_PERIOD,
-                 "controller_timeout": config.ENGINE_CONTROLLER_TIMEOUT, **self._register_fields()}
+                 "controller_timeout": config.ENGINE_CONTROLLER_TIMEOUT, "skip": skip, **self._register_fields()}
         wire.send(self.engine_sock, [uuid, *wire.pack(self.signer, reply)])
-        log.info("engine %d registered (%s, pid %s)", record.id, info.get("hostname"), info.get("pid"))
+        if how == "again":
+            return
+        log.info("engine %d %s (%s, pid %s)", record.id, "is back" if how == "rejoined" else "registered",
+                 info.get("hostname"), info.get("pid"))
         self._engine_joined(record.id)
 
     def _register_fields(self) -> dict:
@@ -153,23 +165,32 @@ class Registrar(Service):
             return
         engine_id = self.hub.by_uuid.get(frames[1])
         if event == b"dead" and engine_id is not None:
-            self._engine_gone(engine_id, "stopped sending heartbeats (died)")
+            rejoining = self.hub.engines[engine_id].rejoining
+            self._engine_gone(engine_id, "did not come back after the controller restarted" if rejoining
+                              else "stopped sending heartbeats (died)")
 
     # -- queries both layouts answer here --------------------------------------------------
 
     def _op_signal(self, ident: bytes, header: dict) -> list:
         """Send a signal to engines' processes (SIGINT interrupts the task running there)."""
-        sig, targets = header["sig"], header.get("targets")
+        sig = header["sig"]
         if not isinstance(sig, int) or isinstance(sig, bool):
             raise TypeError(f"sig must be a signal number, not {sig!r}")
-        chosen = list(self.hub.engines) if targets is None else [t for t in targets if t in self.hub.engines]
+        chosen = self._chosen(header.get("targets"))
         for engine_id in chosen:
             self._control(self.hub.engines[engine_id].uuid, {"t": "control", "op": "signal", "sig": sig})
         return chosen
 
+    def _chosen(self, targets) -> list[int]:
+        """The registered engines among ``targets`` (None: all), each once."""
+        if targets is None:
+            return list(self.hub.engines)
+        if not isinstance(targets, list) or not all(isinstance(t, int) for t in targets):
+            raise TypeError(f"targets must be a list of engine ids, not {targets!r}")
+        return [t for t in dict.fromkeys(targets) if t in self.hub.engines]
+
     def _op_shutdown(self, ident: bytes, header: dict) -> list:
-        targets = header.get("targets")
-        chosen = list(self.hub.engines) if targets is None else [t for t in targets if t in self.hub.engines]
+        chosen = self._chosen(header.get("targets"))
         for engine_id in chosen:
             self._shutdown_engine(self.hub.engines[engine_id].uuid)
             self._engine_gone(engine_id, "was shut down")
@@ -202,5 +223,6 @@ class Registrar(Service):
                 log.exception("query %r failed", op)
                 reply.update(ok=False, error=f"internal error in the controller: {type(exc).__name__}: {exc}")
         self._send_client(ident, reply)
-        if op == "shutdown" and header.get("hub"):
+        if op == "shutdown" and header.get("hub") and reply["ok"]:
             self._stopping = True
+

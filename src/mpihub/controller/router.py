@@ -90,7 +90,7 @@ class Router(Service):
         if self.tasks:
             self.tasks.forget(msg_id)
         fetched = self._deliver(msg_id, frames)
-        self.hub.finish(msg_id, None, header, frames, 0, now, fetched)
+        self.hub.finish(msg_id, engine_id, header, frames, 0, now, fetched)
         if self.tasks:
             self.tasks.finished(msg_id)
 
@@ -148,7 +148,7 @@ class Router(Service):
             nbytes, first = 0, first or msg_id  # one payload shared by every target
             if engine is None:
                 self._fail(msg_id, engine_id, "error", "EngineError", f"engine {engine_id} is not registered")
-            else:
+            elif not engine.rejoining:  # a rejoining engine is sent its queue when it is back
                 frames = msg.frames if data_for is None or engine_id == data_for else envelope_only
                 wire.send(self.engine_sock, [engine.uuid, *frames])
 
@@ -172,6 +172,9 @@ class Router(Service):
         record = self.hub.tasks.get(msg_id)
         if record is None or record.completed is not None:
             return self._drop_engine(f"reply to unknown or finished task {msg_id!r}")
+        if record.engine_id != engine_id:
+            return self._drop_engine(f"reply from engine {engine_id} to task {msg_id!r}, which is engine "
+                                     f"{record.engine_id}'s now")
         if record.queue == "task" and self.tasks.reply(msg_id, engine_id, msg.header):
             return  # passed on or retried: the client hears only of the last attempt
         fetched = self._deliver(msg_id, msg.frames)
@@ -185,11 +188,61 @@ class Router(Service):
     def _engine_added(self, engine_id: int) -> None:
         """An engine in ``self.hub.engines`` may now take work (until it retires, when
         its batch job has a known end)."""
-        retire_at = self.hub.engines[engine_id].info.get("retire_at")
+        record = self.hub.engines[engine_id]
+        retire_at = record.info.get("retire_at")
         if isinstance(retire_at, (int, float)):
             heapq.heappush(self._retirements, (float(retire_at), engine_id))
         if self.tasks:
-            self.tasks.add_engine(engine_id)
+            self.tasks.add_engine(engine_id, record.tasks, paused=record.rejoining)
+
+    def _readopt(self, engine_id: int, held: set[str], answered: set[str]) -> list[str]:
+        """An engine is back under its id, after a controller restart or a network cut.
+        Settle each unfinished task assigned to it by what it reports: one it holds
+        will be answered; one it answered lost its reply with the old connection (it
+        is retried, or fails); one it never received is sent again. Returns the held
+        tasks it must skip: no longer its own (failed or retried meanwhile)."""
+        record = self.hub.engines[engine_id]
+        mine = record.queue | record.tasks
+        for msg_id in sorted(mine - held, key=lambda m: self.hub.tasks[m].submitted):
+            task = self.hub.tasks[msg_id]
+            if msg_id in answered:
+                lost = {"st": "error", "ename": "ReplyLost"}
+                if task.queue == "task" and self.tasks and self.tasks.reply(msg_id, engine_id, lost):
+                    continue
+                self._fail(msg_id, engine_id, "error", "EngineError", f"engine {engine_id} ran task {msg_id}, "
+                           "but its reply was lost with its connection to the controller")
+                continue
+            frames = self.hub.request_frames(msg_id)
+            if frames is None:
+                self._fail(msg_id, engine_id, "error", "EngineError",
+                           f"task {msg_id} never reached engine {engine_id}, and its request was too large to keep")
+            else:
+                self._send_to_engine(engine_id, frames)
+        skip = sorted(held - mine)
+        log.info("engine %d is back: %d of its tasks queued there, %d sent again, %d no longer its own", engine_id,
+                 len(mine & held), len(mine - held - answered), len(skip))
+        return skip
+
+    def _restore_tasks(self) -> int:
+        """Take back the unfinished tasks from the durable store, after the engines
+        (as rejoining ones); returns how many."""
+        restored = []
+        for task in self.hub.db.pending_tasks():
+            client = bytes.fromhex(task.client) if task.client else b""
+            record = self.hub.restore_task(task.msg_id, task.queue, client, task.submitted, task.engine_id,
+                                           task.request, task.nbytes)
+            restored.append((record, task))
+        for engine_id, engine in self.hub.engines.items():
+            self._engine_added(engine_id)
+        for record, task in restored:
+            if record.queue == "task" and task.request is not None and self.tasks:
+                self.tasks.restore(record.msg_id, wire.unpack(self.signer, task.request))
+            elif record.engine_id is None:
+                why = (f"engine {task.engine_id} was not in its table" if record.queue == "direct"
+                       else "its request was too large to keep")
+                self._fail(record.msg_id, task.engine_id, "error", "EngineError",
+                           f"task {record.msg_id} was lost in the controller restart: {why}")
+        return len(restored)
 
     def _retire(self, engine_id: int) -> None:
         """Near its job's end an engine takes no more load-balanced tasks; those that
@@ -240,6 +293,8 @@ class Router(Service):
     def answer_result(self, ident: bytes, ids: list) -> dict:
         """Send stored replies to ``ident`` now, register it for pending ones, report the
         rest by state (see :meth:`.Hub.stored_reply`)."""
+        if not isinstance(ids, list) or not all(isinstance(m, str) for m in ids):
+            raise TypeError(f"ids must be a list of task ids, not {ids!r}")
         outcome: dict[str, list] = {state: [] for state in merge.RESULT_STATES}
         for msg_id in ids:
             state, frames = self.hub.stored_reply(msg_id)
@@ -260,6 +315,8 @@ class Router(Service):
         """Abort the queued tasks among ``ids``; returns them, and the unfinished ones
         already sent to engines by engine id (theirs to skip or interrupt). Ids not seen
         yet are remembered, so a request that comes after its abort is aborted too."""
+        if not all(isinstance(m, str) for m in ids):
+            raise TypeError(f"ids must be task ids, not {ids!r}")
         removed = self.tasks.abort(ids) if self.tasks else []
         for msg_id in removed:
             self._fail(msg_id, None, "aborted", "TaskAborted", "task aborted before it started")
@@ -275,9 +332,10 @@ class Router(Service):
         return removed, by_engine
 
     def answer_requests(self, renames: dict[str, str]) -> dict[str, list]:
-        """The stored requests of the tasks to rerun under new ids (``{old: new}``), each
-        marked as resubmitted; KeyError/ValueError naming the ones this process has and
-        cannot rerun. Unknown ids are left out."""
+        """The stored requests of the tasks to rerun under new ids (``{old: new}``);
+        KeyError/ValueError naming the ones this process has and cannot rerun. Unknown
+        ids are left out. Nothing changes until :meth:`resubmit` and
+        :meth:`mark_resubmitted`."""
         stored = {m: self.hub.stored_request(m) for m in renames}
         missing = [f"{m} ({state})" for m, (state, _) in stored.items() if state not in ("stored", "unknown")]
         if missing:
@@ -290,15 +348,30 @@ class Router(Service):
         collective = [m for m, header in headers.items() if "rk" in header]
         if collective:
             raise ValueError(f"{collective} ran on a whole MPI world together; one engine cannot run it again alone")
-        for msg_id in found:
-            self.hub.mark_resubmitted(msg_id, renames[msg_id])
         return found
 
+    def mark_resubmitted(self, renames: dict[str, str]) -> None:
+        """Note in each old task's record the id it runs again under (those known here)."""
+        for old, new in renames.items():
+            self.hub.mark_resubmitted(old, new)
+
     def resubmit(self, ident: bytes, runs: list[tuple[str, list]]) -> None:
-        """Run stored requests again as new load-balanced tasks: ``(new_id, frames)``."""
+        """Run stored requests again as new load-balanced tasks: ``(new_id, frames)``.
+        All or none: every run is checked before the first is queued."""
+        if self.tasks is None:
+            raise ValueError("only the task path runs tasks again")
+        new_ids = [new for new, _ in runs]
+        if not all(isinstance(new, str) for new in new_ids) or len(set(new_ids)) != len(new_ids):
+            raise ValueError(f"new ids must be distinct strings, not {new_ids!r}")
+        taken = [new for new in new_ids if new in self.hub.tasks]
+        if taken:
+            raise ValueError(f"ids already in use: {taken}")
+        requests = []
         for new, frames in runs:
             stored = wire.unpack(self.signer, frames)
             request = {k: v for k, v in stored.header.items() if k not in ("tg", "ids", "only", "v", "nb", "rb")}
             request.update(id=new, lb=True)
-            self.tasks.submit(ident, wire.unpack(self.signer, wire.pack(self.signer, request, stored.content,
-                                                                        stored.buffers)))
+            requests.append(wire.unpack(self.signer, wire.pack(self.signer, request, stored.content, stored.buffers)))
+            self.tasks.check(requests[-1])
+        for request in requests:
+            self.tasks.submit(ident, request)

@@ -31,12 +31,29 @@ class Scheduler:
         self.load: dict[int, int] = {}
         self.pending: deque[tuple[str, frozenset[int] | None]] = deque()
         self.assigned: dict[str, int] = {}
+        self.paused: set[int] = set()  # engines that count as registered but take nothing yet
 
     # -- events ---------------------------------------------------------------------
 
-    def add_engine(self, engine_id: int) -> list[tuple[str, int]]:
-        self.load[engine_id] = 0
-        self._room_changed(engine_id, None, 0)
+    def add_engine(self, engine_id: int, running: Iterable[str] = (), paused: bool = False) -> list[tuple[str, int]]:
+        """A new engine, or one of a restarted controller with ``running`` tasks
+        assigned already, which count towards its load. A ``paused`` engine takes no
+        task until :meth:`resume` (tasks restricted to it wait meanwhile)."""
+        running = list(running)
+        self.load[engine_id] = len(running)
+        self.assigned.update((task, engine_id) for task in running)
+        if paused:
+            self.paused.add(engine_id)
+            return []
+        self._room_changed(engine_id, None, len(running))
+        return self._drain()
+
+    def resume(self, engine_id: int) -> list[tuple[str, int]]:
+        """A paused engine may take tasks now."""
+        if engine_id not in self.paused:
+            return []
+        self.paused.discard(engine_id)
+        self._room_changed(engine_id, None, self.load[engine_id])
         return self._drain()
 
     def remove_engine(self, engine_id: int) -> tuple[list[str], list[str]]:
@@ -44,7 +61,10 @@ class Scheduler:
         load = self.load.pop(engine_id, None)
         if load is None:
             return [], []
-        self._room_changed(engine_id, load, None)
+        if engine_id in self.paused:
+            self.paused.discard(engine_id)
+        else:
+            self._room_changed(engine_id, load, None)
         lost = [task for task, engine in self.assigned.items() if engine == engine_id]
         for task in lost:
             del self.assigned[task]
@@ -71,7 +91,8 @@ class Scheduler:
             return []
         load = self.load[engine_id]
         self.load[engine_id] = load - 1
-        self._room_changed(engine_id, load, load - 1)
+        if engine_id not in self.paused:
+            self._room_changed(engine_id, load, load - 1)
         return self._drain()
 
     def abort(self, task_ids: Iterable[str]) -> list[str]:
@@ -92,12 +113,13 @@ class Scheduler:
         """An engine's load went from ``old`` to ``new`` (None: not registered)."""
 
     def _has_room(self) -> bool:
-        return any(load < self.hwm for load in self.load.values())
+        return any(load < self.hwm for e, load in self.load.items() if e not in self.paused)
 
     # -- internals ------------------------------------------------------------------
 
     def _with_room(self, allowed: frozenset[int] | None) -> list[int]:
-        return [e for e, load in self.load.items() if load < self.hwm and (allowed is None or e in allowed)]
+        return [e for e, load in self.load.items()
+                if load < self.hwm and (allowed is None or e in allowed) and e not in self.paused]
 
     def _assign(self, task_id: str, engine_id: int) -> None:
         load = self.load[engine_id]

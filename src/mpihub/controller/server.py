@@ -12,20 +12,34 @@ import os
 import secrets
 
 from ..protocol.curve import ClusterKeys
+from . import restore as restore_state
 from .registrar import Registrar
+from .restore import RestoreError, SavedController
 from .router import Router
-from .taskdb import open_db
+from .taskdb import db_path, open_db
 
 log = logging.getLogger("mpihub.controller")
 
 
 class Controller(Registrar, Router):
+    """With ``restore``, take back the state a controller of the same cluster left in
+    its durable store: its keys, ports, engines (until they register again or fall
+    silent) and unfinished tasks (see :mod:`.restore`)."""
+
     def __init__(self, ip: str = "127.0.0.1", cluster_id: str | None = None, profile_dir=None,
                  scheduler: str = "leastload", key: str | None = None, owner_pid: int | None = None,
-                 hwm: int | None = None, curve: bool = False, db: str = "memory"):
-        self.cluster_keys = ClusterKeys.new() if curve else None
-        key = key or secrets.token_hex(32)
-        super().__init__(key, ("direct", "task"), scheduler, hwm, self.cluster_keys.for_role("server") if curve else None,
+                 hwm: int | None = None, curve: bool = False, db: str = "memory", restore: bool = False):
+        self.saved: SavedController | None = None
+        if restore:
+            if db != "sqlite":
+                raise RestoreError("--restore takes back what the task store kept: it needs --db sqlite")
+            self.saved = restore_state.load(db_path(profile_dir, cluster_id))
+            key, ip, self.cluster_keys = self.saved.key, self.saved.ip, self.saved.curve
+        else:
+            self.cluster_keys = ClusterKeys.new() if curve else None
+            key = key or secrets.token_hex(32)
+        super().__init__(key, ("direct", "task"), scheduler, hwm,
+                         self.cluster_keys.for_role("server") if self.cluster_keys else None,
                          open_db(db, key, profile_dir, cluster_id))
         self.ip = ip
         self.cluster_id = cluster_id or ""
@@ -34,15 +48,32 @@ class Controller(Registrar, Router):
         self.scheduler = self.tasks.scheduler
 
     def start(self) -> None:
-        ports = self._bind_routers(self.ip, ("client", "engine"))
+        fixed = self.saved.ports if self.saved else {}
+        ports = self._bind_routers(self.ip, ("client", "engine"), fixed)
         self._handle(self.client_sock, self._on_client)
         self._handle(self.engine_sock, self._on_engine)
-        ports["heartbeat"] = self._start_heartbeat()
+        ports["heartbeat"] = self._start_heartbeat(fixed.get("heartbeat"))
+        if self.saved:
+            self._restore()
+        if self.hub.db:
+            SavedController(self.key, self.ip, ports, self.cluster_keys).save(self.hub.db)
         self._write_connection_files(ports)
         log.info("controller %s listening on %s (one process; scheduler %s, hwm %d%s; tasks stored %s; pid %d)",
                  self.cluster_id or "(default)", self.ip, self.scheduler_name, self.scheduler.hwm,
                  ", CURVE encryption" if self.curve else "", self.hub.db.path if self.hub.db else "in memory",
                  os.getpid())
+
+    def _restore(self) -> None:
+        """The engines of the controller before, each expected to register again, and
+        its unfinished tasks."""
+        engines = self.hub.db.engines()
+        for engine in engines:
+            self.hub.restore_engine(engine.id, engine.uuid, engine.info, engine.registered)
+            self.monitor.expect(engine.uuid)
+        self.hub.restore_next_id(int(self.hub.db.meta("next_engine_id") or 0))
+        tasks = self._restore_tasks()
+        log.info("restored from %s: %d engines expected back, %d unfinished tasks", self.hub.db.path, len(engines),
+                 tasks)
 
     def close(self) -> None:
         self._stop_registration()
@@ -100,6 +131,7 @@ class Controller(Registrar, Router):
         if missing:
             raise KeyError(f"no stored request for {missing}")
         self.resubmit(ident, [(renames[old], found[old]) for old in renames])
+        self.mark_resubmitted(renames)
         return list(renames.values())
 
 
@@ -108,6 +140,8 @@ def resubmit_renames(header: dict) -> dict[str, str]:
     old_ids, new_ids = header["ids"], header["new_ids"]
     if not isinstance(old_ids, list) or not isinstance(new_ids, list) or len(old_ids) != len(new_ids):
         raise ValueError("ids and new_ids must be lists of one length")
+    if not all(isinstance(m, str) for m in (*old_ids, *new_ids)):
+        raise TypeError("ids and new_ids must hold task ids (strings)")
     renames = dict(zip(old_ids, new_ids))
     if len(renames) != len(old_ids) or len(set(new_ids)) != len(new_ids):
         raise ValueError("ids and new_ids must not repeat")

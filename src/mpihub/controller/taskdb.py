@@ -26,9 +26,11 @@ from collections import namedtuple
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
+import msgpack
+
 from .. import config
 from ..protocol import wire
-from .hub import TASK_FIELDS, TaskRecord
+from .hub import TASK_FIELDS, EngineRecord, TaskRecord
 
 log = logging.getLogger("mpihub.controller.taskdb")
 
@@ -42,6 +44,7 @@ CREATE TABLE IF NOT EXISTS tasks (
     fetched INTEGER DEFAULT 0, evicted INTEGER DEFAULT 0, request_of TEXT, request BLOB, reply BLOB,
     request_bytes INTEGER DEFAULT 0, reply_bytes INTEGER DEFAULT 0, signed_by TEXT);
 CREATE INDEX IF NOT EXISTS tasks_by_completion ON tasks (completed);
+CREATE TABLE IF NOT EXISTS engines (id INTEGER PRIMARY KEY, uuid BLOB, info BLOB, registered REAL);
 INSERT OR IGNORE INTO meta VALUES ('schema', '{SCHEMA_VERSION}');
 """
 #: Seconds the writer lets events gather after the first of a batch.
@@ -50,6 +53,10 @@ GROUP_COMMIT = 0.005
 _RANGE_SQL = {"$lt": "<", "$gt": ">", "$lte": "<=", "$gte": ">="}
 
 StoredRecord = namedtuple("StoredRecord", TASK_FIELDS)
+#: A task that was not finished when its controller stopped: what a restore puts back.
+PendingTask = namedtuple("PendingTask", "msg_id queue engine_id client submitted request nbytes")
+#: An engine in the table when its controller stopped.
+StoredEngine = namedtuple("StoredEngine", "id uuid info registered")
 
 
 def pack_frames(stored: Any) -> bytes:
@@ -166,6 +173,16 @@ class TaskDB:
         for msg_id in msg_ids:
             self._events.put(("purge", (msg_id,), None, 0))
 
+    def engine_joined(self, record: EngineRecord, next_id: int) -> None:
+        self._events.put(("engine", (record.id, record.uuid, msgpack.packb(record.info), record.registered), None, 0))
+        self._events.put(("meta", ("next_engine_id", str(next_id)), None, 0))
+
+    def engine_left(self, engine_id: int) -> None:
+        self._events.put(("engine_left", (engine_id,), None, 0))
+
+    def set_meta(self, name: str, value: str) -> None:
+        self._events.put(("meta", (name, value), None, 0))
+
     # -- the writer thread ----------------------------------------------------------------
 
     _STATEMENTS = {
@@ -177,6 +194,9 @@ class TaskDB:
         "fetched": "UPDATE tasks SET fetched = 1 WHERE msg_id = ?",
         "resubmitted": "UPDATE tasks SET resubmitted = ? WHERE msg_id = ?",
         "purge": "DELETE FROM tasks WHERE msg_id = ?",
+        "engine": "INSERT OR REPLACE INTO engines VALUES (?, ?, ?, ?)",
+        "engine_left": "DELETE FROM engines WHERE id = ?",
+        "meta": "INSERT OR REPLACE INTO meta VALUES (?, ?)",
     }
 
     def _write_loop(self) -> None:
@@ -322,12 +342,34 @@ class TaskDB:
         return wire.pack(self.signer, header, msg.content, msg.buffers)
 
     def meta(self, name: str) -> str | None:
+        self.flush()
         row = self._reader.execute("SELECT value FROM meta WHERE name = ?", (name,)).fetchone()
         return None if row is None else row[0]
 
-    def set_meta(self, name: str, value: str) -> None:
+    def outcome(self, msg_id: str) -> tuple[str, int | None] | None:
+        """``(status, engine_id)`` of a finished task, None if it is unknown or pending
+        (a pending task is always in memory)."""
         self.flush()
-        self._reader.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (name, value))
+        row = self._reader.execute("SELECT status, engine_id FROM tasks WHERE msg_id = ? AND completed IS NOT NULL",
+                                   (msg_id,)).fetchone()
+        return None if row is None else (row[0], row[1])
+
+    def pending_tasks(self) -> Iterator[PendingTask]:
+        """Tasks not finished, in submission order, with their requests signed by this
+        controller (None where the store did not keep one)."""
+        self.flush()
+        rows = self._reader.execute("SELECT msg_id, queue, engine_id, client, submitted FROM tasks "
+                                    "WHERE completed IS NULL ORDER BY submitted").fetchall()
+        for msg_id, queue, engine_id, client, submitted in rows:
+            state, frames = self.payload(msg_id, "request")
+            nbytes = sum(len(f) for f in frames) if state == "stored" else 0
+            yield PendingTask(msg_id, queue, engine_id, client, submitted, frames if state == "stored" else None, nbytes)
+
+    def engines(self) -> list[StoredEngine]:
+        """The engine table as its controller left it."""
+        self.flush()
+        return [StoredEngine(engine_id, bytes(uuid), msgpack.unpackb(info), registered) for engine_id, uuid, info, registered
+                in self._reader.execute("SELECT id, uuid, info, registered FROM engines ORDER BY id")]
 
     def close(self) -> None:
         """Commit what is queued and stop the writer."""

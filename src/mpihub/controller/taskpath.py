@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Callable
+from typing import Callable, Iterable
 
 from ..protocol import wire
 from .dependencies import Condition, Decision, DependencyBook
@@ -39,8 +39,9 @@ class TaskPath:
 
     # -- from clients ---------------------------------------------------------------
 
-    def submit(self, ident: bytes, msg: wire.Message) -> None:
-        """A new load-balanced task (ValueError/TypeError for a malformed one)."""
+    def check(self, msg: wire.Message) -> tuple[Condition | None, Condition | None]:
+        """Refuse a malformed load-balanced request (ValueError/TypeError) before anything
+        changes; returns its dependencies."""
         header = msg.header
         msg_id, only, retries, timeout = header["id"], header.get("only"), header.get("re", 0), header.get("to")
         if not isinstance(msg_id, str) or msg_id in self.hub.tasks:
@@ -51,16 +52,39 @@ class TaskPath:
             raise TypeError(f"re must be a non-negative int, not {retries!r}")
         if timeout is not None and (not isinstance(timeout, (int, float)) or timeout <= 0):
             raise ValueError(f"to must be a positive number of seconds, not {timeout!r}")
-        after, follow = Condition.from_header(header.get("after")), Condition.from_header(header.get("follow"))
+        return Condition.from_header(header.get("after")), Condition.from_header(header.get("follow"))
+
+    def submit(self, ident: bytes, msg: wire.Message) -> None:
+        """A new load-balanced task (ValueError/TypeError for a malformed one)."""
+        after, follow = self.check(msg)
+        header = msg.header
+        msg_id, only, retries, timeout = header["id"], header.get("only"), header.get("re", 0), header.get("to")
         now = time.time()
         self.hub.submit(msg_id, "task", ident, None, now, msg.frames, sum(len(f) for f in msg.frames))
         self.retries.track(msg_id, msg.frames, retries, only)
-        decision = self.deps.decide(after, follow, self._outcome)
+        self._admit(msg_id, msg.frames, only, after, follow, None if timeout is None else now + timeout)
+
+    def restore(self, msg_id: str, msg: wire.Message) -> None:
+        """Take back a task of the controller before a restart, whose record the Hub has
+        again: queued anew if it had not gone to an engine, else awaiting that engine's
+        return (its retries start afresh)."""
+        header = msg.header
+        only = header.get("only")
+        self.retries.track(msg_id, msg.frames, header.get("re", 0), only)
+        if self.hub.tasks[msg_id].engine_id is None:
+            timeout = header.get("to")
+            self._admit(msg_id, msg.frames, only, Condition.from_header(header.get("after")),
+                        Condition.from_header(header.get("follow")), None if timeout is None else time.time() + timeout)
+
+    def _admit(self, msg_id: str, frames: list, only: list | None, after: Condition | None,
+               follow: Condition | None, deadline: float | None) -> None:
+        """Queue a task, or hold it until its dependencies are decided."""
+        decision = self.deps.decide(after, follow, self.hub.outcome)
         if decision.state == "wait":
-            self.deps.hold(msg_id, after, follow, None if timeout is None else now + timeout)
-            self._held[msg_id] = (msg.frames, only)
+            self.deps.hold(msg_id, after, follow, deadline)
+            self._held[msg_id] = (frames, only)
         else:
-            self._run_when_decided(msg_id, decision, msg.frames, only)
+            self._run_when_decided(msg_id, decision, frames, only)
 
     def abort(self, msg_ids: list[str]) -> list[str]:
         """Take tasks that have not gone to an engine out of the path; returns them."""
@@ -72,8 +96,13 @@ class TaskPath:
 
     # -- from engines -----------------------------------------------------------------
 
-    def add_engine(self, engine_id: int) -> None:
-        self._send_assigned(self.scheduler.add_engine(engine_id))
+    def add_engine(self, engine_id: int, running: Iterable[str] = (), paused: bool = False) -> None:
+        """An engine may take tasks (``paused``: not until it is added again); ``running``:
+        those it has already, restored after a controller restart."""
+        if engine_id in self.scheduler.paused and not paused:
+            self._send_assigned(self.scheduler.resume(engine_id))
+        else:
+            self._send_assigned(self.scheduler.add_engine(engine_id, running, paused))
 
     def remove_engine(self, engine_id: int) -> list[str]:
         """Forget an engine; returns the queued tasks no other engine may run."""
@@ -127,7 +156,7 @@ class TaskPath:
 
     def finished(self, msg_id: str) -> None:
         """Any task (direct ones too) ended: release what waited for it."""
-        for task, decision in self.deps.finished(msg_id, self._outcome):
+        for task, decision in self.deps.finished(msg_id, self.hub.outcome):
             frames, only = self._held.pop(task)
             self._run_when_decided(task, decision, frames, only)
 
@@ -142,12 +171,6 @@ class TaskPath:
                       f"the dependencies of task {msg_id} were not met within its timeout")
 
     # -- internals ----------------------------------------------------------------------
-
-    def _outcome(self, msg_id: str) -> tuple[str, int | None] | None:
-        record = self.hub.tasks.get(msg_id)
-        if record is None:
-            return None
-        return ("pending", None) if record.completed is None else (record.status, record.engine_id)
 
     def _run_when_decided(self, msg_id: str, decision: Decision, frames: list, only: list | None) -> None:
         """Queue a task whose dependencies are met (where they allow), or fail it."""

@@ -7,6 +7,12 @@ the engine says hello to each on a DEALER of its own, takes requests from all of
 and answers each on the socket it came from. Large buffers of a request or reply may take the engine's direct data link
 (:mod:`.datalink`) instead, while the request and reply themselves keep their order
 through the controller.
+
+When the controller no longer knows the engine (a network cut made it declare the
+engine dead, or it was restarted with ``--restore``), the engine registers again under
+its id and uuid, between two tasks: it first takes every request already queued for
+it, and reports their ids and those it answered lately, so that the controller sends
+again what never arrived and tells it what to skip.
 """
 from __future__ import annotations
 
@@ -16,7 +22,9 @@ import os
 import signal
 import socket
 import sys
+import time
 import uuid as uuidlib
+from collections import deque
 
 import zmq
 
@@ -29,6 +37,9 @@ from .executor import EngineStop, Executor
 from .heartbeat import Heart
 
 log = logging.getLogger("mpihub.engine")
+
+#: Ids of the last replies an engine sent, which it reports when it registers again.
+ANSWERED = 1000
 
 
 class Engine:
@@ -48,6 +59,9 @@ class Engine:
         self._interrupt_target: str | None = None  # the task a requested SIGINT is for
         self._running_collective = False
         self._drop = wire.DropLog(log, "the task socket")
+        self._answered: deque[str] = deque(maxlen=ANSWERED)
+        self._skip: set[str] = set()  # held when it registered again, and no longer its own
+        self._rejoined_at = 0.0
         end = config.job_end()
         #: the batch job's end, and when to stop taking load-balanced tasks before it
         self.retirement = {} if end is None else {"job_end": end, "retire_at": end - config.RETIRE_MARGIN}
@@ -61,13 +75,13 @@ class Engine:
         if self.info["engine"] in urls:
             urls = [self.info["engine"]] + [u for u in urls if u != self.info["engine"]]
         hearts = candidates.get("heartbeat") or [self.info["heartbeat"]]
-        details = {"hostname": socket.gethostname(), "pid": os.getpid(), "data": self.data.urls, **self.mpi_world,
-                   **self.retirement}
+        self.details = {"hostname": socket.gethostname(), "pid": os.getpid(), "data": self.data.urls,
+                        **self.mpi_world, **self.retirement}
         wait = self.register_timeout / len(urls)
         for url in urls:
             self.sock = self._dealer(url)
             self.sock.send_multipart(wire.pack(self.signer, {"t": "register", "want_id": self.want_id,
-                                                             "info": details}))
+                                                             "info": self.details}))
             if self.sock.poll(wait * 1000):
                 break
             log.info("no answer from the controller at %s within %.0f s", url, wait)
@@ -121,23 +135,28 @@ class Engine:
         registration = self.register()
         executor = self.executor = Executor(self.id)
         signal.signal(signal.SIGINT, self._on_sigint)
-        heart = Heart(self.context, self.heart_url, self.uuid, self.signer, self.curve,
-                      registration["hb_period"], registration.get("controller_timeout", config.ENGINE_CONTROLLER_TIMEOUT),
-                      self.aborted, self._signal)
+        rejoin = self.context.socket(zmq.PAIR)
+        rejoin_url = f"inproc://mpihub-rejoin-{id(self)}"
+        rejoin.bind(rejoin_url)
+        self.controller_timeout = registration.get("controller_timeout", config.ENGINE_CONTROLLER_TIMEOUT)
+        self.heart_period = registration["hb_period"]
+        heart = Heart(self.context, self.heart_url, self.uuid, self.signer, self.curve, self.heart_period,
+                      self.controller_timeout, self.aborted, self._signal, rejoin_url)
         heart.start()
-        paths: list[zmq.Socket] = []
+        self.paths: list[zmq.Socket] = []
         if self.mpi_world.get("mpi_world"):
             executor.namespace.update(mpi.namespace_names())
         poller = zmq.Poller()
         poller.register(self.sock, zmq.POLLIN)
         poller.register(self.data.sock, zmq.POLLIN)
+        poller.register(rejoin, zmq.POLLIN)
         wakeup = process.signal_wakeup()
         poller.register(wakeup, zmq.POLLIN)
         try:
-            paths = self.join_paths(registration.get("paths") or {})
-            for sock in paths:
+            self.paths = self.join_paths(registration.get("paths") or {})
+            for sock in self.paths:
                 poller.register(sock, zmq.POLLIN)
-            requests = [*paths, self.sock]
+            requests = [*self.paths, self.sock]
             running = True
             while running:
                 events = dict(poller.poll())
@@ -145,22 +164,71 @@ class Engine:
                     process.drain(wakeup)
                 if self.data.sock in events:
                     self.data.receive_pending()
+                backlog = []
+                if rejoin in events:
+                    while rejoin.poll(0):
+                        rejoin.recv()
+                    if time.monotonic() - self._rejoined_at > 2 * self.heart_period:  # else a stale "unknown"
+                        backlog = self._rejoin(requests)
+                running = self._handle_requests(executor, backlog)
                 for sock in requests:
-                    if sock in events and not self._handle_requests(executor, sock):
-                        running = False
-                        break
+                    if running and sock in events:
+                        running = self._handle_requests(executor, ((sock, msg) for msg in
+                                                                   wire.pending(sock, self.signer, self._drop)))
         except EngineStop:
             log.info("engine %s stopping on SIGTERM", self.id)
             self.sock.linger = 500
             self.sock.send_multipart(wire.pack(self.signer, {"t": "unregister"}))  # the controller still runs
         finally:
-            for sock in (*paths, self.sock):
+            for sock in (*self.paths, self.sock, rejoin):
                 sock.close()
             self.data.close()
             heart.stop()
             if self.curve:
                 self.curve.stop()
             self.context.term()
+
+    def _rejoin(self, requests: list[zmq.Socket]) -> list[tuple[zmq.Socket, wire.Message]]:
+        """Register again under this id and uuid, then greet each path again; returns
+        the requests that were queued meanwhile, to run next (minus those to skip)."""
+        backlog = [(sock, msg) for sock in requests for msg in wire.pending(sock, self.signer, self._drop)]
+        answered = list(self._answered)
+
+        def held(sock: zmq.Socket) -> list[str]:
+            return [i for s, msg in backlog if s is sock and (i := self._task_id(msg.header)) is not None]
+
+        log.warning("engine %s: the controller no longer knows it (a network cut, or a restart); registering "
+                    "again with %d requests queued", self.id, len(backlog))
+        reply = self._ask(self.sock, {"t": "register", "want_id": self.id, "info": self.details,
+                                      "held": held(self.sock), "answered": answered}, "register_reply", backlog)
+        if reply is None:
+            return backlog  # the heart asks again while the controller says it does not know us
+        if reply.header["id"] != self.id:
+            log.warning("engine %s registered again as engine %s", self.id, reply.header["id"])
+            self.id = self.executor.engine_id = reply.header["id"]
+        self._skip.update(wire.task_ids(reply.header.get("skip")))
+        for sock in self.paths:
+            hello = self._ask(sock, {"t": "hello", "id": self.id, "held": held(sock), "answered": answered,
+                                     **self.retirement}, "hello_reply", backlog)
+            if hello is not None:
+                self._skip.update(wire.task_ids(hello.header.get("skip")))
+        self._rejoined_at = time.monotonic()
+        log.info("engine %s is registered again", self.id)
+        return backlog
+
+    def _ask(self, sock: zmq.Socket, header: dict, answer: str,
+             backlog: list[tuple[zmq.Socket, wire.Message]]) -> wire.Message | None:
+        """Send ``header`` on ``sock`` and wait for the ``answer``; requests that come
+        first join the backlog. None if it does not come within the controller timeout."""
+        sock.send_multipart(wire.pack(self.signer, header))
+        deadline = time.monotonic() + self.controller_timeout
+        while (left := deadline - time.monotonic()) > 0 and sock.poll(left * 1000):
+            for msg in wire.pending(sock, self.signer, self._drop):
+                if msg.type == answer:
+                    return msg
+                backlog.append((sock, msg))
+        log.warning("engine %s: no %s from the controller within %.0f s", self.id, answer, self.controller_timeout)
+        return None
 
     def _signal(self, sig: int, task_ids: list | None) -> None:
         """Raise ``sig`` in this process (heartbeat thread); with ``task_ids``, only while
@@ -186,23 +254,36 @@ class Engine:
             raise KeyboardInterrupt(f"interrupted while running task {running}")
         log.info("engine %s: SIGINT with no task of its target running; ignored", self.id)
 
-    def _handle_requests(self, executor: Executor, sock: zmq.Socket) -> bool:
-        """Run every request queued on ``sock``; False once told to shut down."""
-        for msg in wire.pending(sock, self.signer, self._drop):
+    def _handle_requests(self, executor: Executor, requests) -> bool:
+        """Run every request of ``requests`` (``(socket, message)`` pairs) in order;
+        False once told to shut down."""
+        for sock, msg in requests:
             if msg.type == "shutdown":
                 log.info("engine %s stopping: shutdown requested by the controller", self.id)
                 return False
+            if msg.type in ("register_reply", "hello_reply"):
+                continue  # the answer to a registration that had timed out
             if msg.type not in ("apply", "execute"):
                 self._drop(f"unknown type {msg.type!r}")
                 continue
-            header = msg.header
-            try:
-                msg_id = header["id"] if "id" in header else header["ids"][header["tg"].index(self.id)]
-            except (KeyError, ValueError, TypeError, IndexError) as exc:
-                self._drop(f"malformed request: {exc!r}")
+            msg_id = self._task_id(msg.header)
+            if msg_id is None:
+                self._drop(f"malformed request: no task id for engine {self.id} in it")
+                continue
+            if msg_id in self._skip:
+                self._skip.discard(msg_id)
+                log.info("engine %s skips task %s: the controller gave it to another engine meanwhile", self.id, msg_id)
                 continue
             self._run(executor, msg_id, msg, sock)
         return True
+
+    def _task_id(self, header: dict) -> str | None:
+        """This engine's task id in a request (one to several engines names one each)."""
+        try:
+            msg_id = header["id"] if "id" in header else header["ids"][header["tg"].index(self.id)]
+        except (KeyError, ValueError, TypeError, IndexError, AttributeError):
+            return None
+        return msg_id if isinstance(msg_id, str) else None
 
     def _run(self, executor: Executor, msg_id: str, msg: wire.Message, sock: zmq.Socket) -> None:
         header = msg.header
@@ -210,6 +291,7 @@ class Engine:
             self._pending_send.wait()
             self._pending_send = None
         reply = {"t": "reply", "id": msg_id, "eng": self.id}
+        self._answered.append(msg_id)  # every way out of here answers it
         token = header.get("bulk")
         if msg_id in self.aborted and "rk" in header:
             self.aborted.discard(msg_id)  # one rank skipping a collective would hang the others

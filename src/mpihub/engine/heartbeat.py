@@ -2,9 +2,10 @@
 
 It runs beside the task thread, so a long pure-Python task never silences it (the GIL
 switches every few milliseconds). Signals for the running task (interrupts) come this
-way too, since the task thread is busy. It also ends the process when the controller has
-been silent for ``controller_timeout`` seconds, when the controller no longer knows
-this engine, or on a shutdown request.
+way too, since the task thread is busy. When the controller no longer knows this engine
+(it declared it dead after a network cut, or it was restarted) the heart asks the task
+thread to register again, over an inproc pair. It ends the process when the controller
+has been silent for ``controller_timeout`` seconds, or on a shutdown request.
 """
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ log = logging.getLogger("mpihub.engine.heartbeat")
 class Heart(threading.Thread):
     def __init__(self, context: zmq.Context, url: str, uuid: bytes, signer: wire.Signer, curve: Curve | None,
                  period: float, controller_timeout: float, aborted: set,
-                 on_signal: Callable[[int, list | None], None]):
+                 on_signal: Callable[[int, list | None], None], rejoin_url: str):
         super().__init__(name="mpihub-heart", daemon=True)
         self.context = context
         self.url = url
@@ -37,6 +38,7 @@ class Heart(threading.Thread):
         self.controller_timeout = controller_timeout
         self.aborted = aborted
         self.on_signal = on_signal
+        self.rejoin_url = rejoin_url
         self._stop_url = f"inproc://mpihub-heart-stop-{id(self)}"
         self._stop_in = context.socket(zmq.PAIR)
         self._stop_in.bind(self._stop_url)
@@ -56,6 +58,9 @@ class Heart(threading.Thread):
         if self.curve:
             self.curve.client(sock)
         sock.connect(self.url)
+        self._rejoin = self.context.socket(zmq.PAIR)
+        self._rejoin.linger = 0
+        self._rejoin.connect(self.rejoin_url)
         ping = wire.pack(self.signer, {"t": "ping"})
         poller = zmq.Poller()
         poller.register(sock, zmq.POLLIN)
@@ -78,6 +83,7 @@ class Heart(threading.Thread):
                     self._exit(1, f"controller silent for {self.controller_timeout:.0f} s; engine exits")
         finally:
             sock.close()
+            self._rejoin.close()
             self._stop_in.close(linger=0)
 
     def _handle(self, frames: list) -> None:
@@ -89,7 +95,10 @@ class Heart(threading.Thread):
         header = msg.header
         if header["t"] == "pong":
             if header.get("unknown"):
-                self._exit(1, "the controller no longer knows this engine (declared dead); engine exits")
+                try:
+                    self._rejoin.send(b"", zmq.NOBLOCK)  # a full pipe: the task thread is asked already
+                except zmq.Again:
+                    pass
         elif header["t"] == "control":
             op = header.get("op")
             if op == "abort":

@@ -164,3 +164,8 @@ def pending(sock: zmq.Socket, signer: Signer, drop: DropLog) -> Iterator[Message
             drop(exc)
             continue
         yield msg
+
+
+def task_ids(value: object) -> set[str]:
+    """The task ids in a list field of a header (anything else counts for nothing)."""
+    return {item for item in value if isinstance(item, str)} if isinstance(value, list) else set()

@@ -1,0 +1,87 @@
+"""Picking up after the connection to the controller broke and came back.
+
+ZMQ reconnects a client's sockets by itself, after a network cut or once a controller
+restarted with ``--restore`` listens on its old ports again; but replies sent while
+the connection was down are gone, and a restarted controller does not know the
+client. So when a receiving socket completes a new handshake, the client says hello
+on it again, takes the engine table from the answer, and asks for the result of
+every task it still waits for (on the sending socket, after every request sent
+before): stored ones come at once, running ones when they finish. A task the
+controller has never heard of was lost with the old connection, and fails, saying so.
+"""
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+import zmq
+
+from ..protocol import wire
+
+if TYPE_CHECKING:
+    from .client import Client
+
+log = logging.getLogger("mpihub.client")
+
+#: Why a result the client waited for cannot come after a reconnect, by the state the
+#: controller reports for it.
+LOST = {
+    "unknown": "the controller has no record of it: the request was lost with the broken connection "
+               "(or the controller restarted without its task store)",
+    "purged": "it was purged from the controller's store while the connection was down",
+    "evicted": "its result was evicted from the controller's store before the connection came back",
+    "unstored": "its result was too large for the controller's store, and was sent while the connection was down",
+    "direct": "its reply was sent while the connection was down, and its data went straight from the engine",
+}
+
+
+class Reconnector:
+    """Runs on whichever thread receives for the client (it owns the sockets then)."""
+
+    def __init__(self, client: "Client", send_as: str):
+        self.client = client
+        self.send_as = send_as
+        self._hellos: dict[str, str] = {}  # connect rid -> the front it went to
+        self._queries: dict[str, list[str]] = {}  # result query rid -> the ids asked for
+        self.reconnects = 0
+
+    def disconnected(self, front: str) -> None:
+        log.warning("lost the connection to the controller%s; reconnecting", "" if front == "hub" else f"'s {front} path")
+
+    def reconnected(self, sock: zmq.Socket, front: str) -> None:
+        """A receiving socket has a new connection: say hello on it again."""
+        self.reconnects += 1
+        rid = self.client._new_id()
+        self._hellos[rid] = front
+        sock.send_multipart(wire.pack(self.client._signer, {"t": "connect", "rid": rid, "send_as": self.send_as}))
+
+    def on_connect_reply(self, msg: wire.Message) -> None:
+        front = self._hellos.pop(msg.header.get("rid"), None)
+        if front is None:
+            return
+        if front == "hub":
+            self.client._replace_engines(msg.header.get("engines") or [])
+        waiting = list(self.client._pending)
+        log.warning("connected to the controller%s again; asking for the %d results still awaited",
+                    "" if front == "hub" else f"'s {front} path", len(waiting))
+        if waiting:
+            rid = self.client._new_id()
+            self._queries[rid] = waiting
+            self.client._send({"t": "query", "op": "result", "rid": rid, "ids": waiting})
+
+    def on_query_reply(self, msg: wire.Message) -> bool:
+        """Handle the answer to a result query made here; False if it was not one."""
+        asked = self._queries.pop(msg.header.get("rid"), None)
+        if asked is None:
+            return False
+        if not msg.header.get("ok"):
+            log.warning("the controller refused the results awaited after a reconnect: %s", msg.header.get("error"))
+            return True
+        outcome = msg.header.get("result") or {}
+        for state, why in LOST.items():
+            for msg_id in outcome.get(state, ()):
+                slot = self.client._pending.get(msg_id)
+                if slot is None or state == "unknown" and slot[0]._local is not None:
+                    continue  # answered meanwhile, or sent on a thread's own socket, which may not be back yet
+                self.client._fail_pending(msg_id, "ControllerError", f"task {msg_id} is lost: {why}")
+        return True

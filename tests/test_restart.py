@@ -1,0 +1,288 @@
+"""Restarts and network loss end to end, with real processes and real TCP cuts.
+
+- A controller killed with SIGKILL and started again with ``--restore`` binds its old
+  ports with its old keys: its engines register again under their ids, it still has
+  the results finished before, the tasks it had not finished complete, and the client
+  that was waiting gets every result once, as does a new client; a task the store never
+  got fails, saying it was lost.
+- An engine cut off from the controller for longer than the heartbeat timeout is
+  declared dead (its tasks retried elsewhere or failed), and once the line is back it
+  registers again under its id, in the same process, and works.
+- A client cut off while its tasks finish gets every result once the line is back.
+
+The cuts go through :class:`support.Relay`, a TCP relay that drops every connection
+and refuses new ones for as long as the cut lasts.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import mpihub
+from mpihub.controller.taskdb import db_path
+from mpihub.protocol import curve
+
+from support import Relay, assert_gone
+
+pytestmark = pytest.mark.timeout(120)
+
+HEARTBEAT_TIMEOUT = float(os.environ["MPIHUB_HEARTBEAT_TIMEOUT"])  # conftest.py sets it (3 s)
+
+
+@mpihub.interactive
+def nap(i, seconds=0.4, runs=None):
+    """Sleep, note the run in ``runs`` (a folder) and return ``(i, pid)``."""
+    import os
+    import time
+    import uuid
+
+    time.sleep(seconds)
+    if runs:
+        open(os.path.join(runs, f"{i}-{uuid.uuid4().hex}"), "w").close()
+    return i, os.getpid()
+
+
+@mpihub.interactive
+def pid():
+    import os
+
+    return os.getpid()
+
+
+class Processes:
+    """A controller and engines started here, by subprocess; all are killed at the end."""
+
+    def __init__(self, profile: Path, cluster_id: str):
+        self.profile = profile
+        self.cluster_id = cluster_id
+        self.env = {**os.environ, "MPIHUB_DIR": str(profile)}
+        self.started: list[subprocess.Popen] = []
+        self.controller: subprocess.Popen | None = None
+
+    def file(self, role: str) -> Path:
+        return self.profile / "security" / f"mpihub-{role}-{self.cluster_id}.json"
+
+    def start_controller(self, *args: str) -> subprocess.Popen:
+        self.file("client").unlink(missing_ok=True)
+        self.controller = self._start("controller", "--cluster-id", self.cluster_id, *args)
+        deadline = time.monotonic() + 30
+        while not self.file("client").exists():
+            assert self.controller.poll() is None, "the controller exited"
+            assert time.monotonic() < deadline, "no connection file within 30 s"
+            time.sleep(0.05)
+        return self.controller
+
+    def kill_controller(self) -> None:
+        self.controller.send_signal(signal.SIGKILL)
+        self.controller.wait(10)
+
+    def start_engine(self, relay_to: dict[str, Relay] | None = None) -> subprocess.Popen:
+        """An engine; with ``relay_to``, its connections to the controller's engine and
+        heartbeat ports go through those relays."""
+        url_file = self.file("engine")
+        if relay_to:
+            info = json.loads(url_file.read_text())
+            for channel, relay in relay_to.items():
+                info[channel] = relay.url
+                info["candidates"][channel] = [relay.url]
+            url_file = self.profile / f"relayed-engine-{len(self.started)}.json"
+            url_file.write_text(json.dumps(info))
+        return self._start("engine", "--url-file", str(url_file))
+
+    def _start(self, *args: str) -> subprocess.Popen:
+        process = subprocess.Popen([sys.executable, "-m", "mpihub", *args], env=self.env, stderr=subprocess.PIPE,
+                                   text=True)
+        self.started.append(process)
+        return process
+
+    def stop(self) -> list[str]:
+        """Kill everything; returns what each process wrote to stderr."""
+        for process in self.started:
+            if process.poll() is None:
+                process.terminate()
+        logs = []
+        for process in self.started:
+            try:
+                logs.append(process.communicate(timeout=10)[1])
+            except subprocess.TimeoutExpired:
+                process.kill()
+                logs.append(process.communicate(timeout=5)[1])
+        assert_gone([p.pid for p in self.started])
+        return logs
+
+
+@pytest.fixture
+def processes(tmp_path):
+    running = Processes(tmp_path, "restart")
+    try:
+        yield running
+    finally:
+        running.stop()
+
+
+def client_through(processes: Processes, relay: Relay | None = None) -> mpihub.Client:
+    info = json.loads(processes.file("client").read_text())
+    if relay is not None:
+        info["client"] = relay.url
+        info["candidates"] = {"client": [relay.url]}
+    return mpihub.Client(info, timeout=20)
+
+
+def runs_of(folder: Path) -> dict[int, int]:
+    counts: dict[int, int] = {}
+    for entry in folder.iterdir():
+        counts[int(entry.name.split("-")[0])] = counts.get(int(entry.name.split("-")[0]), 0) + 1
+    return counts
+
+
+@pytest.mark.parametrize("encryption", [[], ["--curve"]], ids=["plain", "curve"])
+def test_a_restored_controller_takes_back_engines_results_and_tasks(processes, tmp_path, encryption):
+    if encryption and not curve.available():
+        pytest.skip("this libzmq has no CURVE")
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    processes.start_controller("--db", "sqlite", *encryption)
+    engines = [processes.start_engine() for _ in range(2)]
+    rc = client_through(processes)
+    try:
+        rc.wait_for_engines(2, timeout=30, interactive=False)
+        pids = dict(zip(rc.ids, rc[:].apply_sync(pid)))
+        assert sorted(pids.values()) == sorted(e.pid for e in engines)
+        lb = rc.load_balanced_view()
+        before = lb.apply_async(nap, -1, 0)
+        assert before.get(10) == (-1, before.get()[1])
+        awaited = [lb.apply_async(nap, i, 0.4, str(runs)) for i in range(10)]
+        with lb.temp_flags(after=before):  # queued behind the others; what it waits for ended before the crash
+            dependent = lb.apply_async(nap, 200, 0, str(runs))
+        direct = rc[0].apply_async(nap, 100, 0.4, str(runs))
+        lost = lb.apply_async(nap, 300, 0, str(runs))
+        time.sleep(0.6)  # some done, some running, some queued in the controller
+        processes.kill_controller()
+        with sqlite3.connect(db_path(processes.profile, processes.cluster_id)) as store:
+            # as if its request had come in the last milliseconds, not yet committed
+            store.execute("DELETE FROM tasks WHERE msg_id = ?", (lost.msg_ids[0],))
+        time.sleep(1.0)  # a second with no controller at all
+        processes.start_controller("--db", "sqlite", "--restore")
+
+        results = [ar.get(30) for ar in awaited]
+        assert [i for i, _ in results] == list(range(10))
+        assert {p for _, p in results} <= set(pids.values())
+        assert direct.get(30) == (100, pids[0])
+        assert dependent.get(30)[0] == 200
+        with pytest.raises(mpihub.ControllerError, match="lost"):
+            lost.get(30)
+        assert runs_of(runs) == {i: 1 for i in [*range(10), 100, 200]}, "a task ran twice, or never"
+
+        assert rc.ids == [0, 1]
+        assert dict(zip(rc.ids, rc[:].apply_sync(pid))) == pids  # the same processes, under the same ids
+        assert lb.map_sync(lambda x: x * 2, range(6)) == [0, 2, 4, 6, 8, 10]
+        assert rc.queue_status()["unassigned"] == 0
+        with client_through(processes) as later:
+            assert later.ids == [0, 1]
+            assert later.get_result(before.msg_ids[0]).get(10) == before.get()
+            records = later.db_query({"msg_id": {"$in": [ar.msg_ids[0] for ar in awaited]}}, keys=["status"])
+            assert sorted(r["status"] for r in records) == ["ok"] * 10
+    finally:
+        rc.close()
+    logs = processes.stop()
+    engine_logs = "".join(logs[1:3])
+    assert engine_logs.count("is registered again") == 2
+
+
+def test_restore_says_why_it_cannot(processes, tmp_path):
+    def controller(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "mpihub", "controller", "--cluster-id", "restart", *args],
+                              env=processes.env, capture_output=True, text=True, timeout=30)
+
+    assert "nothing to restore" in controller("--db", "sqlite", "--restore").stderr
+    assert "needs --db sqlite" in controller("--restore").stderr
+    assert "split one cannot restore" in controller("--db", "sqlite", "--split", "--restore").stderr
+    processes.start_controller("--db", "sqlite")
+    taken = controller("--db", "sqlite", "--restore")
+    assert taken.returncode == 2 and "still running?" in taken.stderr
+    with client_through(processes) as rc:  # the first one is unharmed
+        assert rc.ids == []
+
+
+@pytest.mark.parametrize("layout", [[], ["--split"]], ids=["one-process", "split"])
+def test_an_engine_cut_off_comes_back_under_its_id(processes, tmp_path, layout):
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    processes.start_controller(*layout)
+    info = json.loads(processes.file("engine").read_text())
+    relays = {channel: Relay(info[channel]) for channel in ("engine", "heartbeat")}
+    rc = None
+    try:
+        steady = processes.start_engine()
+        rc = client_through(processes)
+        rc.wait_for_engines(1, timeout=30, interactive=False)
+        cut_off = processes.start_engine(relays)
+        rc.wait_for_engines(2, timeout=30, interactive=False)
+        engine_id = next(e for e in rc.ids if rc[e].apply_sync(pid) == cut_off.pid)
+        lb = rc.load_balanced_view()
+        lb.set_flags(retries=2)
+        awaited = [lb.apply_async(nap, i, 0.3, str(runs)) for i in range(12)]
+        direct = rc[engine_id].apply_async(nap, 100, HEARTBEAT_TIMEOUT + 4)  # still running when declared dead
+        time.sleep(0.5)
+        for relay in relays.values():
+            relay.cut()
+        deadline = time.monotonic() + HEARTBEAT_TIMEOUT + 10
+        while engine_id in rc.ids and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert engine_id not in rc.ids, "the controller never declared the cut-off engine dead"
+        with pytest.raises(mpihub.EngineError, match="heartbeats"):
+            direct.get(10)
+        for relay in relays.values():
+            relay.mend()
+        rc.wait_for_engines(2, timeout=20, interactive=False)
+        assert engine_id in rc.ids
+        assert rc[engine_id].apply_sync(pid) == cut_off.pid  # the same process, under its old id
+        assert cut_off.poll() is None and steady.poll() is None
+        results = [ar.get(30) for ar in awaited]
+        assert [i for i, _ in results] == list(range(12))
+        counts = runs_of(runs)
+        assert set(counts) == set(range(12))
+        assert lb.map_sync(lambda x: -x, range(8)) == [-x for x in range(8)]
+        assert rc.queue_status()["unassigned"] == 0
+    finally:
+        if rc is not None:
+            rc.close()
+        for relay in relays.values():
+            relay.close()
+    logs = processes.stop()
+    assert "registering again" in "".join(logs)
+
+
+def test_a_client_cut_off_gets_every_result_when_the_line_is_back(processes):
+    processes.start_controller()
+    for _ in range(2):
+        processes.start_engine()
+    relay = Relay(json.loads(processes.file("client").read_text())["client"])
+    rc = client_through(processes, relay)
+    try:
+        rc.wait_for_engines(2, timeout=30, interactive=False)
+        lb = rc.load_balanced_view()
+        finishing = [lb.apply_async(nap, i, 0.5) for i in range(4)]
+        time.sleep(0.1)
+        relay.cut()  # the results arrive at the controller meanwhile, and cannot be passed on
+        time.sleep(1.5)
+        during = lb.apply_async(nap, 10, 0)  # queued in the client while the line is down
+        time.sleep(1.0)
+        assert not any(ar.ready() for ar in finishing)
+        relay.mend()
+        assert [ar.get(20)[0] for ar in finishing] == [0, 1, 2, 3]
+        assert during.get(20)[0] == 10
+        assert rc._reconnector.reconnects >= 1
+        assert rc.ids == [0, 1]
+        assert rc[:].apply_sync(lambda: "still here") == ["still here"] * 2
+    finally:
+        rc.close()
+        relay.close()
