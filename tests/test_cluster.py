@@ -238,12 +238,12 @@ def test_cluster_ends_with_a_killed_owner(tmp_path):
 def test_waiting_for_a_connection_file_shows_progress(tmp_path, capsys, monkeypatch):
     """A Client started before its batch job's controller is up waits for the file,
     with a progress bar in a terminal."""
-    from mpihub.client import client as client_module
+    from mpihub.client.connectioninfo import wait_with_progress
 
     path = tmp_path / "mpihub-client-later.json"
     threading.Timer(0.6, path.write_text, ("{}",)).start()
     started = time.monotonic()
-    client_module._wait_with_progress(path, timeout=10)
+    wait_with_progress(path, timeout=10)
     assert path.exists() and 0.5 < time.monotonic() - started < 5
     assert "waiting for mpihub-client-later.json" in capsys.readouterr().err
     monkeypatch.setattr(sys.stderr, "isatty", lambda: True)

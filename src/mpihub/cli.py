@@ -32,24 +32,20 @@ def _cmd_controller(args) -> int:
     if args.remote_scheduler and not args.split:
         print("mpihub controller: --remote-scheduler needs --split", file=sys.stderr)
         return 2
-    if args.restore and args.split:
-        print("mpihub controller: --restore is for the one-process controller; a split one cannot restore yet",
-              file=sys.stderr)
-        return 2
-    if args.split:
-        from .controller.hubserver import HubServer
+    from .controller.restore import RestoreError
 
-        controller = HubServer(remote_scheduler=args.remote_scheduler, **options)
-    else:
-        from .controller.server import Controller
+    try:
+        if args.split:
+            from .controller.hubserver import HubServer
 
-        from .controller.restore import RestoreError
+            controller = HubServer(remote_scheduler=args.remote_scheduler, restore=args.restore, **options)
+        else:
+            from .controller.server import Controller
 
-        try:
             controller = Controller(restore=args.restore, **options)
-        except RestoreError as exc:
-            print(f"mpihub controller: {exc}", file=sys.stderr)
-            return 2
+    except RestoreError as exc:
+        print(f"mpihub controller: {exc}", file=sys.stderr)
+        return 2
     try:
         controller.start()
     except RuntimeError as exc:  # a restored port that is taken
@@ -65,7 +61,7 @@ def _cmd_scheduler(args) -> int:
 
     ip = connection.interface_ip(args.interface) if args.interface else args.ip
     return main(args.url_file, args.cluster_id, args.profile_dir, args.path, ip, args.scheduler, args.hwm,
-                args.owner_pid, args.timeout)
+                args.owner_pid, args.timeout, args.restore)
 
 
 def _cmd_engine(args) -> int:
@@ -223,6 +219,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"load-balanced tasks in flight per engine (default {config.SCHEDULER_HWM})")
     p.add_argument("--owner-pid", type=int, default=None, help="stop when this process (the Hub) is gone")
     p.add_argument("--timeout", type=float, default=30, help="seconds to wait for the file and the Hub")
+    p.add_argument("--restore", action="store_true",
+                   help="take over from a path of this cluster that stopped (its ports, engines and tasks)")
     common(p)
     p.set_defaults(func=_cmd_scheduler)
 

@@ -6,7 +6,6 @@ unregistration notices, which the IO thread applies to ``ids``.
 from __future__ import annotations
 
 import itertools
-import json
 import os
 import signal
 import sys
@@ -14,15 +13,15 @@ import threading
 import time
 import uuid
 import weakref
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable
 
 import zmq
 
 from .. import config, errors
-from ..protocol import connection, wire
+from ..protocol import wire
 from ..protocol.curve import Curve
 from .asyncresult import AsyncResult
+from .connectioninfo import connection_info_from
 from .io import IOThread, LocalSender, Sender
 from .reconnect import Reconnector
 
@@ -52,34 +51,6 @@ class _QuerySlot:
         self.header: dict | None = None
 
 
-def _load_connection_info(connection_info, url_file, profile_dir, cluster_id, timeout: float) -> dict:
-    source = connection_info if connection_info is not None else url_file
-    if isinstance(source, dict):
-        return connection.check(source)
-    if source is None:
-        env = os.environ.get("MPIHUB_CLIENT_INFO")
-        if env:
-            return connection.check(json.loads(env), "$MPIHUB_CLIENT_INFO")
-        source = connection.connection_file("client", cluster_id, profile_dir)
-    path = Path(source)
-    if not path.exists() and timeout > 0 and sys.stderr.isatty():
-        _wait_with_progress(path, timeout)
-    return connection.read(path, timeout=max(timeout, 0))
-
-
-def _wait_with_progress(path: Path, timeout: float) -> None:
-    """Wait for a connection file (a batch job's controller writes it once it starts),
-    with a progress bar; polling, as a shared file system sends no notice."""
-    from tqdm.auto import tqdm
-
-    started = time.monotonic()
-    with tqdm(total=round(timeout), unit="s", desc=f"waiting for {path.name}", file=sys.stderr,
-              bar_format="{desc}: {n:.0f}/{total:.0f} s") as bar:
-        while not path.exists() and (elapsed := time.monotonic() - started) < timeout:
-            bar.update(elapsed - bar.n)
-            time.sleep(0.1)
-
-
 #: Why the controller has no result to send, by the state its answer names.
 _RESULT_GONE = {
     "unknown": "unknown to the controller",
@@ -102,12 +73,13 @@ class Client:
     def __init__(self, connection_info: str | os.PathLike | dict | None = None, *, url_file=None,
                  profile_dir=None, cluster_id: str | None = None, timeout: float = 10,
                  context: zmq.Context | None = None):
-        self._info = _load_connection_info(connection_info, url_file, profile_dir, cluster_id, timeout)
+        self._info = connection_info_from(connection_info, url_file, profile_dir, cluster_id, timeout)
         self._signer = wire.Signer(self._info["key"])
         self._curve = Curve.from_info(self._info)
         self.cluster_id = self._info.get("cluster_id") or None
         self._context = context or zmq.Context.instance()
         self._session = uuid.uuid4().hex[:12]
+        self._receiving_identity = f"client-{self._session}-r"  # replies and notices come to it
         self._counter = itertools.count()
         self._engines: dict[int, dict] = {}
         self._engines_changed = threading.Condition()
@@ -157,7 +129,7 @@ class Client:
         """
         wait = max(timeout, 0.5) / len(urls)
         for url in urls:
-            sock = self._dealer(f"client-{self._session}-r", 0, url)
+            sock = self._dealer(self._receiving_identity, 0, url)
             rid = self._new_id()
             send_as = f"client-{self._session}-s"
             sock.send_multipart(wire.pack(self._signer, {"t": "connect", "rid": rid, "send_as": send_as}))
@@ -355,7 +327,7 @@ class Client:
             raise hub.error(f"the controller cannot answer {op!r}: {hub.lost}")
         rid = self._new_id()
         slot = self._queries[rid] = _QuerySlot()
-        self._send({"t": "query", "op": op, "rid": rid, **args})
+        self._send({"t": "query", "op": op, "rid": rid, "rt": self._receiving_identity, **args})
         if not self._io.wait_for(slot.event, timeout):
             self._queries.pop(rid, None)
             raise errors.TimeoutError(f"the controller did not answer {op!r} within {timeout} s")

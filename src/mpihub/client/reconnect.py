@@ -67,7 +67,8 @@ class Reconnector:
         if waiting:
             rid = self.client._new_id()
             self._queries[rid] = waiting
-            self.client._send({"t": "query", "op": "result", "rid": rid, "ids": waiting})
+            self.client._send({"t": "query", "op": "result", "rid": rid, "ids": waiting,
+                               "rt": self.client._receiving_identity})
 
     def on_query_reply(self, msg: wire.Message) -> bool:
         """Handle the answer to a result query made here; False if it was not one."""

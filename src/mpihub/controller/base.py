@@ -59,8 +59,13 @@ class Service:
 
     def _from_client(self, ident: bytes, msg: wire.Message) -> None:
         """Connect and close here, the rest to :meth:`_client_message`, addressed to the
-        sender's receiving identity."""
-        ident = self._reply_to.get(ident, ident)
+        sender's receiving identity: the one its connect named, else (a query that came
+        before the connect, after a restart or a reconnect) the one the message names."""
+        reply_to = self._reply_to.get(ident)
+        if reply_to is None:
+            named = msg.header.get("rt")
+            reply_to = named.encode() if isinstance(named, str) else ident
+        ident = reply_to
         if msg.type == "connect":
             send_as = msg.header.get("send_as")
             if isinstance(send_as, str):

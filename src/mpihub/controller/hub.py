@@ -161,10 +161,7 @@ class Hub:
             return self.engines[self.by_uuid[uuid]]
         if engine_id in self.engines:
             raise ValueError(f"engine {engine_id} is here already, under another uuid")
-        record = EngineRecord(engine_id, uuid, info, now)
-        self.engines[engine_id] = record
-        self.by_uuid[uuid] = engine_id
-        return record
+        return self._add_engine(engine_id, uuid, info, now)
 
     def remove_engine(self, engine_id: int) -> tuple[EngineRecord | None, list[TaskRecord]]:
         """Drop a dead or departed engine; returns it and its unfinished tasks."""

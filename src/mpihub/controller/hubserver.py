@@ -31,10 +31,12 @@ from .. import config
 from ..protocol import connection, wire
 from ..protocol.curve import ClusterKeys
 from . import merge
+from . import restore as restore_state
 from .base import MALFORMED
 from .hub import Hub
 from .registrar import LATER, Registrar
-from .taskdb import DB_KINDS
+from .restore import RestoreError, SavedController
+from .taskdb import DB_KINDS, db_path, open_db
 from .server import resubmit_renames
 
 log = logging.getLogger("mpihub.controller")
@@ -76,19 +78,28 @@ class HubServer(Registrar):
     def __init__(self, ip: str = "127.0.0.1", cluster_id: str | None = None, profile_dir=None,
                  scheduler: str = "leastload", key: str | None = None, owner_pid: int | None = None,
                  hwm: int | None = None, remote_scheduler: bool = False, curve: bool = False,
-                 db: str = "memory"):
+                 db: str = "memory", restore: bool = False):
         if db not in DB_KINDS:
             raise ValueError(f"--db is one of {', '.join(DB_KINDS)}, not {db!r}")
         self.db_kind = db
-        self.cluster_keys = ClusterKeys.new() if curve else None
-        super().__init__(key or secrets.token_hex(32), self.cluster_keys.for_role("server") if curve else None)
+        self.saved: SavedController | None = None
+        if restore:
+            if db != "sqlite":
+                raise RestoreError("--restore takes back what the task store kept: it needs --db sqlite")
+            self.saved = restore_state.load(db_path(profile_dir, cluster_id, "hub"))
+            key, ip, self.cluster_keys = self.saved.key, self.saved.ip, self.saved.curve
+        else:
+            self.cluster_keys = ClusterKeys.new() if curve else None
+            key = key or secrets.token_hex(32)
+        super().__init__(key, self.cluster_keys.for_role("server") if self.cluster_keys else None)
         self.ip = ip
         self.cluster_id = cluster_id or ""
         self.profile_dir = profile_dir
         self.owner_pid = owner_pid
         self.scheduler_name = scheduler
         self.hwm = hwm
-        self.hub = Hub(0, 0)  # the engine table only: task records live in the paths
+        # the engine table only (kept in the store for a restore): task records live in the paths
+        self.hub = Hub(0, 0, open_db(db, key, profile_dir, cluster_id, "hub"))
         self.expected = PATHS
         self.remote_scheduler = remote_scheduler
         self.links: dict[str, PathLink] = {}
@@ -103,22 +114,33 @@ class HubServer(Registrar):
         self._next_check = 0.0
         self._drop_path = wire.DropLog(log, "the path socket")
         self._drop_engine = wire.DropLog(log, "the engine socket")
+        self._early: list[tuple[Callable, list]] = []  # client and engine messages before every path joined
 
     # -- start and stop -----------------------------------------------------------------
 
     def start(self) -> None:
-        self._ports = self._bind_routers(self.ip, ("client", "engine", "path"))
-        self._handle(self.client_sock, self._on_client)
-        self._handle(self.engine_sock, self._on_engine)
+        fixed = self.saved.ports if self.saved else {}
+        self._ports = self._bind_routers(self.ip, ("client", "engine", "path"), fixed)
+        self._handle(self.client_sock, self._until_ready(self._on_client))
+        self._handle(self.engine_sock, self._until_ready(self._on_engine))
         self._handle(self.path_sock, self._on_path)
-        self._ports["heartbeat"] = self._start_heartbeat()
+        self._ports["heartbeat"] = self._start_heartbeat(fixed.get("heartbeat"))
+        if self.saved:
+            for engine in self.hub.db.engines():
+                self.hub.restore_engine(engine.id, engine.uuid, engine.info, engine.registered)
+                self.monitor.expect(engine.uuid)
+            self.hub.restore_next_id(int(self.hub.db.meta("next_engine_id") or 0))
+            log.info("restored from %s: %d engines expected back", self.hub.db.path, len(self.hub.engines))
+        if self.hub.db:
+            SavedController(self.key, self.ip, self._ports, self.cluster_keys).save(self.hub.db)
         self.hub_file = self._write_hub_file()
         for kind in ("direct",) if self.remote_scheduler else PATHS:
             self.children.append(self._spawn(kind))
         log.info("controller %s: Hub listening on %s (split; pid %d), waiting for %s", self.cluster_id or "(default)",
                  self.ip, os.getpid(), " and ".join(f"the {k} path" for k in PATHS))
         if self.remote_scheduler:
-            log.info("start the task scheduler on its host with: mpihub scheduler --url-file %s", self.hub_file)
+            log.info("start the task scheduler on its host with: mpihub scheduler --url-file %s%s", self.hub_file,
+                     " --restore" if self.saved else "")
 
     def _write_hub_file(self) -> Path:
         """Where paths join the Hub, and (once they have) where each path listens."""
@@ -134,7 +156,19 @@ class HubServer(Registrar):
                 "--owner-pid", str(os.getpid()), "--scheduler", self.scheduler_name]
         if self.hwm is not None:
             args += ["--hwm", str(self.hwm)]
+        if self.saved:
+            args.append("--restore")
         return subprocess.Popen(args, stdin=subprocess.DEVNULL)
+
+    def _until_ready(self, handle: Callable[[list], None]) -> Callable[[list], None]:
+        """Hold what clients and engines send until every path has joined (a restored
+        Hub's ports are reachable at once), then handle it in order."""
+        def held(frames: list) -> None:
+            if self._ready:
+                handle(frames)
+            else:
+                self._early.append((handle, frames))
+        return held
 
     def close(self) -> None:
         self._stop_registration()
@@ -150,6 +184,8 @@ class HubServer(Registrar):
                 child.kill()
                 child.wait(5)
         super().close()
+        if self.hub.db:
+            self.hub.db.close()
         log.info("controller stopped")
 
     # -- timers -----------------------------------------------------------------------
@@ -230,6 +266,9 @@ class HubServer(Registrar):
             self._write_hub_file()
             self._write_connection_files(self._ports)
             log.info("controller %s ready", self.cluster_id or "(default)")
+            early, self._early = self._early, []
+            for handle, frames in early:
+                handle(frames)
 
     def _path_lost(self, link: PathLink, why: str) -> None:
         if self.links.get(link.kind) is not link:

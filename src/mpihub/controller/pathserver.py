@@ -27,19 +27,24 @@ from ..process import pid_alive
 from ..protocol import connection, wire
 from ..protocol.curve import Curve
 from . import merge
+from . import restore as restore_state
+from .restore import SavedController
 from .router import Router
-from .taskdb import open_db
+from .taskdb import db_path, open_db
 
 log = logging.getLogger("mpihub.controller")
 
 
 class PathServer(Router):
     def __init__(self, hub_info: dict, path: str, ip: str = "127.0.0.1", scheduler: str = "leastload",
-                 hwm: int | None = None, owner_pid: int | None = None, profile_dir=None):
+                 hwm: int | None = None, owner_pid: int | None = None, profile_dir=None, restore: bool = False):
         if path not in ("direct", "task"):
             raise ValueError(f"a path is 'direct' or 'task', not {path!r}")
+        kind, cluster_id = hub_info.get("db", "memory"), hub_info.get("cluster_id")
+        #: with ``restore``, the ports the path had before a restart (its engines and clients dial them)
+        self.saved = restore_state.load(db_path(profile_dir, cluster_id, path)) if restore else None
         super().__init__(hub_info["key"], (path,), scheduler, hwm, Curve.from_info(hub_info),
-                         open_db(hub_info.get("db", "memory"), hub_info["key"], profile_dir, hub_info.get("cluster_id"), path))
+                         open_db(kind, hub_info["key"], profile_dir, cluster_id, path))
         self.hub_info = hub_info
         self.path = path
         self.ip = ip
@@ -49,9 +54,16 @@ class PathServer(Router):
         self._drop_hub = wire.DropLog(log, "the Hub link")
 
     def start(self, timeout: float = 30.0) -> None:
-        ports = self._bind_routers(self.ip, ("client", "engine"))
+        ports = self._bind_routers(self.ip, ("client", "engine"), self.saved.ports if self.saved else None)
         self._handle(self.client_sock, self._on_client)
         self._handle(self.engine_sock, self._on_engine)
+        if self.saved:
+            for engine in self.hub.db.engines():
+                self.hub.restore_engine(engine.id, engine.uuid, engine.info, engine.registered)
+            log.info("%s path restored: %d engines expected back, %d unfinished tasks", self.path,
+                     len(self.hub.engines), self._restore_tasks())
+        if self.hub.db:
+            SavedController(self.key, self.ip, ports).save(self.hub.db)
         _, candidates = connection.channel_urls(self.ip, ports)
         self.hub_sock = self._join(candidates, timeout)
         self._handle(self.hub_sock, self._on_hub)
@@ -116,15 +128,21 @@ class PathServer(Router):
         claimed = msg.header["id"]
         if not isinstance(claimed, int):
             raise TypeError(f"hello names engine {claimed!r}, not an id")
-        skip = []
-        if engine_id is None:  # new here, or back after a network cut: what it holds is no longer its own
-            skip = sorted(wire.task_ids(msg.header.get("held")))
+        held = wire.task_ids(msg.header.get("held"))
+        record = self.hub.engines.get(engine_id) if engine_id is not None else None
+        if record is None:  # new here, or back after a network cut: what it holds is no longer its own
+            skip = sorted(held)
             retire_at = msg.header.get("retire_at")
             info = {"retire_at": retire_at} if isinstance(retire_at, (int, float)) else {}
-            self.hub.mirror_engine(claimed, uuid, info, time.time())
+            record = self.hub.mirror_engine(claimed, uuid, info, time.time())
+        elif record.rejoining:  # back after this path was restored
+            record.rejoining = False
+            skip = self._readopt(engine_id, held, wire.task_ids(msg.header.get("answered")))
+        else:
+            skip, record = [], None  # a repeated hello
         reply = wire.pack(self.signer, {"t": "hello_reply", "skip": skip})
         wire.send(self.engine_sock, [uuid, *reply])  # before any task
-        if engine_id is None:
+        if record is not None:
             self._engine_added(claimed)
         wire.send(self.hub_sock, wire.pack(self.signer, {"t": "engine_ready", "id": claimed}))
 
@@ -188,7 +206,7 @@ class PathServer(Router):
 
 
 def main(url_file: str | None, cluster_id: str | None, profile_dir: str | None, path: str, ip: str,
-         scheduler: str, hwm: int | None, owner_pid: int | None, timeout: float) -> int:
+         scheduler: str, hwm: int | None, owner_pid: int | None, timeout: float, restore: bool = False) -> int:
     """Entry point of ``mpihub scheduler``: join the Hub named by the hub connection file."""
     file = url_file or connection.connection_file("hub", cluster_id, profile_dir)
     for handler in logging.getLogger().handlers:  # its lines share the controller's log: say whose they are
@@ -196,7 +214,7 @@ def main(url_file: str | None, cluster_id: str | None, profile_dir: str | None, 
     server = None
     try:
         server = PathServer(connection.read(file, timeout=timeout), path, ip, scheduler, hwm, owner_pid,
-                            Path(file).parent.parent)
+                            Path(file).parent.parent, restore)
         server.start(timeout)
     except (FileNotFoundError, TimeoutError, RuntimeError, ValueError) as exc:
         print(f"mpihub scheduler: {exc}", file=sys.stderr)

@@ -358,12 +358,20 @@ class TaskDB:
         """Tasks not finished, in submission order, with their requests signed by this
         controller (None where the store did not keep one)."""
         self.flush()
-        rows = self._reader.execute("SELECT msg_id, queue, engine_id, client, submitted FROM tasks "
-                                    "WHERE completed IS NULL ORDER BY submitted").fetchall()
-        for msg_id, queue, engine_id, client, submitted in rows:
-            state, frames = self.payload(msg_id, "request")
-            nbytes = sum(len(f) for f in frames) if state == "stored" else 0
-            yield PendingTask(msg_id, queue, engine_id, client, submitted, frames if state == "stored" else None, nbytes)
+        rows = self._reader.execute("SELECT msg_id, queue, engine_id, client, submitted, request, request_of, "
+                                    "signed_by, evicted FROM tasks WHERE completed IS NULL ORDER BY submitted")
+        blobs: dict[str, tuple] = {}
+        for msg_id, queue, engine_id, client, submitted, blob, request_of, signed_by, evicted in rows.fetchall():
+            if blob is not None and not evicted:
+                blobs[msg_id] = (blob, signed_by)
+                frames = self._signed_now(unpack_frames(blob), signed_by)
+            elif request_of in blobs:  # one request to several engines, stored once
+                frames = self._signed_now(unpack_frames(blobs[request_of][0]), blobs[request_of][1])
+            else:
+                state, frames = self.payload(request_of, "request") if request_of else ("unstored", None)
+                frames = frames if state == "stored" else None
+            nbytes = sum(len(f) for f in frames) if frames else 0
+            yield PendingTask(msg_id, queue, engine_id, client, submitted, frames, nbytes)
 
     def engines(self) -> list[StoredEngine]:
         """The engine table as its controller left it."""
