@@ -86,7 +86,7 @@ def test_cli_cluster_start_status_list_stop(profile_dir):
     try:
         status = mpihub_cli("status", "--cluster-id", "cli")
         assert status.returncode == 0, status.stderr
-        assert "2 engines" in status.stdout and "engine    0" in status.stdout
+        assert "2 engines" in status.stdout and [line.split()[0] for line in status.stdout.splitlines()[2:]] == ["0", "1"]
         listing = mpihub_cli("cluster", "list")
         assert "cli" in listing.stdout and "3/3 processes running" in listing.stdout
         with mpihub.Client(cluster_id="cli") as rc:

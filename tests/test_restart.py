@@ -21,6 +21,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -280,9 +281,14 @@ def test_a_client_cut_off_gets_every_result_when_the_line_is_back(processes):
         relay.cut()  # the results arrive at the controller meanwhile, and cannot be passed on
         time.sleep(1.5)
         during = lb.apply_async(nap, 10, 0)  # queued in the client while the line is down
+        status: list[dict] = []
+        asking = threading.Thread(target=lambda: status.append(rc.queue_status()))  # sent once the line is back
+        asking.start()
         time.sleep(1.0)
-        assert not any(ar.ready() for ar in finishing)
+        assert not any(ar.ready() for ar in finishing) and not status
         relay.mend()
+        asking.join(20)
+        assert status and status[0]["unassigned"] == 0
         assert [ar.get(20)[0] for ar in finishing] == [0, 1, 2, 3]
         assert during.get(20)[0] == 10
         assert rc._reconnector.reconnects >= 1
@@ -329,5 +335,39 @@ def test_restarts_under_load_lose_nothing(processes):
         assert status["unassigned"] == 0 and rc.ids == [0, 1]
         print(f"restarts under load: tasks={LOAD_TASKS} restarts={RESTARTS} lost=0 wrong=0 "
               f"reconnects={rc._reconnector.reconnects} elapsed={elapsed:.1f}s")
+    finally:
+        rc.close()
+
+
+def test_queries_wait_for_the_connection_and_are_asked_again_after_it(processes):
+    """A query made while the controller is down goes out once the client has said hello
+    to the restored one (its answer would otherwise go to a socket not yet back); of
+    the queries waiting when the connection broke, a harmless one is asked again and
+    answered, another fails saying it may have been done."""
+    from mpihub.client.client import _QuerySlot
+
+    processes.start_controller("--db", "sqlite")
+    processes.start_engine()
+    rc = client_through(processes)
+    try:
+        rc.wait_for_engines(1, timeout=30, interactive=False)
+        harmless = _QuerySlot({"t": "query", "op": "queue_status", "rid": "cut-1", "rt": rc._receiving_identity})
+        harmful = _QuerySlot({"t": "query", "op": "abort", "rid": "cut-2", "ids": [], "rt": rc._receiving_identity})
+        rc._queries.update({"cut-1": harmless, "cut-2": harmful})  # as if sent just before the break
+        time.sleep(0.1)  # the store commits every 5 ms: the engine table is in it
+        processes.kill_controller()
+        deadline = time.monotonic() + 10
+        while rc._reconnector.up.is_set() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        answers: list[dict] = []
+        asking = threading.Thread(target=lambda: answers.append(rc.queue_status()))
+        asking.start()
+        time.sleep(0.5)
+        assert not answers  # waits: nothing to answer it
+        processes.start_controller("--db", "sqlite", "--restore")
+        asking.join(20)
+        assert answers and answers[0][0]["queue"] == 0, answers  # engine 0, restored from the store
+        assert harmless.event.wait(10) and harmless.header["ok"] and "unassigned" in harmless.header["result"]
+        assert harmful.event.is_set() and harmful.header["lost"] and "may or may not" in harmful.header["error"]
     finally:
         rc.close()

@@ -7,7 +7,7 @@ import signal
 import sys
 import time
 
-from . import config
+from . import __version__, config
 from .controller.scheduler import SCHEDULERS
 
 
@@ -161,22 +161,32 @@ def _cmd_status(args) -> int:
         print(f"mpihub status: {exc}", file=sys.stderr)
         return 1
     with client:
-        status = client.queue_status()
-        print(f"cluster {client.cluster_id or 'default'}: {len(client.ids)} engines, "
-              f"{status.get('unassigned', 0)} tasks unassigned")
-        for engine_id in client.ids:
-            info = client._engines[engine_id]
-            queue = status.get(engine_id, {})
-            rank = info.get("mpi_rank")
-            print(f"  engine {engine_id:>4}  {info.get('hostname')} pid {info.get('pid')}"
-                  f"{'' if rank is None else f' rank {rank}'}  queue {queue.get('queue', 0)}"
-                  f"  tasks {queue.get('tasks', 0)}  completed {queue.get('completed', 0)}")
+        print(status_table(client.cluster_id, client._engines, client.queue_status()))
     return 0
+
+
+def status_table(cluster_id: str | None, engines: dict[int, dict], status: dict) -> str:
+    """``mpihub status``: a line on the cluster, then one row per engine."""
+    rows = [("ENGINE", "HOST", "PID", "MPI RANK", "QUEUED", "RUNNING", "DONE")]
+    for engine_id, info in sorted(engines.items()):
+        counts = status.get(engine_id, {})
+        rank = info.get("mpi_rank")
+        rows.append((str(engine_id), str(info.get("hostname", "?")), str(info.get("pid", "?")),
+                     "-" if rank is None else f"{rank}/{info.get('mpi_size')}", str(counts.get("queue", 0)),
+                     str(counts.get("tasks", 0)), str(counts.get("completed", 0))))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = [f"cluster {cluster_id or 'default'}: {len(engines)} engines, "
+             f"{status.get('unassigned', 0)} load-balanced tasks waiting for one"]
+    if engines:
+        lines += ["  ".join(cell.rjust(w) if i != 1 else cell.ljust(w) for i, (cell, w) in enumerate(zip(row, widths)))
+                  for row in rows]
+    return "\n".join(lines)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mpihub", description="Interactive parallel computing on HPC clusters.")
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING (default INFO)")
+    parser.add_argument("--version", action="version", version=f"mpihub {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 
     def common(p, cluster_id_default=""):

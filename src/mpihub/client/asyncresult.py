@@ -151,6 +151,23 @@ class AsyncResult:
         interrupts them where they run."""
         self._client.abort(self.msg_ids, interrupt=interrupt)
 
+    def each_reply(self, timeout: float | None = None) -> Iterator[int]:
+        """The index of each task as its reply arrives, in the order they arrive
+        (TimeoutError after ``timeout`` seconds without all of them)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        seen: set[int] = set()
+        while len(seen) < len(self.msg_ids):
+            with self._arrived:
+                fresh = [i for i, reply in enumerate(self._replies) if reply is not None and i not in seen]
+                if not fresh:
+                    left = None if deadline is None else deadline - time.monotonic()
+                    if left is not None and left <= 0:
+                        raise errors.TimeoutError(f"{self._fname or 'result'}: {len(seen)}/{len(self.msg_ids)} "
+                                                  f"replies after {timeout} s")
+                    self._arrived.wait(0.5 if left is None else min(left, 0.5))
+            seen.update(fresh)
+            yield from fresh
+
     def add_done_callback(self, callback: Callable[["AsyncResult"], None]) -> None:
         """Call ``callback(self)`` once every reply is in (on the thread that received it)."""
         self._callbacks.append(callback)

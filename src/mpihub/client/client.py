@@ -44,11 +44,12 @@ class Front:
 
 
 class _QuerySlot:
-    __slots__ = ("event", "header")
+    __slots__ = ("event", "header", "request")
 
-    def __init__(self):
+    def __init__(self, request: dict):
         self.event = threading.Event()
         self.header: dict | None = None
+        self.request = request  # sent again after a reconnect, if asking twice is harmless
 
 
 #: Why the controller has no result to send, by the state its answer names.
@@ -117,6 +118,10 @@ class Client:
             self._engines[engine["id"]] = engine
             self._link(engine)
         self._io.start()
+        if "IPython" in sys.modules:
+            from .magics import activate_if_in_ipython
+
+            activate_if_in_ipython(self)
 
     # -- connection -------------------------------------------------------------------
 
@@ -325,12 +330,18 @@ class Client:
         hub = self._fronts["hub"]
         if hub.lost:
             raise hub.error(f"the controller cannot answer {op!r}: {hub.lost}")
+        if not self._reconnector.up.wait(timeout):  # its answer would go to a socket not yet back
+            raise errors.TimeoutError(f"the connection to the controller did not come back within {timeout} s; "
+                                      f"{op!r} was not sent")
         rid = self._new_id()
-        slot = self._queries[rid] = _QuerySlot()
-        self._send({"t": "query", "op": op, "rid": rid, "rt": self._receiving_identity, **args})
+        request = {"t": "query", "op": op, "rid": rid, "rt": self._receiving_identity, **args}
+        slot = self._queries[rid] = _QuerySlot(request)
+        self._send(request)
         if not self._io.wait_for(slot.event, timeout):
             self._queries.pop(rid, None)
             raise errors.TimeoutError(f"the controller did not answer {op!r} within {timeout} s")
+        if slot.header.get("lost"):
+            raise errors.ControllerError(slot.header["error"])
         if not slot.header["ok"]:
             raise ValueError(f"the controller refused {op!r}: {slot.header.get('error')}")
         return slot.header.get("result")
@@ -417,6 +428,13 @@ class Client:
                 raise IndexError(f"no engines with ids {missing}; registered: {self.ids}")
             return DirectView(self, list(key))
         raise TypeError(f"index engines with an int, slice or list, not {type(key).__name__}")
+
+    def activate(self, targets="all", suffix: str = ""):
+        """Give IPython ``%px``, ``%%px``, ``%autopx`` and ``%pxresult`` (each with
+        ``suffix``) on a DirectView of ``targets`` (see :mod:`.magics`)."""
+        from .magics import activate
+
+        return activate(self.direct_view(targets), suffix)
 
     def direct_view(self, targets="all") -> "DirectView":
         from .view import DirectView

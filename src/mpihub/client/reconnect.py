@@ -12,6 +12,7 @@ controller has never heard of was lost with the old connection, and fails, sayin
 from __future__ import annotations
 
 import logging
+import threading
 from typing import TYPE_CHECKING
 
 import zmq
@@ -33,6 +34,8 @@ LOST = {
     "unstored": "its result was too large for the controller's store, and was sent while the connection was down",
     "direct": "its reply was sent while the connection was down, and its data went straight from the engine",
 }
+#: Queries asked again after a reconnect (asking twice changes nothing); others fail.
+REPEATABLE = {"queue_status", "db_query", "result"}
 
 
 class Reconnector:
@@ -44,9 +47,13 @@ class Reconnector:
         self._hellos: dict[str, str] = {}  # connect rid -> the front it went to
         self._queries: dict[str, list[str]] = {}  # result query rid -> the ids asked for
         self.reconnects = 0
+        self.up = threading.Event()  # the Hub's receiving socket is connected and greeted
+        self.up.set()
 
     def disconnected(self, front: str) -> None:
         log.warning("lost the connection to the controller%s; reconnecting", "" if front == "hub" else f"'s {front} path")
+        if front == "hub":
+            self.up.clear()
 
     def reconnected(self, sock: zmq.Socket, front: str) -> None:
         """A receiving socket has a new connection: say hello on it again."""
@@ -61,6 +68,8 @@ class Reconnector:
             return
         if front == "hub":
             self.client._replace_engines(msg.header.get("engines") or [])
+            self._retry_queries()
+            self.up.set()
         waiting = list(self.client._pending)
         log.warning("connected to the controller%s again; asking for the %d results still awaited",
                     "" if front == "hub" else f"'s {front} path", len(waiting))
@@ -69,6 +78,18 @@ class Reconnector:
             self._queries[rid] = waiting
             self.client._send({"t": "query", "op": "result", "rid": rid, "ids": waiting,
                                "rt": self.client._receiving_identity})
+
+    def _retry_queries(self) -> None:
+        """Queries waiting when the connection broke: their answers may be lost. Ask
+        again those that change nothing; the others fail (they may have been done)."""
+        for rid, slot in list(self.client._queries.items()):
+            op = slot.request.get("op")
+            if op in REPEATABLE:
+                self.client._send(slot.request)
+            elif self.client._queries.pop(rid, None) is not None:
+                slot.header = {"ok": False, "lost": True, "error": f"the connection to the controller broke while "
+                               f"it handled {op!r}, which may or may not have been done: check before asking again"}
+                slot.event.set()
 
     def on_query_reply(self, msg: wire.Message) -> bool:
         """Handle the answer to a result query made here; False if it was not one."""

@@ -20,6 +20,7 @@ from ..engine import ops
 from ..protocol import serialize
 from . import collectives, partition
 from .asyncresult import AsyncMapResult, AsyncResult
+from .executor import ViewExecutor
 from .lazymap import lazy_map
 from .remotefunction import ParallelFunction, RemoteFunction
 
@@ -63,6 +64,11 @@ class View:
     @property
     def targets(self):
         return self._targets
+
+    @property
+    def executor(self) -> "ViewExecutor":
+        """This view as a :class:`concurrent.futures.Executor` (``submit``, ``map``)."""
+        return ViewExecutor(self)
 
     # -- calls ------------------------------------------------------------------------
 
