@@ -20,12 +20,14 @@ $(STAMP): pyproject.toml | $(PY)
 demo: $(STAMP)
 	$(PY) -m mpihub.demo
 
-# a real one-node Slurm (tests/slurm/setup.sh, as root; stopped again on exit), the whole
-# suite, then the rank-level MPI tests alone (one rank) and as one 2-rank MPI job. Not
-# root: setup exits 3 and the Slurm tests skip (under CI=true they fail instead).
+# a real one-node Slurm (tests/slurm/setup.sh, as root; stopped again on exit) and a
+# headless Chromium for the dashboard (tests/browser/setup.sh), the whole suite, then the
+# rank-level MPI tests alone (one rank) and as one 2-rank MPI job. Not root: the setups
+# exit 3 and those tests skip (under CI=true they fail instead).
 test: $(STAMP)
 	@set -e; trap 'bash tests/slurm/teardown.sh' EXIT; \
 	bash tests/slurm/setup.sh || [ $$? -eq 3 ]; \
+	bash tests/browser/setup.sh || [ $$? -eq 3 ]; \
 	$(PY) -m pytest tests -q -p no:cacheprovider --timeout=300; \
 	$(PY) -m pytest tests/ranks -q -p no:cacheprovider --with-mpi --timeout=300; \
 	timeout 900 $(VENV)/bin/mpiexec -n 2 $(PY) -m pytest tests/ranks -q -p no:cacheprovider --with-mpi \

@@ -93,7 +93,8 @@ def test_cli_mpi_cluster(profile_dir):
     state = json.loads(state_file("mpicli").read_text())
     try:
         status = subprocess.run([*cli, "status", "--cluster-id", "mpicli"], capture_output=True, text=True, timeout=30)
-        assert " rank 0 " in status.stdout and " rank 1 " in status.stdout
+        ranks = [line.split()[3] for line in status.stdout.splitlines()[2:]]
+        assert ranks == ["0/2", "1/2"], status.stdout
         with mpihub.Client(cluster_id="mpicli") as rc:
             engine_pids = [rc._engines[i]["pid"] for i in rc.ids]
             assert rc[:].apply_sync(psum, 2) == [4, 4]

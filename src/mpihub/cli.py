@@ -32,6 +32,10 @@ def _cmd_controller(args) -> int:
     if args.remote_scheduler and not args.split:
         print("mpihub controller: --remote-scheduler needs --split", file=sys.stderr)
         return 2
+    if args.dashboard is not None and args.split:
+        print("mpihub controller: the dashboard is served by the one-process controller, not with --split",
+              file=sys.stderr)
+        return 2
     from .controller.restore import RestoreError
 
     try:
@@ -42,13 +46,13 @@ def _cmd_controller(args) -> int:
         else:
             from .controller.server import Controller
 
-            controller = Controller(restore=args.restore, **options)
+            controller = Controller(restore=args.restore, dashboard=args.dashboard, **options)
     except RestoreError as exc:
         print(f"mpihub controller: {exc}", file=sys.stderr)
         return 2
     try:
         controller.start()
-    except RuntimeError as exc:  # a restored port that is taken
+    except (RuntimeError, OSError) as exc:  # a restored or dashboard port that is taken
         print(f"mpihub controller: {exc}", file=sys.stderr)
         return 2
     controller.serve_forever()
@@ -211,6 +215,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--db", choices=["memory", "sqlite"], default="memory",
                    help="where task records and results are kept: a bounded cache in memory (default), or also "
                         "in SQLite under <profile>/db/, for later clients and restarts")
+    p.add_argument("--dashboard", type=int, default=None, metavar="PORT",
+                   help="serve a live dashboard (engines, throughput, failures; and its JSON) on PORT of the "
+                        "controller's address (0: any free port); its URL, with a token, goes into the client file")
     p.add_argument("--restore", action="store_true",
                    help="with --db sqlite: take over from a controller of this cluster that stopped (same keys and "
                         "ports; its engines register again, its results and unfinished tasks are kept)")

@@ -582,6 +582,7 @@ class Client:
     def shutdown(self, targets="all", hub: bool = False, block: bool = True) -> None:
         """Stop engines (``targets``), and with ``hub=True`` the controller too."""
         engine_ids = None if targets == "all" else self._check_targets(targets)
+        self._reconnector.stopping = hub
         stopped = self._query("shutdown", targets=engine_ids, hub=hub)
         if block:
             deadline = time.monotonic() + 10

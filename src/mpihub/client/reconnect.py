@@ -49,9 +49,14 @@ class Reconnector:
         self.reconnects = 0
         self.up = threading.Event()  # the Hub's receiving socket is connected and greeted
         self.up.set()
+        self.stopping = False  # this client asked the controller to shut down
 
     def disconnected(self, front: str) -> None:
-        log.warning("lost the connection to the controller%s; reconnecting", "" if front == "hub" else f"'s {front} path")
+        where = "" if front == "hub" else f"'s {front} path"
+        if self.stopping:
+            log.info("the controller%s closed the connection after the shutdown asked of it", where)
+        else:
+            log.warning("lost the connection to the controller%s; reconnecting", where)
         if front == "hub":
             self.up.clear()
 

@@ -73,7 +73,8 @@ class Registrar(Service):
     def _write_connection_files(self, ports: dict[str, int]) -> None:
         """The client and engine files: every candidate address of each channel."""
         primary, candidates = connection.channel_urls(self.ip, ports)
-        self._write_file("client", {"client": primary["client"], "candidates": {"client": candidates["client"]}})
+        self._write_file("client", {"client": primary["client"], "candidates": {"client": candidates["client"]},
+                                    **self._client_file_fields()})
         self._write_file("engine", {
             "engine": primary["engine"],
             "heartbeat": primary["heartbeat"],
@@ -82,6 +83,10 @@ class Registrar(Service):
             # engines listen for direct data links on loopback only when everything is local
             "engine_bind_ip": "127.0.0.1" if self.ip.startswith("127.") else "*",
         })
+
+    def _client_file_fields(self) -> dict:
+        """What the client file holds besides the addresses (the dashboard's URL)."""
+        return {}
 
     def _stop_registration(self) -> None:
         """Stop every engine, remove the connection files, end the heartbeat thread."""

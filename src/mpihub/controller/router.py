@@ -20,6 +20,7 @@ from ..protocol import wire
 from ..protocol.curve import Curve
 from . import merge
 from .base import Service
+from .dashboard import DashboardStats
 from .hub import Hub
 from .scheduler import SCHEDULERS
 from .taskdb import TaskDB
@@ -45,6 +46,7 @@ class Router(Service):
         if "task" in paths:
             chosen = SCHEDULERS[scheduler](config.SCHEDULER_HWM if hwm is None else hwm)
             self.tasks = TaskPath(self.hub, chosen, self.signer, self._send_to_engine, self._fail)
+        self.stats: DashboardStats | None = None  # counts for the dashboard, when it is on
         self._tombstones: OrderedDict[str, None] = OrderedDict()
         self._retirements: list[tuple[float, int]] = []  # a heap of (retire_at, engine id)
         self._drop_engine = wire.DropLog(log, "the engine socket")
@@ -91,6 +93,8 @@ class Router(Service):
             self.tasks.forget(msg_id)
         fetched = self._deliver(msg_id, frames)
         self.hub.finish(msg_id, engine_id, header, frames, 0, now, fetched)
+        if self.stats:
+            self.stats.task_finished(now, header, engine_id)
         if self.tasks:
             self.tasks.finished(msg_id)
 
@@ -178,8 +182,10 @@ class Router(Service):
         if record.queue == "task" and self.tasks.reply(msg_id, engine_id, msg.header):
             return  # passed on or retried: the client hears only of the last attempt
         fetched = self._deliver(msg_id, msg.frames)
-        self.hub.finish(msg_id, engine_id, msg.header, msg.frames, sum(len(f) for f in msg.frames), time.time(),
-                        fetched)
+        now = time.time()
+        self.hub.finish(msg_id, engine_id, msg.header, msg.frames, sum(len(f) for f in msg.frames), now, fetched)
+        if self.stats:
+            self.stats.task_finished(now, msg.header, engine_id)
         if self.tasks:
             self.tasks.finished(msg_id)
 

@@ -10,9 +10,12 @@ from __future__ import annotations
 import logging
 import os
 import secrets
+import socket
+import time
 
 from ..protocol.curve import ClusterKeys
 from . import restore as restore_state
+from .dashboard import DashboardServer, DashboardStats
 from .registrar import Registrar
 from .restore import RestoreError, SavedController
 from .router import Router
@@ -28,7 +31,8 @@ class Controller(Registrar, Router):
 
     def __init__(self, ip: str = "127.0.0.1", cluster_id: str | None = None, profile_dir=None,
                  scheduler: str = "leastload", key: str | None = None, owner_pid: int | None = None,
-                 hwm: int | None = None, curve: bool = False, db: str = "memory", restore: bool = False):
+                 hwm: int | None = None, curve: bool = False, db: str = "memory", restore: bool = False,
+                 dashboard: int | None = None):
         self.saved: SavedController | None = None
         if restore:
             if db != "sqlite":
@@ -46,6 +50,10 @@ class Controller(Registrar, Router):
         self.profile_dir = profile_dir
         self.owner_pid = owner_pid
         self.scheduler = self.tasks.scheduler
+        self.dashboard = DashboardServer(self.ip, dashboard) if dashboard is not None else None
+        self._next_snapshot = 0.0
+        if self.dashboard:
+            self.stats = DashboardStats()
 
     def start(self) -> None:
         fixed = self.saved.ports if self.saved else {}
@@ -57,6 +65,10 @@ class Controller(Registrar, Router):
             self._restore()
         if self.hub.db:
             SavedController(self.key, self.ip, ports, self.cluster_keys).save(self.hub.db)
+        if self.dashboard:
+            self.dashboard.start()
+            self._publish()
+            log.info("dashboard at %s", self.dashboard.url(self._dashboard_host()))
         self._write_connection_files(ports)
         log.info("controller %s listening on %s (one process; scheduler %s, hwm %d%s; tasks stored %s; pid %d)",
                  self.cluster_id or "(default)", self.ip, self.scheduler_name, self.scheduler.hwm,
@@ -77,8 +89,37 @@ class Controller(Registrar, Router):
 
     def close(self) -> None:
         self._stop_registration()
+        if self.dashboard:
+            self.dashboard.stop()
         super().close()
         log.info("controller stopped")
+
+    # -- the dashboard ------------------------------------------------------------------
+
+    def _dashboard_host(self) -> str:
+        return socket.gethostname() if self.ip in ("0.0.0.0", "*") else self.ip
+
+    def _client_file_fields(self) -> dict:
+        return {"dashboard": self.dashboard.url(self._dashboard_host())} if self.dashboard else {}
+
+    def _next_wakeup(self) -> float | None:
+        deadline = super()._next_wakeup()
+        if not self.dashboard:
+            return deadline
+        return self._next_snapshot if deadline is None else min(deadline, self._next_snapshot)
+
+    def _wake(self) -> None:
+        super()._wake()
+        if self.dashboard and time.time() >= self._next_snapshot:
+            self._publish()
+
+    def _publish(self) -> None:
+        """Hand the dashboard a fresh snapshot (once a second)."""
+        now = time.time()
+        self._next_snapshot = now + 1.0
+        engines = [{**rec.describe(), "state": "rejoining" if rec.rejoining else "retired" if rec.retired
+                    else "running"} for _, rec in sorted(self.hub.engines.items())]
+        self.dashboard.snapshot = self.stats.snapshot(now, self.cluster_id, engines, self.hub.queue_status())
 
     def _connect_fields(self) -> dict:
         return {"engines": list(self.hub.engine_table().values()), "scheduler": self.scheduler_name}
