@@ -3,6 +3,8 @@
 activation by the first Client made inside IPython."""
 from __future__ import annotations
 
+import time
+
 import pytest
 from IPython.core.interactiveshell import InteractiveShell
 
@@ -120,3 +122,30 @@ def test_ctrl_c_during_a_blocking_run_interrupts_the_engines(px, monkeypatch):
         magics._default.last_result.get(15)  # long before the 30 s sleep would end
     assert all(isinstance(e, mpihub.TaskAborted) or e.ename == "KeyboardInterrupt" for e in info.value.elist), \
         info.value.elist
+
+
+def test_stream_shows_lines_while_the_engines_still_run(px, rc, capsys, monkeypatch):
+    seen: list[tuple[float, str]] = []
+    printed = print
+
+    def stamped(*args, **kwargs):
+        seen.append((time.monotonic(), " ".join(map(str, args))))
+        printed(*args, **kwargs)
+
+    monkeypatch.setattr("builtins.print", stamped)
+    px.run_cell_magic("px", "--stream", "import time\nprint('early')\ntime.sleep(1.5)\nprint('late')")
+    when = {text: t for t, text in seen}
+    assert sorted(lines_of(capsys.readouterr().out, "[stdout:")) == [
+        "[stdout:0] early", "[stdout:0] late", "[stdout:1] early", "[stdout:1] late"]  # each line once
+    assert when["[stdout:0] late"] - when["[stdout:0] early"] > 1.0  # shown while the engine slept
+
+
+def test_execute_can_stream_to_a_callback(rc):
+    arrived: list[tuple[float, int, str, str]] = []
+    ar = rc[:].execute("import time\nprint('one')\ntime.sleep(1)\nprint('two')", block=False, stream=True)
+    ar.add_output_callback(lambda index, engine, name, text: arrived.append((time.monotonic(), engine, name, text)))
+    ar.get(20)
+    done = time.monotonic()
+    firsts = [t for t, _, name, text in arrived if text == "one\n" and name == "stdout"]
+    assert len(firsts) == 2 and all(done - t > 0.5 for t in firsts)  # before the replies, not with them
+    assert ar.stdout == ["one\ntwo\n", "one\ntwo\n"]

@@ -71,6 +71,7 @@ class AsyncResult:
         self._event = threading.Event()
         self._arrived = threading.Condition()
         self._callbacks: list[Callable[[AsyncResult], None]] = []
+        self._output_callbacks: list[Callable[[int, Any, str, str], None]] = []
         self._result: Any = _MISSING
         self._local = None  # the caller's own socket, for a blocking call
         self._front = None  # the controller process the request went to
@@ -151,22 +152,17 @@ class AsyncResult:
         interrupts them where they run."""
         self._client.abort(self.msg_ids, interrupt=interrupt)
 
-    def each_reply(self, timeout: float | None = None) -> Iterator[int]:
-        """The index of each task as its reply arrives, in the order they arrive
-        (TimeoutError after ``timeout`` seconds without all of them)."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        seen: set[int] = set()
-        while len(seen) < len(self.msg_ids):
-            with self._arrived:
-                fresh = [i for i, reply in enumerate(self._replies) if reply is not None and i not in seen]
-                if not fresh:
-                    left = None if deadline is None else deadline - time.monotonic()
-                    if left is not None and left <= 0:
-                        raise errors.TimeoutError(f"{self._fname or 'result'}: {len(seen)}/{len(self.msg_ids)} "
-                                                  f"replies after {timeout} s")
-                    self._arrived.wait(0.5 if left is None else min(left, 0.5))
-            seen.update(fresh)
-            yield from fresh
+    def _output(self, index: int, engine_id: Any, name: str, text: str) -> None:
+        """Lines a running task printed (``execute(stream=True)``), on the receiving thread."""
+        if self._replies[index] is None:
+            for callback in self._output_callbacks:
+                callback(index, engine_id, name, text)
+
+    def add_output_callback(self, callback: Callable[[int, Any, str, str], None]) -> None:
+        """Call ``callback(index, engine_id, "stdout" | "stderr", text)`` for the lines
+        each task prints while it runs, when it was sent with ``stream=True`` (on the
+        thread that receives them; the final ``stdout`` still holds all of it)."""
+        self._output_callbacks.append(callback)
 
     def add_done_callback(self, callback: Callable[["AsyncResult"], None]) -> None:
         """Call ``callback(self)`` once every reply is in (on the thread that received it)."""

@@ -176,6 +176,11 @@ class Client:
             if self._also_deliver:
                 for ar, index in self._also_deliver.pop(msg_id, ()):
                     ar._deliver(index, msg)
+        elif kind == "stream":
+            ar = self._results.get(msg.header.get("id"))
+            if ar is not None:
+                ar._output(ar.msg_ids.index(msg.header["id"]), msg.header.get("eng"), str(msg.header.get("name")),
+                           str(msg.header.get("text")))
         elif kind == "connect_reply":
             self._reconnector.on_connect_reply(msg)
         elif kind == "query_reply" and not self._reconnector.on_query_reply(msg):

@@ -10,12 +10,13 @@ a DirectView; ``suffix`` gives another view magics of its own (``%px_evens``):
 
 Output comes per engine, each line prefixed by the engine id: ``[stdout:0]``,
 ``[stderr:1]``, ``Out[2]:`` for the value of a cell's last expression, ``[3:execute]``
-for an error. With ``--stream``, each engine's output is shown as soon as that engine
-finishes, not once all have. A blocking run interrupted with Ctrl-C interrupts the
-engines too.
+for an error. With ``--stream``, each line is shown as the engine prints it, and each
+engine's value or error as soon as that engine finishes. A blocking run interrupted
+with Ctrl-C interrupts the engines too.
 """
 from __future__ import annotations
 
+import queue
 import sys
 
 from IPython.core.magic import Magics, magics_class, no_var_expand
@@ -35,14 +36,19 @@ def parse_targets(text: str | None):
     return ids[0] if len(ids) == 1 else ids
 
 
-def show_reply(ar: AsyncResult, index: int) -> None:
-    """Print one engine's output, every line prefixed by its engine id."""
+def show_lines(engine, name: str, text: str) -> None:
+    """Print output of an engine, every line prefixed by its engine id."""
+    for line in text.splitlines():
+        print(f"[{name}:{engine}] {line}", file=sys.stdout if name == "stdout" else sys.stderr)
+
+
+def show_reply(ar: AsyncResult, index: int, shown: dict | None = None) -> None:
+    """Print one engine's output (past the characters ``shown`` already, by stream
+    name) and the value of its last expression, or its error."""
     md = ar._metadata_of(index)
     engine = md["engine_id"]
-    for line in md["stdout"].splitlines():
-        print(f"[stdout:{engine}] {line}")
-    for line in md["stderr"].splitlines():
-        print(f"[stderr:{engine}] {line}", file=sys.stderr)
+    for name in ("stdout", "stderr"):
+        show_lines(engine, name, md[name][(shown or {}).get(name, 0):])
     value = ar._value(index)
     if isinstance(value, errors.RemoteError):
         print(f"[{engine}:execute] {value.ename}: {value.evalue}", file=sys.stderr)
@@ -76,7 +82,7 @@ class ParallelMagics(Magics):
     @argument("-t", "--targets", default=None, help="engines: all, an id, 0,2,5 or a slice 0:4")
     @argument("-b", "--block", action="store_true", default=None, help="wait and show the outputs (default)")
     @argument("-a", "--noblock", action="store_false", dest="block", help="return at once; %%pxresult shows them")
-    @argument("--stream", action="store_true", help="show each engine's output as soon as that engine finishes")
+    @argument("--stream", action="store_true", help="show each engine's output as it prints it")
     @argument("--local", action="store_true", help="run the cell here too, after the engines")
     def cell_px(self, line: str = "", cell: str = "") -> AsyncResult | None:
         """Run the cell on the view's engines."""
@@ -90,7 +96,7 @@ class ParallelMagics(Magics):
         """Show the outputs of the last run that did not wait."""
         if self.last_result is None:
             raise RuntimeError(f"no %px{self.suffix} run to show yet")
-        self._show(self.last_result, stream=False)
+        self._show(self.last_result, None)
 
     def toggle_autopx(self, line: str = "") -> None:
         """Run every cell on the engines as %%px, until %autopx again."""
@@ -111,28 +117,52 @@ class ParallelMagics(Magics):
         return [f"get_ipython().run_cell_magic({'px' + self.suffix!r}, '', {code!r})\n"]
 
     def _run(self, code: str, targets, block: bool, stream: bool) -> AsyncResult:
-        ar = self.view.execute(code, targets=targets, block=False, silent=False)
+        chunks: queue.SimpleQueue = queue.SimpleQueue()
+        ar = self.view.execute(code, targets=targets, block=False, silent=False, stream=stream and block)
+        ar.add_output_callback(lambda *chunk: chunks.put(chunk))
         self.last_result = ar
         if block:
-            self._show(ar, stream)
+            self._show(ar, chunks if stream else None)
         return ar
 
-    def _show(self, ar: AsyncResult, stream: bool) -> None:
-        """Wait for the replies (Ctrl-C interrupts the engines) and print them; raise the
-        engines' errors after their outputs."""
+    def _show(self, ar: AsyncResult, chunks: queue.SimpleQueue | None) -> None:
+        """Wait for the replies (Ctrl-C interrupts the engines) and print them: with
+        ``chunks``, each engine's lines as it prints them; raise the engines' errors
+        after their outputs."""
         try:
-            if stream:
-                for index in ar.each_reply():
-                    show_reply(ar, index)
+            if chunks is not None:
+                self._stream(ar, chunks)
             else:
                 ar.wait()
+                for index in range(len(ar.msg_ids)):
+                    show_reply(ar, index)
         except KeyboardInterrupt:
             ar.abort(interrupt=True)
             raise
-        if not stream:
-            for index in range(len(ar.msg_ids)):
-                show_reply(ar, index)
         ar.get(0)
+
+    @staticmethod
+    def _stream(ar: AsyncResult, chunks: queue.SimpleQueue) -> None:
+        shown: dict[int, dict[str, int]] = {}
+        done: set[int] = set()
+
+        def drain(block: bool) -> None:
+            while True:
+                try:
+                    index, engine, name, text = chunks.get(timeout=0.05) if block else chunks.get_nowait()
+                except queue.Empty:
+                    return
+                block = False
+                show_lines(engine, name, text)
+                counts = shown.setdefault(index, {})
+                counts[name] = counts.get(name, 0) + len(text)
+
+        while len(done) < len(ar.msg_ids):
+            drain(block=True)
+            for index in [i for i, reply in enumerate(ar._replies) if reply is not None and i not in done]:
+                drain(block=False)  # what it printed before its reply came
+                show_reply(ar, index, shown.get(index))
+                done.add(index)
 
 
 #: The magics without a suffix, as last registered (their client may be closed since).

@@ -199,12 +199,14 @@ class DirectView(View):
 
     # -- code ---------------------------------------------------------------------
 
-    def execute(self, code: str, targets=None, block=None, silent: bool = True) -> Any:
+    def execute(self, code: str, targets=None, block=None, silent: bool = True, stream: bool = False) -> Any:
         """Run ``code`` on each engine; with ``silent=False`` the last expression's value
-        is the result."""
+        is the result. With ``stream``, printed lines come as they are printed, to the
+        result's ``add_output_callback`` (and, as always, all of them in ``stdout``)."""
         if not isinstance(code, str):
             raise TypeError(f"execute needs a str of code, not {type(code).__name__}")
-        ar = self._send("execute", code.encode("utf-8"), [], {"silent": bool(silent)}, targets, False, "execute",
+        fields = {"silent": bool(silent), **({"so": True} if stream else {})}
+        ar = self._send("execute", code.encode("utf-8"), [], fields, targets, False, "execute",
                         self._blocking(block))
         return self._finish(ar, block)
 

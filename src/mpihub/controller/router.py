@@ -165,11 +165,20 @@ class Router(Service):
         engine_id = self.hub.by_uuid.get(uuid)
         if msg.type == "reply" and engine_id is not None:
             self._on_reply(engine_id, msg)
+        elif msg.type == "stream" and engine_id is not None:
+            self._on_stream(engine_id, msg)
         else:
             self._on_engine_other(uuid, engine_id, msg)
 
     def _on_engine_other(self, uuid: bytes, engine_id: int | None, msg: wire.Message) -> None:
         self._drop_engine(f"unexpected {msg.type!r} from {'unknown engine' if engine_id is None else engine_id}")
+
+    def _on_stream(self, engine_id: int, msg: wire.Message) -> None:
+        """Output of a running task that asked for it as it comes: on to its client."""
+        record = self.hub.tasks.get(msg.header["id"])
+        if record is None or record.completed is not None or record.engine_id != engine_id:
+            return self._drop_engine(f"output of a task not running on engine {engine_id}")
+        self._deliver(record.msg_id, msg.frames)
 
     def _on_reply(self, engine_id: int, msg: wire.Message) -> None:
         msg_id = msg.header["id"]

@@ -315,7 +315,12 @@ class Engine:
                     return
                 buffers = exc  # a collective still runs, so that the other ranks learn of it
         self._running_collective = "rk" in header
-        fields, data, out_buffers = executor.run(header, msg.content, buffers, msg_id)
+        sink = None
+        if header.get("so"):  # its output as it comes, on the socket the request came from
+            def sink(name: str, text: str) -> None:
+                wire.send(sock, wire.pack(self.signer, {"t": "stream", "id": msg_id, "eng": self.id, "name": name,
+                                                        "text": text}))
+        fields, data, out_buffers = executor.run(header, msg.content, buffers, msg_id, sink)
         reply.update(fields)
         client = header.get("rb")
         if out_buffers and isinstance(client, bytes) and sum(memoryview(b).nbytes for b in out_buffers) >= config.BULK_THRESHOLD:

@@ -13,13 +13,15 @@ import time
 import traceback
 import types
 from functools import lru_cache
-from typing import Any
+from typing import Any, Callable
 
 from ..protocol import serialize
 from ..collective import COLLECTIVE_ATTRIBUTE
 from . import mpi, ops
 
 _NOT_COLLECTIVE = object()
+#: Seconds between two pieces of a streamed task's output (lines wait at most this long).
+STREAM_INTERVAL = 0.05
 
 
 class EngineStop(BaseException):
@@ -27,10 +29,33 @@ class EngineStop(BaseException):
 
 
 class _Capture(io.StringIO):
-    """A per-task stdout/stderr that still looks like a terminal-less text stream."""
+    """A per-task stdout/stderr that still looks like a terminal-less text stream.
+    With a ``sink`` (a request asked for its output as it comes), each completed line
+    also goes to ``sink(name, text)``, at most every ``STREAM_INTERVAL`` seconds."""
+
+    def __init__(self, name: str = "stdout", sink: Callable[[str, str], None] | None = None):
+        super().__init__()
+        self.name = name
+        self.sink = sink
+        self._sent = 0  # characters handed to the sink so far
+        self._last = 0.0
 
     def isatty(self) -> bool:
         return False
+
+    def write(self, text: str) -> int:
+        written = super().write(text)
+        if self.sink is not None and "\n" in text and time.monotonic() - self._last >= STREAM_INTERVAL:
+            self._stream()
+        return written
+
+    def _stream(self) -> None:
+        value = self.getvalue()
+        end = value.rfind("\n", self._sent) + 1
+        if end > self._sent:
+            self.sink(self.name, value[self._sent:end])
+            self._sent = end
+            self._last = time.monotonic()
 
 
 def _resolve(value: Any, namespace: dict) -> Any:
@@ -102,13 +127,15 @@ class Executor:
         self.namespace: dict = {"__name__": "__main__", "__builtins__": builtins}
         ops.bind_namespace(self.namespace)
 
-    def run(self, header: dict, content, buffers: list, task_id: str | None = None) -> tuple[dict, bytes, list]:
-        """Run one request; returns (reply header fields, content, buffers).
+    def run(self, header: dict, content, buffers: list, task_id: str | None = None,
+            sink: Callable[[str, str], None] | None = None) -> tuple[dict, bytes, list]:
+        """Run one request; returns (reply header fields, content, buffers). With a
+        ``sink``, output lines also go there while it runs (the reply has all of it).
 
         While it runs, ``running`` names the task: a KeyboardInterrupt raised then (an
         interrupt) fails this task alone.
         """
-        stdout, stderr = _Capture(), _Capture()
+        stdout, stderr = _Capture("stdout", sink), _Capture("stderr", sink)
         saved = sys.stdout, sys.stderr
         sys.stdout, sys.stderr = stdout, stderr
         started = time.time()
