@@ -53,3 +53,13 @@ def test_the_table_lines_up_and_shows_mpi_ranks():
     assert lines[2].split() == ["0", "node-a", "11", "0/2", "3", "1", "10"]
     assert lines[3].split() == ["1", "node-bb", "12345", "1/2", "0", "0", "0"]
     assert status_table(None, {}, {"unassigned": 0}) == "cluster default: 0 engines, 0 load-balanced tasks waiting for one"
+
+
+def test_waiting_for_engines_shows_progress_in_a_terminal_only(capsys, monkeypatch):
+    with mpihub.Cluster(n=1) as rc:
+        assert rc.ids == [0]
+    assert "waiting for engines" not in capsys.readouterr().err  # not a terminal: quiet
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    with mpihub.Cluster(n=1) as rc:
+        assert rc.ids == [0]
+    assert "waiting for engines" in capsys.readouterr().err

@@ -8,7 +8,6 @@ import os
 import shutil
 import struct
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -126,7 +125,18 @@ def test_chromium_screenshot(busy, browser):
     assert (width, height) == (1000, 900) and len(data) > 20_000  # a page, not a blank
 
 
-def test_a_split_controller_says_it_serves_no_dashboard():
-    done = subprocess.run([sys.executable, "-m", "mpihub", "controller", "--split", "--dashboard", "0"],
-                          capture_output=True, text=True, timeout=30)
-    assert done.returncode == 2 and "one-process controller" in done.stderr
+def test_a_split_controller_serves_it_too(fresh_cluster):
+    """The split Hub asks its paths for their counts and queues once a second."""
+    running = fresh_cluster(2, controller_args=["--split", "--dashboard", "0"])
+    lb = running.client.load_balanced_view()
+    lb.map_sync(lambda x: x, range(50))
+    running.client[0].apply_sync(lambda: "direct")
+    with pytest.raises(mpihub.RemoteError):
+        lb.apply_sync(fail, 9)
+    url = dashboard_url(running)
+    deadline = time.monotonic() + 10
+    while (data := fetch_json(url))["finished"] < 52 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert [e["id"] for e in data["engines"]] == [0, 1] and all(e["state"] == "running" for e in data["engines"])
+    assert data["finished"] == 52 and data["failed"] == 1 and sum(c for _, c in data["throughput"]) == 52
+    assert sum(e["done"] for e in data["engines"]) == 52 and data["failures"][0]["ename"] == "ValueError"

@@ -32,17 +32,14 @@ def _cmd_controller(args) -> int:
     if args.remote_scheduler and not args.split:
         print("mpihub controller: --remote-scheduler needs --split", file=sys.stderr)
         return 2
-    if args.dashboard is not None and args.split:
-        print("mpihub controller: the dashboard is served by the one-process controller, not with --split",
-              file=sys.stderr)
-        return 2
     from .controller.restore import RestoreError
 
     try:
         if args.split:
             from .controller.hubserver import HubServer
 
-            controller = HubServer(remote_scheduler=args.remote_scheduler, restore=args.restore, **options)
+            controller = HubServer(remote_scheduler=args.remote_scheduler, restore=args.restore,
+                                   dashboard=args.dashboard, **options)
         else:
             from .controller.server import Controller
 

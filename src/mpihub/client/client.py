@@ -201,17 +201,6 @@ class Client:
                     self._io.unlink(msg.header["id"])
                 self._engines_changed.notify_all()
 
-    def _replace_engines(self, engines: list[dict]) -> None:
-        """The engine table as a controller says it is, after a reconnect."""
-        table = {engine["id"]: engine for engine in engines}
-        with self._engines_changed:
-            for engine_id in self._engines.keys() - table.keys():
-                self._io.unlink(engine_id)
-            for engine_id in table.keys() - self._engines.keys():
-                self._link(table[engine_id])
-            self._engines = table
-            self._engines_changed.notify_all()
-
     def _link(self, engine: dict) -> None:
         """Open a direct data link to a new engine, up to ``config.MAX_DATA_LINKS``."""
         if len(self._io.links) < config.MAX_DATA_LINKS:

@@ -72,7 +72,7 @@ class Reconnector:
         if front is None:
             return
         if front == "hub":
-            self.client._replace_engines(msg.header.get("engines") or [])
+            self._replace_engines(msg.header.get("engines") or [])
             self._retry_queries()
             self.up.set()
         waiting = list(self.client._pending)
@@ -83,6 +83,18 @@ class Reconnector:
             self._queries[rid] = waiting
             self.client._send({"t": "query", "op": "result", "rid": rid, "ids": waiting,
                                "rt": self.client._receiving_identity})
+
+    def _replace_engines(self, engines: list[dict]) -> None:
+        """The engine table as the controller says it is now."""
+        client = self.client
+        table = {engine["id"]: engine for engine in engines}
+        with client._engines_changed:
+            for engine_id in client._engines.keys() - table.keys():
+                client._io.unlink(engine_id)
+            for engine_id in table.keys() - client._engines.keys():
+                client._link(table[engine_id])
+            client._engines = table
+            client._engines_changed.notify_all()
 
     def _retry_queries(self) -> None:
         """Queries waiting when the connection broke: their answers may be lost. Ask

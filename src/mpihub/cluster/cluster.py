@@ -236,7 +236,7 @@ class Cluster:
                 self._watch = JobWatch(self.batch, client, self.poll_interval)
                 self._watch.start()
             else:
-                client.wait_for_engines(self._expected, timeout=self.start_timeout, interactive=False)
+                client.wait_for_engines(self._expected, timeout=self.start_timeout)  # a bar in a terminal
         except BatchError:
             client.close()
             raise
@@ -250,17 +250,32 @@ class Cluster:
         return client
 
     def _wait_for_batch_engines(self, client: Client) -> None:
+        """Wait for the batch jobs' engines, following the jobs' states; in a terminal,
+        with a progress bar that names them (a queue may hold the jobs for a while)."""
         deadline = time.monotonic() + self.start_timeout
-        while len(client.ids) < self._expected:
-            self.batch.check()
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise errors.TimeoutError(f"{len(client.ids)} of {self._expected} engines registered within "
-                                          f"{self.start_timeout} s: {self.batch.describe_states()}")
-            try:
-                client.wait_for_engines(self._expected, timeout=min(left, self.poll_interval), interactive=False)
-            except errors.TimeoutError:
-                continue
+        bar = None
+        if sys.stderr.isatty():
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=self._expected, unit="engine", desc="waiting for engines", file=sys.stderr)
+        try:
+            while len(client.ids) < self._expected:
+                self.batch.check()
+                if bar is not None:
+                    bar.set_postfix_str(self.batch.describe_states(), refresh=False)
+                    bar.update(len(client.ids) - bar.n)
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise errors.TimeoutError(f"{len(client.ids)} of {self._expected} engines registered within "
+                                              f"{self.start_timeout} s: {self.batch.describe_states()}")
+                try:
+                    client.wait_for_engines(self._expected, timeout=min(left, self.poll_interval), interactive=False)
+                except errors.TimeoutError:
+                    continue
+        finally:
+            if bar is not None:
+                bar.update(len(client.ids) - bar.n)
+                bar.close()
 
     def start_and_connect_sync(self) -> Client:
         """Start controller and engines, then return a Client once all engines registered."""

@@ -68,18 +68,34 @@ class DashboardStats:
             self._roll(int(now))
         return [list(pair) for pair in self._counts][-(HISTORY - 1):] + [[self._second, self._current]]
 
-    def snapshot(self, now: float, cluster_id: str, engines: list[dict], status: dict) -> dict:
-        """Everything the page shows, as plain JSON."""
-        rows = []
-        for engine in engines:
-            counts = status.get(engine["id"], {})
-            rows.append({"id": engine["id"], "host": engine.get("hostname"), "pid": engine.get("pid"),
-                         "mpi_rank": engine.get("mpi_rank"), "mpi_size": engine.get("mpi_size"),
-                         "state": engine["state"], "queued": counts.get("queue", 0),
-                         "running": counts.get("tasks", 0), "done": counts.get("completed", 0)})
-        return {"cluster_id": cluster_id, "time": now, "engines": rows, "unassigned": status.get("unassigned", 0),
-                "finished": self.finished, "failed": self.failed, "throughput": self.throughput(now),
+    def part(self, now: float) -> dict:
+        """The counts, as plain JSON (a split controller's paths each send theirs)."""
+        return {"finished": self.finished, "failed": self.failed, "throughput": self.throughput(now),
                 "failures": list(self.failures)}
+
+
+def merge_parts(parts: list[dict]) -> dict:
+    """One :meth:`DashboardStats.part` from several (per second summed, failures newest first)."""
+    per_second: dict[int, int] = {}
+    for part in parts:
+        for second, count in part["throughput"]:
+            per_second[second] = per_second.get(second, 0) + count
+    failures = sorted((f for part in parts for f in part["failures"]), key=lambda f: -f["time"])
+    return {"finished": sum(p["finished"] for p in parts), "failed": sum(p["failed"] for p in parts),
+            "throughput": [[s, per_second[s]] for s in sorted(per_second)][-HISTORY:], "failures": failures[:FAILURES]}
+
+
+def snapshot(now: float, cluster_id: str, engines: list[dict], status: dict, part: dict) -> dict:
+    """Everything the page shows, as plain JSON: ``engines`` (the engine table, each
+    with its ``state``), ``status`` (queue_status) and the counts."""
+    rows = []
+    for engine in engines:
+        counts = status.get(engine["id"], {})
+        rows.append({"id": engine["id"], "host": engine.get("hostname"), "pid": engine.get("pid"),
+                     "mpi_rank": engine.get("mpi_rank"), "mpi_size": engine.get("mpi_size"),
+                     "state": engine["state"], "queued": counts.get("queue", 0),
+                     "running": counts.get("tasks", 0), "done": counts.get("completed", 0)})
+    return {"cluster_id": cluster_id, "time": now, "engines": rows, "unassigned": status.get("unassigned", 0), **part}
 
 
 class _Authorized(tornado.web.RequestHandler):

@@ -33,6 +33,8 @@ from ..protocol.curve import ClusterKeys
 from . import merge
 from . import restore as restore_state
 from .base import MALFORMED
+from .dashboard import DashboardServer, merge_parts
+from .dashboard import snapshot as dashboard_snapshot
 from .hub import Hub
 from .registrar import LATER, Registrar
 from .restore import RestoreError, SavedController
@@ -78,7 +80,7 @@ class HubServer(Registrar):
     def __init__(self, ip: str = "127.0.0.1", cluster_id: str | None = None, profile_dir=None,
                  scheduler: str = "leastload", key: str | None = None, owner_pid: int | None = None,
                  hwm: int | None = None, remote_scheduler: bool = False, curve: bool = False,
-                 db: str = "memory", restore: bool = False):
+                 db: str = "memory", restore: bool = False, dashboard: int | None = None):
         if db not in DB_KINDS:
             raise ValueError(f"--db is one of {', '.join(DB_KINDS)}, not {db!r}")
         self.db_kind = db
@@ -115,6 +117,8 @@ class HubServer(Registrar):
         self._drop_path = wire.DropLog(log, "the path socket")
         self._drop_engine = wire.DropLog(log, "the engine socket")
         self._early: list[tuple[Callable, list]] = []  # client and engine messages before every path joined
+        self.dashboard = DashboardServer(ip, dashboard) if dashboard is not None else None
+        self._next_snapshot = 0.0
 
     # -- start and stop -----------------------------------------------------------------
 
@@ -133,6 +137,9 @@ class HubServer(Registrar):
             log.info("restored from %s: %d engines expected back", self.hub.db.path, len(self.hub.engines))
         if self.hub.db:
             SavedController(self.key, self.ip, self._ports, self.cluster_keys).save(self.hub.db)
+        if self.dashboard:
+            self.dashboard.start()
+            log.info("dashboard at %s", self._dashboard_url())
         self.hub_file = self._write_hub_file()
         for kind in ("direct",) if self.remote_scheduler else PATHS:
             self.children.append(self._spawn(kind))
@@ -147,7 +154,7 @@ class HubServer(Registrar):
         primary, candidates = connection.channel_urls(self.ip, {"hub": self._ports["path"]})
         paths = {kind: {"client": link.client_urls, "engine": link.engine_urls} for kind, link in self.links.items()}
         return self._write_file("hub", {"hub": primary["hub"], "candidates": candidates, "paths": paths,
-                                        "db": self.db_kind})
+                                        "db": self.db_kind, "dashboard": self.dashboard is not None})
 
     def _spawn(self, kind: str) -> subprocess.Popen:
         """Start a path process on this machine; its output goes where ours goes."""
@@ -183,6 +190,8 @@ class HubServer(Registrar):
                 log.warning("path process %d did not stop; killing it", child.pid)
                 child.kill()
                 child.wait(5)
+        if self.dashboard:
+            self.dashboard.stop()
         super().close()
         if self.hub.db:
             self.hub.db.close()
@@ -218,6 +227,20 @@ class HubServer(Registrar):
         if not self._ready and not self.remote_scheduler and now - self._started > JOIN_TIMEOUT:
             log.error("the paths did not join within %g s", JOIN_TIMEOUT)
             self.exit_code, self._stopping = 1, True
+        if self.dashboard and self._ready and self.links and now >= self._next_snapshot:
+            self._next_snapshot = now + 1.0
+            self._ask(None, {}, "stats", {}, self._publish)
+
+    # -- the dashboard ------------------------------------------------------------------
+
+    def _publish(self, answers: list[wire.Message]) -> None:
+        """The paths' counts and queues, with the engine table: the dashboard's snapshot."""
+        now = time.time()
+        engines = [{**rec.describe(), "state": "joining" if eid in self._joining else
+                    "rejoining" if rec.rejoining else "running"} for eid, rec in sorted(self.hub.engines.items())]
+        status = merge.queue_status([a.header["result"]["status"] for a in answers])
+        part = merge_parts([a.header["result"]["stats"] for a in answers])
+        self.dashboard.snapshot = dashboard_snapshot(now, self.cluster_id, engines, status, part)
 
     # -- paths --------------------------------------------------------------------------
 
@@ -343,7 +366,7 @@ class HubServer(Registrar):
         else:
             super()._client_message(ident, msg)
 
-    def _ask(self, ident: bytes, header: dict, op: str, args: dict, then: Callable,
+    def _ask(self, ident: bytes | None, header: dict, op: str, args: dict, then: Callable,
              kinds: tuple[str, ...] | None = None, buffers=()) -> object:
         """Put ``op`` to the given paths (default: every live one); ``then(answers)``
         makes the reply, or asks again."""
@@ -390,7 +413,8 @@ class HubServer(Registrar):
                 if result is LATER:
                     return
                 reply["result"] = result
-        self._send_client(question.ident, reply)
+        if question.ident is not None:  # None: the Hub's own question (the dashboard's)
+            self._send_client(question.ident, reply)
 
     def _op_queue_status(self, ident: bytes, header: dict) -> object:
         return self._ask(ident, header, "queue_status",

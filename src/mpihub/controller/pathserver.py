@@ -28,6 +28,7 @@ from ..protocol import connection, wire
 from ..protocol.curve import Curve
 from . import merge
 from . import restore as restore_state
+from .dashboard import DashboardStats
 from .restore import SavedController
 from .router import Router
 from .taskdb import db_path, open_db
@@ -46,6 +47,8 @@ class PathServer(Router):
         super().__init__(hub_info["key"], (path,), scheduler, hwm, Curve.from_info(hub_info),
                          open_db(kind, hub_info["key"], profile_dir, cluster_id, path))
         self.hub_info = hub_info
+        if hub_info.get("dashboard"):
+            self.stats = DashboardStats()
         self.path = path
         self.ip = ip
         self.owner_pid = owner_pid
@@ -181,6 +184,10 @@ class PathServer(Router):
     def _answer_op(self, op: str, header: dict, buffers: list) -> tuple[object, list]:
         if op == "queue_status":
             return self.answer_queue_status(header.get("targets"), bool(header.get("verbose"))), []
+        if op == "stats":  # for the dashboard
+            if self.stats is None:
+                raise ValueError("this controller serves no dashboard")
+            return {"status": self.hub.queue_status(), "stats": self.stats.part(time.time())}, []
         if op == "db_query":
             return self.answer_db_query(header["query"], header.get("keys")), []
         if op == "purge":

@@ -22,6 +22,7 @@ from .. import config
 from ..protocol import connection, wire
 from ..protocol.curve import ClusterKeys
 from .base import Service
+from .dashboard import DashboardServer
 from .heartbeat import HeartMonitor
 
 log = logging.getLogger("mpihub.controller")
@@ -36,6 +37,7 @@ class Registrar(Service):
     profile_dir: object
     owner_pid: int | None
     cluster_keys: ClusterKeys | None = None  # every CURVE key pair, when the cluster encrypts
+    dashboard: DashboardServer | None = None  # the web page, when asked for (--dashboard)
 
     def _start_heartbeat(self, port: int | None = None) -> int:
         """Bind the heartbeat ROUTER (on ``port``, else any) and start its thread;
@@ -85,8 +87,12 @@ class Registrar(Service):
         })
 
     def _client_file_fields(self) -> dict:
-        """What the client file holds besides the addresses (the dashboard's URL)."""
-        return {}
+        """What the client file holds besides the addresses: the dashboard's URL."""
+        return {"dashboard": self._dashboard_url()} if self.dashboard else {}
+
+    def _dashboard_url(self) -> str:
+        host = socket.gethostname() if self.ip in ("0.0.0.0", "*") else self.ip
+        return self.dashboard.url(host)
 
     def _stop_registration(self) -> None:
         """Stop every engine, remove the connection files, end the heartbeat thread."""

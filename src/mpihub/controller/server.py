@@ -10,12 +10,12 @@ from __future__ import annotations
 import logging
 import os
 import secrets
-import socket
 import time
 
 from ..protocol.curve import ClusterKeys
 from . import restore as restore_state
 from .dashboard import DashboardServer, DashboardStats
+from .dashboard import snapshot as dashboard_snapshot
 from .registrar import Registrar
 from .restore import RestoreError, SavedController
 from .router import Router
@@ -68,7 +68,7 @@ class Controller(Registrar, Router):
         if self.dashboard:
             self.dashboard.start()
             self._publish()
-            log.info("dashboard at %s", self.dashboard.url(self._dashboard_host()))
+            log.info("dashboard at %s", self._dashboard_url())
         self._write_connection_files(ports)
         log.info("controller %s listening on %s (one process; scheduler %s, hwm %d%s; tasks stored %s; pid %d)",
                  self.cluster_id or "(default)", self.ip, self.scheduler_name, self.scheduler.hwm,
@@ -96,12 +96,6 @@ class Controller(Registrar, Router):
 
     # -- the dashboard ------------------------------------------------------------------
 
-    def _dashboard_host(self) -> str:
-        return socket.gethostname() if self.ip in ("0.0.0.0", "*") else self.ip
-
-    def _client_file_fields(self) -> dict:
-        return {"dashboard": self.dashboard.url(self._dashboard_host())} if self.dashboard else {}
-
     def _next_wakeup(self) -> float | None:
         deadline = super()._next_wakeup()
         if not self.dashboard:
@@ -119,7 +113,8 @@ class Controller(Registrar, Router):
         self._next_snapshot = now + 1.0
         engines = [{**rec.describe(), "state": "rejoining" if rec.rejoining else "retired" if rec.retired
                     else "running"} for _, rec in sorted(self.hub.engines.items())]
-        self.dashboard.snapshot = self.stats.snapshot(now, self.cluster_id, engines, self.hub.queue_status())
+        self.dashboard.snapshot = dashboard_snapshot(now, self.cluster_id, engines, self.hub.queue_status(),
+                                                     self.stats.part(now))
 
     def _connect_fields(self) -> dict:
         return {"engines": list(self.hub.engine_table().values()), "scheduler": self.scheduler_name}
