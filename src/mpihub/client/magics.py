@@ -143,6 +143,7 @@ class ParallelMagics(Magics):
 
     @staticmethod
     def _stream(ar: AsyncResult, chunks: queue.SimpleQueue) -> None:
+        """Print lines as they come, then each engine's rest and value once it is done."""
         shown: dict[int, dict[str, int]] = {}
         done: set[int] = set()
 
