@@ -87,7 +87,9 @@ def request_urls(cluster) -> list[str]:
 class Relay:
     """A TCP relay to ``target`` that records every byte passing through it (a wiretap)
     and can cut the line: :meth:`cut` drops every connection and refuses new ones (the
-    peers see them close and keep dialling) until :meth:`mend`."""
+    peers see them close and keep dialling) until :meth:`mend`; :meth:`swallow` keeps
+    them open but drops what the dialling side sends (a blackhole: its peer believes
+    it delivered)."""
 
     def __init__(self, target: str):
         host, port = target.removeprefix("tcp://").rsplit(":", 1)
@@ -97,6 +99,7 @@ class Relay:
         self.seen = bytearray()
         self.cuts = 0
         self._cut = threading.Event()
+        self._swallow = threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
@@ -105,18 +108,24 @@ class Relay:
         self._cut.set()
         self.cuts += 1
 
+    def swallow(self) -> None:
+        self._swallow.set()
+
     def mend(self) -> None:
         self._cut.clear()
+        self._swallow.clear()
 
     def _run(self) -> None:
         selector = selectors.DefaultSelector()
         selector.register(self.listener, selectors.EVENT_READ)
         peers: dict[socket.socket, socket.socket] = {}
+        dialling: set[socket.socket] = set()
 
         def hang_up(sock: socket.socket) -> None:
             other = peers.pop(sock)
             peers.pop(other, None)
             for s in (sock, other):
+                dialling.discard(s)
                 selector.unregister(s)
                 s.close()
 
@@ -132,7 +141,12 @@ class Relay:
                     if self._cut.is_set():
                         inside.close()
                         continue
-                    outside = socket.create_connection(self.target)
+                    try:
+                        outside = socket.create_connection(self.target)
+                    except OSError:  # nobody listens there (yet): the peer dials again
+                        inside.close()
+                        continue
+                    dialling.add(inside)
                     peers[inside], peers[outside] = outside, inside
                     selector.register(inside, selectors.EVENT_READ)
                     selector.register(outside, selectors.EVENT_READ)
@@ -147,7 +161,8 @@ class Relay:
                     hang_up(sock)
                     continue
                 self.seen += data
-                peers[sock].sendall(data)
+                if not (self._swallow.is_set() and sock in dialling):
+                    peers[sock].sendall(data)
         for sock in [*peers, self.listener]:
             sock.close()
 

@@ -9,9 +9,11 @@
   declared dead (its tasks retried elsewhere or failed), and once the line is back it
   registers again under its id, in the same process, and works.
 - A client cut off while its tasks finish gets every result once the line is back.
+- A reply that vanished on the way to a controller that then died is sent again by the
+  engine, which keeps its last replies; one it could not keep fails, saying so.
 
 The cuts go through :class:`support.Relay`, a TCP relay that drops every connection
-and refuses new ones for as long as the cut lasts.
+and refuses new ones for as long as the cut lasts (or swallows what one side sends).
 """
 from __future__ import annotations
 
@@ -49,6 +51,17 @@ def nap(i, seconds=0.4, runs=None):
     if runs:
         open(os.path.join(runs, f"{i}-{uuid.uuid4().hex}"), "w").close()
     return i, os.getpid()
+
+
+@mpihub.interactive
+def ones(n, folder):
+    """An array large enough to travel in zero-copy frames (not kept by the engine)."""
+    import os
+
+    import numpy
+
+    open(os.path.join(folder, "ones"), "w").close()
+    return numpy.ones(n)
 
 
 @mpihub.interactive
@@ -201,6 +214,45 @@ def test_a_restored_controller_takes_back_engines_results_and_tasks(processes, t
     logs = processes.stop()
     engine_logs = "".join(logs[1:3])
     assert engine_logs.count("is registered again") == 2
+
+
+def test_a_reply_lost_in_a_restart_is_sent_again(processes, tmp_path):
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    processes.start_controller("--db", "sqlite")
+    relay = Relay(json.loads(processes.file("engine").read_text())["engine"])
+    rc = None
+    try:
+        engine = processes.start_engine({"engine": relay})
+        rc = client_through(processes)
+        rc.wait_for_engines(1, timeout=30, interactive=False)
+        view = rc[rc.ids[0]]
+        kept = view.apply_async(nap, 1, 0.8, str(runs))
+        not_kept = view.apply_async(ones, 100_000, str(tmp_path))  # 800 kB: zero-copy frames
+        time.sleep(0.3)
+        relay.swallow()  # the replies leave the engine and never reach the controller
+        deadline = time.monotonic() + 20
+        while not (tmp_path / "ones").exists():
+            assert time.monotonic() < deadline, "the engine never ran the second task"
+            time.sleep(0.05)
+        time.sleep(0.5)
+        assert not kept.ready() and not not_kept.ready()
+        processes.kill_controller()
+        relay.cut()
+        processes.start_controller("--db", "sqlite", "--restore")
+        relay.mend()
+        assert kept.get(30) == (1, engine.pid)
+        with pytest.raises(mpihub.EngineError, match="reply was lost"):
+            not_kept.get(30)
+        assert runs_of(runs) == {1: 1}, "the task whose reply was kept ran again"
+        assert view.apply_sync(pid) == engine.pid
+    finally:
+        if rc is not None:
+            rc.close()
+        relay.close()
+    logs = "".join(processes.stop())
+    assert "1 replies asked again, 1 replies lost" in logs
+    assert "sent 1 replies again" in logs
 
 
 def test_restore_says_why_it_cannot(processes, tmp_path):

@@ -34,6 +34,10 @@ MAX_RECORDS = _int("MPIHUB_MAX_RECORDS", 100_000)
 DB_BYTES = _int("MPIHUB_DB_BYTES", 8 << 30)
 #: Larger payloads keep their record in the durable store, not their bytes.
 DB_PAYLOAD_BYTES = _int("MPIHUB_DB_PAYLOAD_BYTES", 256 << 20)
+#: Bytes of its last replies an engine keeps, to send again those lost in a controller
+#: restart or a network cut (one of more than a 64th of this, or with zero-copy
+#: buffers, is not kept: lost, it is retried or fails).
+REPLAY_BYTES = _int("MPIHUB_ENGINE_REPLAY_BYTES", 64 << 20)
 #: Seconds before its batch job's end (walltime) at which an engine stops taking
 #: load-balanced tasks, so that work does not start where it cannot finish.
 RETIRE_MARGIN = _float("MPIHUB_RETIRE_MARGIN", 60.0)

@@ -321,9 +321,9 @@ class HubServer(Registrar):
         else:
             self._drop_engine(f"unexpected {msg.type!r}")
 
-    def _readopt(self, engine_id: int, held: set[str], answered: set[str]) -> list[str]:
+    def _readopt(self, engine_id: int, header: dict) -> dict[str, list[str]]:
         """Tasks come from the paths, each of which settles them with the engine's hello."""
-        return []
+        return {}
 
     def _register_fields(self) -> dict:
         return {"paths": {kind: link.engine_urls for kind, link in self.links.items()}}

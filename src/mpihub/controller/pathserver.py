@@ -131,19 +131,18 @@ class PathServer(Router):
         claimed = msg.header["id"]
         if not isinstance(claimed, int):
             raise TypeError(f"hello names engine {claimed!r}, not an id")
-        held = wire.task_ids(msg.header.get("held"))
         record = self.hub.engines.get(engine_id) if engine_id is not None else None
         if record is None:  # new here, or back after a network cut: what it holds is no longer its own
-            skip = sorted(held)
+            settle = {"skip": sorted(wire.task_ids(msg.header.get("held")))}
             retire_at = msg.header.get("retire_at")
             info = {"retire_at": retire_at} if isinstance(retire_at, (int, float)) else {}
             record = self.hub.mirror_engine(claimed, uuid, info, time.time())
         elif record.rejoining:  # back after this path was restored
             record.rejoining = False
-            skip = self._readopt(engine_id, held, wire.task_ids(msg.header.get("answered")))
+            settle = self._readopt(engine_id, msg.header)
         else:
-            skip, record = [], None  # a repeated hello
-        reply = wire.pack(self.signer, {"t": "hello_reply", "skip": skip})
+            settle, record = {}, None  # a repeated hello
+        reply = wire.pack(self.signer, {"t": "hello_reply", **settle})
         wire.send(self.engine_sock, [uuid, *reply])  # before any task
         if record is not None:
             self._engine_added(claimed)

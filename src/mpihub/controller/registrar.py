@@ -5,8 +5,8 @@ controller mixes it into its :class:`~.router.Router`; a split controller's Hub 
 runs it beside the query fan-out. It expects ``self.hub`` (a :class:`~.hub.Hub` for the
 engine table), ``self.client_sock`` and ``self.engine_sock`` (bound ROUTERs), and calls
 :meth:`_engine_joined` and :meth:`_engine_released` for what the layout does next, and
-``_readopt(engine_id, held, answered)`` when an engine comes back under its id (it
-settles the engine's tasks and returns those the engine must skip).
+``_readopt(engine_id, header)`` when an engine comes back under its id (it settles the
+engine's tasks and returns what to tell it: tasks to skip, replies to send again).
 """
 from __future__ import annotations
 
@@ -131,13 +131,13 @@ class Registrar(Service):
         if not isinstance(info, dict):
             raise TypeError("info must be a map")
         requested = header.get("want_id")
-        held, answered = wire.task_ids(header.get("held")), wire.task_ids(header.get("answered"))
         record, how = self.hub.register_engine(uuid, requested if isinstance(requested, int) else None, info,
                                                time.time())
         self.monitor.watch(uuid)
-        skip = self._readopt(record.id, held, answered) if how == "rejoined" else [] if how == "again" else sorted(held)
+        settle = (self._readopt(record.id, header) if how == "rejoined" else {} if how == "again"
+                  else {"skip": sorted(wire.task_ids(header.get("held")))})
         reply = {"t": "register_reply", "id": record.id, "hb_period": config.HEARTBEAT_PERIOD,
-                 "controller_timeout": config.ENGINE_CONTROLLER_TIMEOUT, "skip": skip, **self._register_fields()}
+                 "controller_timeout": config.ENGINE_CONTROLLER_TIMEOUT, **settle, **self._register_fields()}
         wire.send(self.engine_sock, [uuid, *wire.pack(self.signer, reply)])
         if how == "again":
             return

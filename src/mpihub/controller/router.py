@@ -210,17 +210,23 @@ class Router(Service):
         if self.tasks:
             self.tasks.add_engine(engine_id, record.tasks, paused=record.rejoining)
 
-    def _readopt(self, engine_id: int, held: set[str], answered: set[str]) -> list[str]:
+    def _readopt(self, engine_id: int, header: dict) -> dict[str, list[str]]:
         """An engine is back under its id, after a controller restart or a network cut.
-        Settle each unfinished task assigned to it by what it reports: one it holds
-        will be answered; one it answered lost its reply with the old connection (it
-        is retried, or fails); one it never received is sent again. Returns the held
-        tasks it must skip: no longer its own (failed or retried meanwhile)."""
+        Settle each unfinished task assigned to it by what it reports (``held``,
+        ``answered``, ``kept``): one it holds will be answered; one whose reply was lost
+        with the old connection is asked of it again when it kept the reply, and else is
+        retried or fails; one it never received is sent again. Returns what to tell it:
+        the held tasks to ``skip`` (no longer its own: failed or retried meanwhile) and
+        the kept replies to send again (``replay``)."""
+        held, answered, kept = (wire.task_ids(header.get(k)) for k in ("held", "answered", "kept"))
         record = self.hub.engines[engine_id]
         mine = record.queue | record.tasks
+        replay = []
         for msg_id in sorted(mine - held, key=lambda m: self.hub.tasks[m].submitted):
             task = self.hub.tasks[msg_id]
-            if msg_id in answered:
+            if msg_id in kept:
+                replay.append(msg_id)
+            elif msg_id in answered:
                 lost = {"st": "error", "ename": "ReplyLost"}
                 if task.queue == "task" and self.tasks and self.tasks.reply(msg_id, engine_id, lost):
                     continue
@@ -234,9 +240,10 @@ class Router(Service):
             else:
                 self._send_to_engine(engine_id, frames)
         skip = sorted(held - mine)
-        log.info("engine %d is back: %d of its tasks queued there, %d sent again, %d no longer its own", engine_id,
-                 len(mine & held), len(mine - held - answered), len(skip))
-        return skip
+        log.info("engine %d is back: %d of its tasks queued there, %d sent again, %d replies asked again, %d replies "
+                 "lost, %d no longer its own", engine_id, len(mine & held), len(mine - held - answered - kept),
+                 len(replay), len((mine - held - kept) & answered), len(skip))
+        return {"skip": skip, "replay": replay}
 
     def _restore_tasks(self) -> int:
         """Take back the unfinished tasks from the durable store, after the engines

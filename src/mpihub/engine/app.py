@@ -11,8 +11,9 @@ through the controller.
 When the controller no longer knows the engine (a network cut made it declare the
 engine dead, or it was restarted with ``--restore``), the engine registers again under
 its id and uuid, between two tasks: it first takes every request already queued for
-it, and reports their ids and those it answered lately, so that the controller sends
-again what never arrived and tells it what to skip.
+it, and reports their ids and those it answered lately (saying which replies it kept,
+:mod:`.replies`), so that the controller sends again what never arrived, asks for the
+replies it is missing, and tells it what to skip.
 """
 from __future__ import annotations
 
@@ -24,8 +25,6 @@ import socket
 import sys
 import time
 import uuid as uuidlib
-from collections import deque
-
 import zmq
 
 from .. import config, process
@@ -35,6 +34,7 @@ from . import mpi
 from .datalink import BulkMissing, DataLink
 from .executor import EngineStop, Executor
 from .heartbeat import Heart
+from .replies import SentReplies
 
 log = logging.getLogger("mpihub.engine")
 
@@ -59,7 +59,7 @@ class Engine:
         self._interrupt_target: str | None = None  # the task a requested SIGINT is for
         self._running_collective = False
         self._drop = wire.DropLog(log, "the task socket")
-        self._answered: deque[str] = deque(maxlen=ANSWERED)
+        self.replies = SentReplies(ANSWERED, config.REPLAY_BYTES)
         self._skip: set[str] = set()  # held when it registered again, and no longer its own
         self._rejoined_at = 0.0
         end = config.job_end()
@@ -192,29 +192,44 @@ class Engine:
         """Register again under this id and uuid, then greet each path again; returns
         the requests that were queued meanwhile, to run next (minus those to skip)."""
         backlog = [(sock, msg) for sock in requests for msg in wire.pending(sock, self.signer, self._drop)]
-        answered = list(self._answered)
+        answered = self.replies.answered()
 
-        def held(sock: zmq.Socket) -> list[str]:
-            return [i for s, msg in backlog if s is sock and (i := self._task_id(msg.header)) is not None]
+        def held(sock: zmq.Socket) -> dict:
+            return {"held": [i for s, msg in backlog if s is sock and (i := self._task_id(msg.header)) is not None],
+                    "answered": answered, "kept": self.replies.replayable(sock)}
 
         log.warning("engine %s: the controller no longer knows it (a network cut, or a restart); registering "
                     "again with %d requests queued", self.id, len(backlog))
-        reply = self._ask(self.sock, {"t": "register", "want_id": self.id, "info": self.details,
-                                      "held": held(self.sock), "answered": answered}, "register_reply", backlog)
+        reply = self._ask(self.sock, {"t": "register", "want_id": self.id, "info": self.details, **held(self.sock)},
+                          "register_reply", backlog)
         if reply is None:
             return backlog  # the heart asks again while the controller says it does not know us
         if reply.header["id"] != self.id:
             log.warning("engine %s registered again as engine %s", self.id, reply.header["id"])
             self.id = self.executor.engine_id = reply.header["id"]
-        self._skip.update(wire.task_ids(reply.header.get("skip")))
+        self._settle(self.sock, reply.header)
         for sock in self.paths:
-            hello = self._ask(sock, {"t": "hello", "id": self.id, "held": held(sock), "answered": answered,
-                                     **self.retirement}, "hello_reply", backlog)
+            hello = self._ask(sock, {"t": "hello", "id": self.id, **held(sock), **self.retirement}, "hello_reply",
+                              backlog)
             if hello is not None:
-                self._skip.update(wire.task_ids(hello.header.get("skip")))
+                self._settle(sock, hello.header)
         self._rejoined_at = time.monotonic()
         log.info("engine %s is registered again", self.id)
         return backlog
+
+    def _settle(self, sock: zmq.Socket, answer: dict) -> None:
+        """Take the controller's answer to a registration again: queued tasks to skip,
+        and kept replies it is missing, which go out again now."""
+        self._skip.update(wire.task_ids(answer.get("skip")))
+        replay = wire.task_ids(answer.get("replay"))
+        for msg_id in replay:
+            frames = self.replies.frames(msg_id, sock)
+            if frames is None:
+                self._drop(f"the controller asked again for reply {msg_id!r}, which this engine did not keep")
+            else:
+                wire.send(sock, frames)
+        if replay:
+            log.info("engine %s sent %d replies again, lost with the old connection", self.id, len(replay))
 
     def _ask(self, sock: zmq.Socket, header: dict, answer: str,
              backlog: list[tuple[zmq.Socket, wire.Message]]) -> wire.Message | None:
@@ -291,7 +306,7 @@ class Engine:
             self._pending_send.wait()
             self._pending_send = None
         reply = {"t": "reply", "id": msg_id, "eng": self.id}
-        self._answered.append(msg_id)  # every way out of here answers it
+        self.replies.answering(msg_id)  # every way out of here answers it
         token = header.get("bulk")
         if msg_id in self.aborted and "rk" in header:
             self.aborted.discard(msg_id)  # one rank skipping a collective would hang the others
@@ -301,7 +316,7 @@ class Engine:
                 self.data.discard(token)
             reply.update(st="aborted", ename="TaskAborted", evalue="task aborted before it started",
                          tb="", started=None, completed=None, out="", err="")
-            wire.send(sock, wire.pack(self.signer, reply))
+            self._reply(sock, msg_id, wire.pack(self.signer, reply))
             return
         buffers = msg.buffers
         if isinstance(token, str) and header.get("bt", self.id) == self.id:
@@ -311,7 +326,7 @@ class Engine:
                 if "bt" not in header:
                     reply.update(st="error", ename="BulkMissing", evalue=str(exc), tb="", started=None,
                                  completed=None, out="", err="")
-                    wire.send(sock, wire.pack(self.signer, reply))
+                    self._reply(sock, msg_id, wire.pack(self.signer, reply))
                     return
                 buffers = exc  # a collective still runs, so that the other ranks learn of it
         self._running_collective = "rk" in header
@@ -328,13 +343,18 @@ class Engine:
             if tracker is not None:
                 reply["bulk"] = msg_id
                 self._pending_send = tracker
-                wire.send(sock, wire.pack(self.signer, reply, data))
+                self._reply(sock, msg_id, wire.pack(self.signer, reply, data))
                 return
-        out = wire.pack(self.signer, reply, data, out_buffers)
-        if out_buffers:
-            self._pending_send = sock.send_multipart(out, copy=False, track=True)
+        self._reply(sock, msg_id, wire.pack(self.signer, reply, data, out_buffers))
+
+    def _reply(self, sock: zmq.Socket, msg_id: str, frames: list) -> None:
+        """Send a reply, keeping it for a registration again; buffers go zero-copy and
+        tracked, so that the next task waits until they are out before changing them."""
+        self.replies.sent(msg_id, sock, frames)
+        if len(frames) > 1:
+            self._pending_send = sock.send_multipart(frames, copy=False, track=True)
         else:
-            wire.send(sock, out)
+            wire.send(sock, frames)
 
 
 def main(url_file: str | None, cluster_id: str | None, profile_dir: str | None, want_id: int | None,
