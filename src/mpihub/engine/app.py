@@ -25,6 +25,7 @@ import socket
 import sys
 import time
 import uuid as uuidlib
+
 import zmq
 
 from .. import config, process
@@ -221,15 +222,16 @@ class Engine:
         """Take the controller's answer to a registration again: queued tasks to skip,
         and kept replies it is missing, which go out again now."""
         self._skip.update(wire.task_ids(answer.get("skip")))
-        replay = wire.task_ids(answer.get("replay"))
-        for msg_id in replay:
+        sent = 0
+        for msg_id in wire.task_ids(answer.get("replay")):
             frames = self.replies.frames(msg_id, sock)
             if frames is None:
                 self._drop(f"the controller asked again for reply {msg_id!r}, which this engine did not keep")
             else:
                 wire.send(sock, frames)
-        if replay:
-            log.info("engine %s sent %d replies again, lost with the old connection", self.id, len(replay))
+                sent += 1
+        if sent:
+            log.info("engine %s sent %d replies again, lost with the old connection", self.id, sent)
 
     def _ask(self, sock: zmq.Socket, header: dict, answer: str,
              backlog: list[tuple[zmq.Socket, wire.Message]]) -> wire.Message | None:
