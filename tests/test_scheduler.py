@@ -1,7 +1,10 @@
 """The least-load scheduler as a pure state machine: events in, assignments out."""
 import pytest
 
+from mpihub.controller.hub import Hub
 from mpihub.controller.scheduler import SCHEDULERS, LeastLoadScheduler, LRUScheduler, RandomScheduler, WeightedScheduler
+from mpihub.controller.taskpath import TaskPath
+from mpihub.protocol import wire
 
 
 def test_tasks_wait_for_engines_then_spread_by_load():
@@ -169,3 +172,46 @@ def test_an_engine_back_with_running_tasks_has_that_load():
     assert s.submit("d") == [("d", 1)]  # both at load 1: engine 1 has waited longer
     assert s.submit("e") == [("e", 0)]
     assert s.remove_engine(0) == (["b", "e"], [])
+
+
+@pytest.mark.parametrize("policy", sorted(SCHEDULERS))
+def test_a_queued_task_taken_out_of_turn_counts_on_its_engine(policy):
+    s = SCHEDULERS[policy](hwm=1)
+    s.add_engine(0, paused=True)
+    assert s.submit("a") == [] and s.submit("b") == []
+    assert s.take("b", 0) and s.assigned == {"b": 0} and s.load == {0: 1}
+    assert not s.take("b", 0) and not s.take("a", 7)
+    assert list(s.pending) == [("a", None)]
+    assert s.resume(0) == []  # full with "b"
+    assert s.finished("b") == [("a", 0)]
+    s.add_engine(1)
+    assert s.submit("c") == [("c", 1)]
+    assert s.submit("d") == [] and s.take("d", 1)  # past its hwm: it has the task already
+    assert s.take("never-queued", 1) and s.load == {0: 1, 1: 3} and list(s.pending) == []
+    assert s.finished("c") == [] and s.finished("d") == [] and s.finished("never-queued") == []
+    assert s.submit("e") == [("e", 1)]
+
+
+def test_a_rejoining_engine_claims_tasks_the_store_had_as_waiting():
+    """A restored task path takes back as an engine's own the tasks it has that the store
+    still had queued or held on a dependency (their assignment was not committed)."""
+    hub = Hub(store_limit=1 << 20)
+    hub.restore_engine(0, b"zero", {"hostname": "h"}, 0.0)
+    signer = wire.Signer("key")
+    sent, failed = [], []
+    path = TaskPath(hub, LeastLoadScheduler(hwm=2), signer, lambda e, frames: sent.append(e), failed.append)
+    path.add_engine(0, paused=True)
+    requests = {"dep": None, "queued": None, "held": {"ids": ["dep"]}, "other": None}
+    for msg_id, after in requests.items():
+        frames = wire.pack(signer, {"t": "apply", "id": msg_id, **({"after": after} if after else {})})
+        hub.restore_task(msg_id, "task", b"client", 1.0, None, frames, 10)
+        path.restore(msg_id, wire.unpack(signer, frames))
+    assert hub.unassigned == 4 and sent == []
+    assert path.claim("queued", 0) and path.claim("held", 0)
+    assert not path.claim("queued", 0) and not path.claim("unknown", 0)
+    assert hub.engines[0].tasks == {"queued", "held"} and hub.unassigned == 2
+    assert [task for task, _ in path.scheduler.pending] == ["dep", "other"]
+    path.add_engine(0)  # back: full with the two it claimed
+    assert sent == [] and failed == []
+    assert path.reply("queued", 0, {"st": "ok"}) is False
+    assert sent == [0] and hub.engines[0].tasks == {"queued", "held", "dep"}  # room again: "dep" goes out

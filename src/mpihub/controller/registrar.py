@@ -73,10 +73,9 @@ class Registrar(Service):
         return path
 
     def _write_connection_files(self, ports: dict[str, int]) -> None:
-        """The client and engine files: every candidate address of each channel."""
+        """The engine and client files: every candidate address of each channel. The
+        client file comes last, so whoever waits for it finds the engine file too."""
         primary, candidates = connection.channel_urls(self.ip, ports)
-        self._write_file("client", {"client": primary["client"], "candidates": {"client": candidates["client"]},
-                                    **self._client_file_fields()})
         self._write_file("engine", {
             "engine": primary["engine"],
             "heartbeat": primary["heartbeat"],
@@ -85,6 +84,8 @@ class Registrar(Service):
             # engines listen for direct data links on loopback only when everything is local
             "engine_bind_ip": "127.0.0.1" if self.ip.startswith("127.") else "*",
         })
+        self._write_file("client", {"client": primary["client"], "candidates": {"client": candidates["client"]},
+                                    **self._client_file_fields()})
 
     def _client_file_fields(self) -> dict:
         """What the client file holds besides the addresses: the dashboard's URL."""

@@ -217,16 +217,19 @@ class Router(Service):
         with the old connection is asked of it again when it kept the reply, and else is
         retried or fails; one it never received is sent again. Returns what to tell it:
         the held tasks to ``skip`` (no longer its own: failed or retried meanwhile) and
-        the kept replies to send again (``replay``)."""
+        the kept replies to send again (``replay``). A load-balanced task it has that the
+        store had as still queued is taken back as its own first, so none runs twice."""
         held, answered, kept = (wire.task_ids(header.get(k)) for k in ("held", "answered", "kept"))
         record = self.hub.engines[engine_id]
+        claimed = self._take_back(engine_id, (held | answered) - record.tasks)
         mine = record.queue | record.tasks
         replay = []
         for msg_id in sorted(mine - held, key=lambda m: self.hub.tasks[m].submitted):
             task = self.hub.tasks[msg_id]
             if msg_id in kept:
                 replay.append(msg_id)
-            elif msg_id in answered:
+                continue
+            if msg_id in answered:
                 lost = {"st": "error", "ename": "ReplyLost"}
                 if task.queue == "task" and self.tasks and self.tasks.reply(msg_id, engine_id, lost):
                     continue
@@ -241,9 +244,21 @@ class Router(Service):
                 self._send_to_engine(engine_id, frames)
         skip = sorted(held - mine)
         log.info("engine %d is back: %d of its tasks queued there, %d sent again, %d replies asked again, %d replies "
-                 "lost, %d no longer its own", engine_id, len(mine & held), len(mine - held - answered - kept),
-                 len(replay), len((mine - held - kept) & answered), len(skip))
+                 "lost, %d no longer its own, %d taken back from the queue", engine_id, len(mine & held),
+                 len(mine - held - answered - kept), len(replay), len((mine - held - kept) & answered), len(skip),
+                 len(claimed))
         return {"skip": skip, "replay": replay}
+
+    def _take_back(self, engine_id: int, ids: set[str]) -> list[str]:
+        """Make the load-balanced tasks among ``ids`` that still wait to be sent this
+        engine's; returns them."""
+        taken = []
+        for msg_id in sorted(ids):
+            task = self.hub.tasks.get(msg_id)
+            if (self.tasks and task is not None and task.queue == "task" and task.engine_id is None
+                    and self.tasks.claim(msg_id, engine_id)):
+                taken.append(msg_id)
+        return taken
 
     def _restore_tasks(self) -> int:
         """Take back the unfinished tasks from the durable store, after the engines

@@ -95,6 +95,20 @@ class Scheduler:
             self._room_changed(engine_id, load, load - 1)
         return self._drain()
 
+    def take(self, task_id: str, engine_id: int) -> bool:
+        """Count a task on an engine out of turn, whatever its room (the engine has it
+        already), taking it out of the queue if it waits there; False when the engine is
+        not registered or the task is assigned already."""
+        if engine_id not in self.load or task_id in self.assigned:
+            return False
+        self.pending = deque(item for item in self.pending if item[0] != task_id)
+        load = self.load[engine_id]
+        self.load[engine_id] = load + 1
+        if engine_id not in self.paused:
+            self._room_changed(engine_id, load, load + 1)
+        self.assigned[task_id] = engine_id
+        return True
+
     def abort(self, task_ids: Iterable[str]) -> list[str]:
         """Drop queued tasks; returns those removed (assigned ones run anyway)."""
         drop = set(task_ids)

@@ -104,6 +104,20 @@ class TaskPath:
         else:
             self._send_assigned(self.scheduler.add_engine(engine_id, running, paused))
 
+    def claim(self, msg_id: str, engine_id: int) -> bool:
+        """A rejoining engine holds or answered a task that the restored store had as not
+        yet sent (its assignment fell in the store's last commit window): take it out of
+        the queue, or its dependency hold, as that engine's. False when it waits nowhere."""
+        if msg_id in self._waiting:
+            del self._waiting[msg_id]
+        elif self.deps.release(msg_id):
+            del self._held[msg_id]
+        else:
+            return False
+        self.scheduler.take(msg_id, engine_id)
+        self.hub.assign(msg_id, engine_id)
+        return True
+
     def remove_engine(self, engine_id: int) -> list[str]:
         """Forget an engine; returns the queued tasks no other engine may run."""
         _, stranded = self.scheduler.remove_engine(engine_id)

@@ -169,7 +169,8 @@ class Engine:
                 if rejoin in events:
                     while rejoin.poll(0):
                         rejoin.recv()
-                    if time.monotonic() - self._rejoined_at > 2 * self.heart_period:  # else a stale "unknown"
+                    # act only if the last pong still says so, and not on stale ones just after a rejoin
+                    if not heart.controller_knows and time.monotonic() - self._rejoined_at > 2 * self.heart_period:
                         backlog = self._rejoin(requests)
                 running = self._handle_requests(executor, backlog)
                 for sock in requests:

@@ -39,6 +39,9 @@ class Heart(threading.Thread):
         self.aborted = aborted
         self.on_signal = on_signal
         self.rejoin_url = rejoin_url
+        #: What the last pong said; the task thread asked to register again checks it,
+        #: so that "unknown" pongs that queued up while it ran a task are not acted on.
+        self.controller_knows = True
         self._stop_url = f"inproc://mpihub-heart-stop-{id(self)}"
         self._stop_in = context.socket(zmq.PAIR)
         self._stop_in.bind(self._stop_url)
@@ -94,7 +97,8 @@ class Heart(threading.Thread):
             return
         header = msg.header
         if header["t"] == "pong":
-            if header.get("unknown"):
+            self.controller_knows = not header.get("unknown")
+            if not self.controller_knows:
                 try:
                     self._rejoin.send(b"", zmq.NOBLOCK)  # a full pipe: the task thread is asked already
                 except zmq.Again:
