@@ -21,6 +21,18 @@ def test_ids_and_views(rc):
         rc["x"]
 
 
+def test_a_long_queue_behind_a_slow_task_loses_nothing(rc):
+    """More requests queued for one engine than ZMQ's default high-water marks hold (a
+    ROUTER drops what passes them, silently): every one arrives."""
+    import operator
+
+    view = rc[rc.ids[0]]
+    slow = view.apply_async(time.sleep, 1.5)
+    queued = [view.apply_async(operator.neg, i) for i in range(40_000)]
+    assert rc.wait([slow, *queued], timeout=50), f"{sum(not ar.ready() for ar in queued)} of 40000 never came back"
+    assert [ar.get() for ar in queued] == [-i for i in range(40_000)]
+
+
 def test_push_pull_and_item_access(rc):
     dview = rc[:]
     dview.push({"a": 5, "b": [1, 2]}, block=True)

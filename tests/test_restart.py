@@ -258,6 +258,41 @@ def test_a_reply_lost_in_a_restart_is_sent_again(processes, tmp_path):
     assert "sent 2 replies again" in logs
 
 
+def test_a_long_queue_of_direct_tasks_run_while_the_controller_was_gone_runs_once(processes, tmp_path):
+    """More replies lost than an engine's floor of 1,000 ids: it remembers every id it
+    answered since shortly before it last heard the controller, and kept each reply."""
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    processes.start_controller("--db", "sqlite")
+    relay = Relay(json.loads(processes.file("engine").read_text())["engine"])
+    rc = None
+    try:
+        engine = processes.start_engine({"engine": relay})
+        rc = client_through(processes)
+        rc.wait_for_engines(1, timeout=30, interactive=False)
+        view = rc[rc.ids[0]]
+        first = view.apply_async(nap, 0, 1.0, str(runs))
+        queued = [view.apply_async(nap, i, 0, str(runs)) for i in range(1, 2501)]
+        time.sleep(0.3)
+        relay.swallow()
+        deadline = time.monotonic() + 60
+        while len(runs_of(runs)) < 2501:
+            assert time.monotonic() < deadline, f"the engine ran {len(runs_of(runs))} of 2501 tasks"
+            time.sleep(0.1)
+        processes.kill_controller()
+        relay.cut()
+        processes.start_controller("--db", "sqlite", "--restore")
+        relay.mend()
+        assert [ar.get(60)[0] for ar in [first, *queued]] == list(range(2501))
+        assert view.apply_sync(pid) == engine.pid
+        assert runs_of(runs) == {i: 1 for i in range(2501)}, "a task ran twice"
+    finally:
+        if rc is not None:
+            rc.close()
+        relay.close()
+    assert "0 sent again, 2501 replies asked again, 0 replies lost" in "".join(processes.stop())
+
+
 def test_restore_says_why_it_cannot(processes, tmp_path):
     def controller(*args: str) -> subprocess.CompletedProcess:
         return subprocess.run([sys.executable, "-m", "mpihub", "controller", "--cluster-id", "restart", *args],

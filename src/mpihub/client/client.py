@@ -157,6 +157,7 @@ class Client:
         sock = self._context.socket(zmq.DEALER)
         sock.routing_id = routing_id.encode()
         sock.linger = linger
+        sock.hwm = 0  # submitting many tasks never blocks; the controller queues them all
         if self._curve:
             self._curve.client(sock)
         sock.connect(url)

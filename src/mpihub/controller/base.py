@@ -94,6 +94,7 @@ class Service:
         for name in names:
             sock = self.context.socket(zmq.ROUTER)
             sock.linger = 0
+            sock.hwm = 0  # a ROUTER drops what passes a peer's high-water mark: queue it instead
             sock.router_handover = True
             if self.curve:
                 self.curve.server(sock)

@@ -82,6 +82,7 @@ class PathServer(Router):
                 "host": socket.gethostname()}
         for url in urls:
             sock = self.context.socket(zmq.DEALER)
+            sock.hwm = 0
             if self.curve:
                 self.curve.client(sock)
             sock.routing_id = f"path-{self.path}-{secrets.token_hex(6)}".encode()

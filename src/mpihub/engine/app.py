@@ -39,7 +39,7 @@ from .replies import SentReplies
 
 log = logging.getLogger("mpihub.engine")
 
-#: Ids of the last replies an engine sent, which it reports when it registers again.
+#: Ids of replies an engine reports at least when it registers again (see :mod:`.replies`).
 ANSWERED = 1000
 
 
@@ -104,6 +104,7 @@ class Engine:
         sock = self.context.socket(zmq.DEALER)
         sock.routing_id = self.uuid
         sock.linger = 0
+        sock.hwm = 0  # replies queue while the controller is away, rather than block the engine
         if self.curve:
             self.curve.client(sock)
         sock.connect(url)
@@ -141,7 +142,7 @@ class Engine:
         rejoin.bind(rejoin_url)
         self.controller_timeout = registration.get("controller_timeout", config.ENGINE_CONTROLLER_TIMEOUT)
         self.heart_period = registration["hb_period"]
-        heart = Heart(self.context, self.heart_url, self.uuid, self.signer, self.curve, self.heart_period,
+        heart = self.heart = Heart(self.context, self.heart_url, self.uuid, self.signer, self.curve, self.heart_period,
                       self.controller_timeout, self.aborted, self._signal, rejoin_url)
         heart.start()
         self.paths: list[zmq.Socket] = []
@@ -309,7 +310,7 @@ class Engine:
             self._pending_send.wait()
             self._pending_send = None
         reply = {"t": "reply", "id": msg_id, "eng": self.id}
-        self.replies.answering(msg_id)  # every way out of here answers it
+        self.replies.answering(msg_id, time.monotonic(), self.heart.alive_at)  # every way out of here answers it
         token = header.get("bulk")
         if msg_id in self.aborted and "rk" in header:
             self.aborted.discard(msg_id)  # one rank skipping a collective would hang the others

@@ -42,6 +42,8 @@ class Heart(threading.Thread):
         #: What the last pong said; the task thread asked to register again checks it,
         #: so that "unknown" pongs that queued up while it ran a task are not acted on.
         self.controller_knows = True
+        #: When (monotonic) the controller last answered as one that knows this engine.
+        self.alive_at = time.monotonic()
         self._stop_url = f"inproc://mpihub-heart-stop-{id(self)}"
         self._stop_in = context.socket(zmq.PAIR)
         self._stop_in.bind(self._stop_url)
@@ -98,7 +100,9 @@ class Heart(threading.Thread):
         header = msg.header
         if header["t"] == "pong":
             self.controller_knows = not header.get("unknown")
-            if not self.controller_knows:
+            if self.controller_knows:
+                self.alive_at = time.monotonic()
+            else:
                 try:
                     self._rejoin.send(b"", zmq.NOBLOCK)  # a full pipe: the task thread is asked already
                 except zmq.Again:

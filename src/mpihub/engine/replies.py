@@ -8,6 +8,12 @@ may be a user's live array (a pulled variable that later code changes), and copy
 them would tax every large reply for the rare lost one, which is retried or fails
 clearly instead. The controller learns which ids are answered and which of those can
 be sent again, and asks for the replies it is missing.
+
+Which ids to remember: a reply can be missing at the controller only if it was sent
+shortly before the controller was last heard alive (it lags behind its heartbeat by its
+queue and its store's commit) or after. So the ids answered since ``margin`` seconds
+before the last normal pong are all kept, however many a long queue of direct tasks
+ran while the controller was gone (up to ``most``), and at least the last ``count``.
 """
 from __future__ import annotations
 
@@ -16,23 +22,30 @@ from collections.abc import Hashable, Sequence
 
 
 class SentReplies:
-    """The last ``count`` answered task ids, and the envelopes of those that fit
-    ``nbytes`` (one at most a 64th of it)."""
+    """Answered task ids (see the module), and the envelopes of those that fit ``nbytes``
+    in all (one at most a 64th of it)."""
 
-    def __init__(self, count: int, nbytes: int):
+    def __init__(self, count: int, nbytes: int, margin: float = 10.0, most: int = 200_000):
         self.count = count
         self.nbytes = nbytes
+        self.margin = margin
+        self.most = most
         self.largest = nbytes // 64
-        self._answered: OrderedDict[str, None] = OrderedDict()
+        self._answered: OrderedDict[str, float] = OrderedDict()
         self._kept: OrderedDict[str, tuple[Hashable, list, int]] = OrderedDict()
         self.kept_bytes = 0
 
-    def answering(self, msg_id: str) -> None:
-        """``msg_id`` is being answered (every way out of running it sends a reply)."""
-        self._answered[msg_id] = None
+    def answering(self, msg_id: str, now: float, alive_at: float) -> None:
+        """``msg_id`` is being answered at ``now`` (every way out of running it sends a
+        reply); the controller was last heard alive at ``alive_at`` (same clock)."""
+        self._answered[msg_id] = now
         self._answered.move_to_end(msg_id)
+        horizon = alive_at - self.margin
         while len(self._answered) > self.count:
-            oldest, _ = self._answered.popitem(last=False)
+            oldest, at = next(iter(self._answered.items()))
+            if at >= horizon and len(self._answered) <= self.most:
+                break
+            del self._answered[oldest]
             self._forget(oldest)
 
     def sent(self, msg_id: str, channel: Hashable, frames: Sequence) -> None:
