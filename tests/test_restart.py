@@ -26,6 +26,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Callable
 
 import pytest
 
@@ -213,83 +214,88 @@ def test_a_restored_controller_takes_back_engines_results_and_tasks(processes, t
     assert engine_logs.count("is registered again") == 2
 
 
-def test_a_reply_lost_in_a_restart_is_sent_again(processes, tmp_path):
-    runs = tmp_path / "runs"
-    runs.mkdir()
-    processes.start_controller("--db", "sqlite")
-    relay = Relay(json.loads(processes.file("engine").read_text())["engine"])
-    rc = None
-    try:
-        engine = processes.start_engine({"engine": relay})
-        rc = client_through(processes)
-        rc.wait_for_engines(1, timeout=30, interactive=False)
-        view = rc[rc.ids[0]]
-        kept = view.apply_async(nap, 1, 0.8, str(runs))
-        not_kept = view.apply_async(ones, 100_000)  # 800 kB: zero-copy frames
-        unsent = rc.load_balanced_view().apply_async(nap, 5, 0, str(runs))
+class RelayedEngine:
+    """A controller (``--db sqlite``), a client, and one engine whose task connection
+    goes through a relay, so that its replies can vanish on the way."""
+
+    def __init__(self, processes: Processes, runs: Path):
+        self.processes = processes
+        self.runs = runs
+        processes.start_controller("--db", "sqlite")
+        self.relay = Relay(json.loads(processes.file("engine").read_text())["engine"])
+        self.engine = processes.start_engine({"engine": self.relay})
+        self.rc = client_through(processes)
+        self.rc.wait_for_engines(1, timeout=30, interactive=False)
+        self.view = self.rc[self.rc.ids[0]]
+
+    def lose_replies_in_a_restart(self, ran: Callable[[dict[int, int]], bool], meanwhile=lambda: None) -> None:
+        """Swallow what the engine sends until ``ran(runs_of(runs))``, then SIGKILL the
+        controller, call ``meanwhile()`` and restore it."""
         time.sleep(0.3)
-        relay.swallow()  # the replies leave the engine and never reach the controller
-        deadline = time.monotonic() + 20
-        while 5 not in runs_of(runs):
-            assert time.monotonic() < deadline, "the engine never ran the load-balanced task"
+        self.relay.swallow()
+        deadline = time.monotonic() + 60
+        while not ran(runs_of(self.runs)):
+            assert time.monotonic() < deadline, f"the engine ran only {runs_of(self.runs)}"
             time.sleep(0.05)
         time.sleep(0.5)
-        assert not kept.ready() and not not_kept.ready() and not unsent.ready()
-        processes.kill_controller()
-        relay.cut()
-        with sqlite3.connect(db_path(processes.profile, processes.cluster_id, "")) as store:
-            # as if its assignment to the engine had come in the store's last milliseconds
-            store.execute("UPDATE tasks SET engine_id = NULL WHERE msg_id = ?", (unsent.msg_ids[0],))
-        processes.start_controller("--db", "sqlite", "--restore")
-        relay.mend()
-        assert kept.get(30) == (1, engine.pid)
-        with pytest.raises(mpihub.EngineError, match="reply was lost"):
-            not_kept.get(30)
-        assert unsent.get(30) == (5, engine.pid)
-        assert view.apply_sync(pid) == engine.pid  # after anything the engine may have been sent again
-        assert runs_of(runs) == {1: 1, 5: 1}, "a task whose reply was kept ran again"
+        self.processes.kill_controller()
+        self.relay.cut()
+        meanwhile()
+        self.processes.start_controller("--db", "sqlite", "--restore")
+        self.relay.mend()
+
+    def close(self) -> None:
+        self.rc.close()
+        self.relay.close()
+
+
+@pytest.fixture
+def relayed(processes, tmp_path):
+    (tmp_path / "runs").mkdir()
+    setup = RelayedEngine(processes, tmp_path / "runs")
+    try:
+        yield setup
     finally:
-        if rc is not None:
-            rc.close()
-        relay.close()
+        setup.close()
+
+
+def test_a_reply_lost_in_a_restart_is_sent_again(relayed, processes):
+    runs, view = str(relayed.runs), relayed.view
+    kept = view.apply_async(nap, 1, 0.8, runs)
+    not_kept = view.apply_async(ones, 100_000)  # 800 kB: zero-copy frames
+    unsent = relayed.rc.load_balanced_view().apply_async(nap, 5, 0, runs)
+
+    def forget_the_dispatch() -> None:  # as if it had come in the store's last milliseconds
+        assert not kept.ready() and not not_kept.ready() and not unsent.ready()
+        with sqlite3.connect(db_path(processes.profile, processes.cluster_id, "")) as store:
+            store.execute("UPDATE tasks SET engine_id = NULL WHERE msg_id = ?", (unsent.msg_ids[0],))
+
+    relayed.lose_replies_in_a_restart(lambda done: 5 in done, forget_the_dispatch)
+    pid_of_engine = relayed.engine.pid
+    assert kept.get(30) == (1, pid_of_engine)
+    with pytest.raises(mpihub.EngineError, match="reply was lost"):
+        not_kept.get(30)
+    assert unsent.get(30) == (5, pid_of_engine)
+    assert view.apply_sync(pid) == pid_of_engine  # after anything the engine may have been sent again
+    assert runs_of(relayed.runs) == {1: 1, 5: 1}, "a task whose reply was kept ran again"
+    relayed.close()
     logs = "".join(processes.stop())
     assert ("engine 0 is back: 0 of its tasks queued there, 0 sent again, 2 replies asked again, 1 replies lost, "
             "0 no longer its own, 1 taken back from the queue") in logs
     assert "sent 2 replies again" in logs
 
 
-def test_a_long_queue_of_direct_tasks_run_while_the_controller_was_gone_runs_once(processes, tmp_path):
+def test_a_long_queue_of_direct_tasks_run_while_the_controller_was_gone_runs_once(relayed, processes):
     """More replies lost than an engine's floor of 1,000 ids: it remembers every id it
     answered since shortly before it last heard the controller, and kept each reply."""
-    runs = tmp_path / "runs"
-    runs.mkdir()
-    processes.start_controller("--db", "sqlite")
-    relay = Relay(json.loads(processes.file("engine").read_text())["engine"])
-    rc = None
-    try:
-        engine = processes.start_engine({"engine": relay})
-        rc = client_through(processes)
-        rc.wait_for_engines(1, timeout=30, interactive=False)
-        view = rc[rc.ids[0]]
-        first = view.apply_async(nap, 0, 1.0, str(runs))
-        queued = [view.apply_async(nap, i, 0, str(runs)) for i in range(1, 2501)]
-        time.sleep(0.3)
-        relay.swallow()
-        deadline = time.monotonic() + 60
-        while len(runs_of(runs)) < 2501:
-            assert time.monotonic() < deadline, f"the engine ran {len(runs_of(runs))} of 2501 tasks"
-            time.sleep(0.1)
-        processes.kill_controller()
-        relay.cut()
-        processes.start_controller("--db", "sqlite", "--restore")
-        relay.mend()
-        assert [ar.get(60)[0] for ar in [first, *queued]] == list(range(2501))
-        assert view.apply_sync(pid) == engine.pid
-        assert runs_of(runs) == {i: 1 for i in range(2501)}, "a task ran twice"
-    finally:
-        if rc is not None:
-            rc.close()
-        relay.close()
+    runs, view = str(relayed.runs), relayed.view
+    first = view.apply_async(nap, 0, 1.0, runs)
+    queued = [view.apply_async(nap, i, 0, runs) for i in range(1, 2501)]
+    relayed.lose_replies_in_a_restart(lambda done: len(done) == 2501)
+    assert [ar.get(60)[0] for ar in [first, *queued]] == list(range(2501))
+    assert view.apply_sync(pid) == relayed.engine.pid
+    assert runs_of(relayed.runs) == {i: 1 for i in range(2501)}, "a task ran twice"
+    relayed.close()
     assert "0 sent again, 2501 replies asked again, 0 replies lost" in "".join(processes.stop())
 
 
