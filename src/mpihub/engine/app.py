@@ -61,6 +61,7 @@ class Engine:
         self._running_collective = False
         self._drop = wire.DropLog(log, "the task socket")
         self.replies = SentReplies(ANSWERED, config.REPLAY_BYTES)
+        self.heart: Heart | None = None  # started by serve_forever
         self._skip: set[str] = set()  # held when it registered again, and no longer its own
         self._rejoined_at = 0.0
         end = config.job_end()
@@ -310,7 +311,8 @@ class Engine:
             self._pending_send.wait()
             self._pending_send = None
         reply = {"t": "reply", "id": msg_id, "eng": self.id}
-        self.replies.answering(msg_id, time.monotonic(), self.heart.alive_at)  # every way out of here answers it
+        now = time.monotonic()
+        self.replies.answering(msg_id, now, self.heart.alive_at if self.heart else now)  # every way out answers it
         token = header.get("bulk")
         if msg_id in self.aborted and "rk" in header:
             self.aborted.discard(msg_id)  # one rank skipping a collective would hang the others
