@@ -143,8 +143,8 @@ class Engine:
         rejoin.bind(rejoin_url)
         self.controller_timeout = registration.get("controller_timeout", config.ENGINE_CONTROLLER_TIMEOUT)
         self.heart_period = registration["hb_period"]
-        heart = self.heart = Heart(self.context, self.heart_url, self.uuid, self.signer, self.curve, self.heart_period,
-                      self.controller_timeout, self.aborted, self._signal, rejoin_url)
+        heart = self.heart = Heart(self.context, self.heart_url, self.uuid, self.signer, self.curve,
+                                   self.heart_period, self.controller_timeout, self.aborted, self._signal, rejoin_url)
         heart.start()
         self.paths: list[zmq.Socket] = []
         if self.mpi_world.get("mpi_world"):
@@ -198,13 +198,14 @@ class Engine:
         backlog = [(sock, msg) for sock in requests for msg in wire.pending(sock, self.signer, self._drop)]
         answered = self.replies.answered()
 
-        def held(sock: zmq.Socket) -> dict:
+        def report(sock: zmq.Socket) -> dict:
+            """What the controller settles this engine's tasks on that path by."""
             return {"held": [i for s, msg in backlog if s is sock and (i := self._task_id(msg.header)) is not None],
                     "answered": answered, "kept": self.replies.replayable(sock)}
 
         log.warning("engine %s: the controller no longer knows it (a network cut, or a restart); registering "
                     "again with %d requests queued", self.id, len(backlog))
-        reply = self._ask(self.sock, {"t": "register", "want_id": self.id, "info": self.details, **held(self.sock)},
+        reply = self._ask(self.sock, {"t": "register", "want_id": self.id, "info": self.details, **report(self.sock)},
                           "register_reply", backlog)
         if reply is None:
             return backlog  # the heart asks again while the controller says it does not know us
@@ -213,7 +214,7 @@ class Engine:
             self.id = self.executor.engine_id = reply.header["id"]
         self._settle(self.sock, reply.header)
         for sock in self.paths:
-            hello = self._ask(sock, {"t": "hello", "id": self.id, **held(sock), **self.retirement}, "hello_reply",
+            hello = self._ask(sock, {"t": "hello", "id": self.id, **report(sock), **self.retirement}, "hello_reply",
                               backlog)
             if hello is not None:
                 self._settle(sock, hello.header)
