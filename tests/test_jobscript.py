@@ -12,7 +12,8 @@ import pytest
 import mpihub
 from support import assert_gone
 from mpihub.cluster.batch import PBS, Slurm
-from mpihub.cluster.jobscript import JobOptions, TemplateError, check_template, render, template_path
+from mpihub.cluster.jobscript import (JobOptions, TemplateError, check_directive_order, check_template, render,
+                                      template_path)
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -117,13 +118,46 @@ def test_directive_blocks_for_each_role():
         PBS("lsf")
 
 
-def test_dry_run_prints_every_script(profile_dir):
-    out = subprocess.run([sys.executable, "-m", "mpihub", "submit", "pbs", "-n", "2", "--jobs", "separate",
-                          "--walltime", "00:20:00", "--queue", "short", "--dry-run", "--cluster-id", "dry"],
-                         capture_output=True, text=True, timeout=60)
+def dry_run(*args: str) -> subprocess.CompletedProcess:
+    out = subprocess.run([sys.executable, "-m", "mpihub", "submit", *args, "--dry-run"], capture_output=True,
+                         text=True, timeout=60)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.count("#!/bin/bash") == 2 and "#PBS -q short" in out.stdout
-    assert "---- controller script (pbs) ----" in out.stdout and "---- engines script (pbs) ----" in out.stdout
+    return out
+
+
+def test_a_dry_run_prints_exactly_the_first_script_and_the_rest_on_stderr(profile_dir):
+    one = dry_run("slurm", "-n", "2", "--cluster-id", "dry")
+    assert one.stdout == cluster(n=2, cluster_id="dry", profile_dir=profile_dir).job_script()
+    assert one.stdout.startswith("#!/bin/bash\n#SBATCH ") and one.stdout.count("#!") == 1
+    assert "nothing submitted" in one.stderr and "cluster_id='dry'" in one.stderr
+    two = dry_run("pbs", "-n", "2", "--jobs", "separate", "--walltime", "00:20:00", "--queue", "short",
+                  "--cluster-id", "dry")
+    assert two.stdout.startswith("#!/bin/bash\n#PBS ") and two.stdout.count("#!") == 1
+    assert "#PBS -q short" in two.stdout and "mpihub-controller" in two.stdout
+    assert "the engines job's script" in two.stderr and "mpihub-engines\" -n 2" in two.stderr
+
+
+def test_a_dry_run_writes_every_script_with_output(tmp_path, profile_dir):
+    out = dry_run("slurm", "-n", "3", "--jobs", "separate", "--cluster-id", "dry", "--output", str(tmp_path / "jobs"))
+    written = {path.name: path.read_text() for path in (tmp_path / "jobs").iterdir()}
+    assert sorted(written) == ["mpihub-dry-controller.sbatch", "mpihub-dry-engines.sbatch"]
+    assert written["mpihub-dry-controller.sbatch"] == out.stdout
+    assert "#SBATCH --ntasks=3" in written["mpihub-dry-engines.sbatch"]
+    assert str(tmp_path / "jobs" / "mpihub-dry-engines.sbatch") in out.stderr
+    refused = subprocess.run([sys.executable, "-m", "mpihub", "submit", "slurm", "-n", "2", "--output", "x"],
+                             capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 1 and "--output DIR is where --dry-run writes" in refused.stderr
+
+
+def test_a_directive_after_the_first_command_is_refused(tmp_path):
+    check_directive_order("#!/bin/bash\n#SBATCH -n 2\n# a comment\n\n#SBATCH -t 5\nsrun x\n# after\n", "#SBATCH")
+    with pytest.raises(TemplateError, match="'#SBATCH --time=5' on line 4 comes after the first command"):
+        check_directive_order("#!/bin/bash\n#SBATCH -n 2\nmodule load mpi\n#SBATCH --time=5\n", "#SBATCH")
+    late = tmp_path / "late.sh"
+    late.write_text("#!/bin/bash\nmodule load mpi\n{{directives}}\n"
+                    "MPIHUB_DIR={{profile_dir}} MPIHUB_CLUSTER_ID={{cluster_id}} srun -n {{engines}} run\n")
+    with pytest.raises(TemplateError, match="#SBATCH --job-name=.* comes after the first command"):
+        cluster(templates={"job": str(late)}).job_script()
 
 
 def test_rendered_pbs_engines_script_in_a_pbs_like_environment(fresh_cluster, tmp_path):

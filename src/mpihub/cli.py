@@ -6,6 +6,7 @@ import logging
 import signal
 import sys
 import time
+from pathlib import Path
 
 from . import __version__, config
 from .controller.scheduler import SCHEDULERS
@@ -89,7 +90,9 @@ def _cmd_cluster(args) -> int:
         except FileNotFoundError as exc:
             print(exc, file=sys.stderr)
             return 1
-        print(f"stopped cluster {args.cluster_id or 'default'} ({len(pids)} processes)")
+        name = args.cluster_id or "default"
+        print(f"stopped cluster {name} ({len(pids)} processes)" if pids else
+              f"asked cluster {name}'s controller to shut down, and with it its engines")
         return 0
     def on_signal(signum, frame):
         raise KeyboardInterrupt
@@ -138,10 +141,10 @@ def _cmd_submit(args) -> int:
                           extra_directives=args.directive, skip_directives=args.skip_directive,
                           pbs_flavor=args.pbs_flavor, controller_ip=args.ip, controller_args=args.controller_arg)
         if args.dry_run:
-            for role in cluster._roles():
-                print(f"# ---- {role} script ({args.system}) ----")
-                print(cluster.job_script(role))
-            return 0
+            return _dry_run(cluster, args.system, args.output)
+        if args.output:
+            raise ValueError("--output DIR is where --dry-run writes its scripts; without --dry-run the jobs' "
+                             "scripts are kept beside their logs")
         jobs = cluster.submit_jobs()
     except (ValueError, TemplateError, BatchError, OSError) as exc:
         print(f"mpihub submit: {exc}", file=sys.stderr)
@@ -150,6 +153,36 @@ def _cmd_submit(args) -> int:
         print(f"submitted {args.system} job {job.job_id} ({job.role}); log {job.log_path}")
     print(f"cluster {cluster.cluster_id}: connect with mpihub.Client(cluster_id={cluster.cluster_id!r}); "
           f"stop with: mpihub cluster stop --cluster-id {cluster.cluster_id}")
+    return 0
+
+
+def _dry_run(cluster, system: str, output_dir: str | None) -> int:
+    """Standard output is exactly the first job's script, ready for sbatch or qsub; what
+    else a person needs (a second job's script, where files went, how to connect) goes to
+    standard error, and with ``output_dir`` every script is also written there."""
+    from .cluster.jobscript import SUFFIX
+
+    scripts = {role: cluster.job_script(role) for role in cluster.job_roles}
+    cluster.batch.make_log_dir()
+    sys.stdout.write(next(iter(scripts.values())))
+    sys.stdout.flush()
+    name = cluster.cluster_id
+    if output_dir:
+        folder = Path(output_dir)
+        folder.mkdir(parents=True, exist_ok=True)
+        for role, text in scripts.items():
+            path = folder / f"mpihub-{name}-{role}.{SUFFIX[system]}"
+            path.write_text(text)
+            print(f"wrote the {role} job's script to {path}", file=sys.stderr)
+    else:
+        for role, text in list(scripts.items())[1:]:
+            print(f"# the {role} job's script (standard output has the {cluster.job_roles[0]} job's; "
+                  f"--output DIR writes each to a file):\n{text}", file=sys.stderr)
+    jobs = {"job": "the cluster's job", "controller": "the controller job", "engines": "the engines job"}
+    submit = "sbatch" if system == "slurm" else "qsub"
+    print(f"dry run, nothing submitted: {submit} {', then '.join(jobs[r] for r in cluster.job_roles)}; connect "
+          f"with mpihub.Client(cluster_id={name!r}); stop with: mpihub cluster stop --cluster-id {name}",
+          file=sys.stderr)
     return 0
 
 
@@ -282,7 +315,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="PBS resource syntax: pro (-l select=) or torque (-l nodes=:ppn=)")
     p.add_argument("--ip", default=None, help="address the job's controller binds (default 0.0.0.0)")
     p.add_argument("--controller-arg", action="append", default=[], help="an option for the controller (repeatable)")
-    p.add_argument("--dry-run", action="store_true", help="print the job scripts instead of submitting them")
+    p.add_argument("--dry-run", action="store_true",
+                   help="submit nothing: print the first job's script (exactly what sbatch/qsub takes) on "
+                        "standard output, the rest on standard error")
+    p.add_argument("--output", default=None, metavar="DIR", help="with --dry-run, also write every job's script "
+                   "into DIR as mpihub-<cluster id>-<role>.sbatch/.pbs")
     common(p)
     p.set_defaults(func=_cmd_submit)
 

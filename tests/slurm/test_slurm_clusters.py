@@ -204,3 +204,51 @@ def test_a_refused_submission_says_why(slurm):
     with pytest.raises(mpihub.BatchError, match="sbatch .* failed .*[Ii]nvalid partition"):
         cluster.start_and_connect_sync()
     assert cluster.batch.jobs == [] and not cluster.client_file.exists()
+
+
+@pytest.mark.parametrize("jobs", ["one", "separate"])
+def test_what_a_dry_run_printed_runs_under_sbatch_unchanged(slurm, cancel_after, tmp_path, jobs):
+    """`mpihub submit slurm --dry-run > job.sh && sbatch job.sh` works: sbatch --test-only
+    accepts every script as printed (or written by --output), sbatch runs them, the login
+    node's Client connects, and `mpihub cluster stop` (no state file: it asks the
+    controller) ends the jobs. A fresh profile: the dry run makes the log folder that
+    Slurm writes the jobs' logs into."""
+    profile, cid = tmp_path / "profile", f"dry-{jobs}"
+    out = subprocess.run([sys.executable, "-m", "mpihub", "submit", "slurm", "-n", "2", "--jobs", jobs,
+                          "--walltime", "00:10:00", "--ip", "127.0.0.1", "--cluster-id", cid, "--profile-dir",
+                          str(profile), "--dry-run", "--output", str(tmp_path / "jobs")],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    (tmp_path / "job.sh").write_text(out.stdout)
+    scripts = [tmp_path / "job.sh"] if jobs == "one" else [tmp_path / "jobs" / f"mpihub-{cid}-{role}.sbatch"
+                                                          for role in ("controller", "engines")]
+    for script in scripts:
+        test_only = subprocess.run(["sbatch", "--test-only", str(script)], capture_output=True, text=True,
+                                   timeout=30, cwd=tmp_path)
+        assert test_only.returncode == 0 and "to start at" in test_only.stderr, test_only.stderr
+    job_ids = [cancel_after(subprocess.run(["sbatch", "--parsable", str(script)], capture_output=True, text=True,
+                                           timeout=30, cwd=tmp_path, check=True).stdout.strip())
+               for script in scripts]
+    with mpihub.Client(cluster_id=cid, profile_dir=profile, timeout=120) as rc:
+        rc.wait_for_engines(2, timeout=120, interactive=False)
+        assert rc[:].apply_sync(lambda: __import__("os").environ["SLURM_JOB_ID"]) == [job_ids[-1]] * 2
+        assert rc[:].pull("rank", block=True) == [0, 1]
+    stop = subprocess.run([sys.executable, "-m", "mpihub", "cluster", "stop", "--cluster-id", cid, "--profile-dir",
+                           str(profile)], capture_output=True, text=True, timeout=60)
+    assert stop.returncode == 0 and "asked cluster" in stop.stdout, stop.stderr
+    for job_id in job_ids:
+        slurm.wait_gone(job_id)
+    role = "job" if jobs == "one" else "controller"
+    [log] = (profile / "log").glob(f"*-{role}-{job_ids[0]}.out")
+    assert "controller ready" in log.read_text()
+
+
+def test_an_mpi_engine_rank_that_ends_normally_does_not_wait_for_one_that_left_at_once(slurm):
+    """Under srun, MPI_Finalize waits for every rank: an engine that returns normally from
+    a shutdown while its neighbour was ended at once by its heartbeat thread (os._exit)
+    would hold the job forever. MPI engines skip MPI_Finalize, so the step ends."""
+    ranks = ("from mpihub.engine import mpi; import os, mpihub.engine as e; mpi.init_world(); "
+             "e.comm.Barrier(); os._exit(0) if e.rank == 0 else print('rank', e.rank, 'returns', flush=True)")
+    step = subprocess.run(["srun", "-n", "2", "--mpi=pmi2", "--time=1", sys.executable, "-c", ranks],
+                          capture_output=True, text=True, timeout=30)
+    assert step.returncode == 0 and "rank 1 returns" in step.stdout, step.stderr

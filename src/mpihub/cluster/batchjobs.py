@@ -18,7 +18,8 @@ from pathlib import Path
 
 from .. import config
 from .batch import BatchError, BatchSystem, JobState
-from .jobscript import SUFFIX, JobOptions, check_template, launchers_dir, render, template_path, walltime_seconds
+from .jobscript import (SUFFIX, JobOptions, check_directive_order, check_template, launchers_dir, render,
+                        template_path, walltime_seconds)
 
 log = logging.getLogger("mpihub.cluster")
 
@@ -65,15 +66,21 @@ class BatchJobs:
         suffix = "-%j.out" if self.spec.system.name == "slurm" else ".out"  # PBS has no job-id pattern
         return str(self.spec.profile_dir / "log" / f"{name}{suffix}")
 
+    def make_log_dir(self) -> Path:
+        """The folder of the jobs' logs, made if need be: the batch system writes a job's
+        log there before the job runs, and fails the job when it cannot."""
+        log_dir = self.spec.profile_dir / "log"
+        log_dir.mkdir(parents=True, exist_ok=True)
+        return log_dir
+
     def script(self, role: str) -> str:
         """The exact script a job of ``role`` runs."""
         spec = self.spec
         source = spec.templates.get(role)
+        path = Path(source) if source else template_path(spec.system.name, role)
+        text = path.read_text()
         if source:
-            text = Path(source).read_text()
             check_template(text, role, f"template {source}")
-        else:
-            text = template_path(spec.system.name, role).read_text()
         options = spec.options
         if options.output is None:
             options = JobOptions(**{**options.__dict__, "output": self._log_path(role)})
@@ -81,7 +88,7 @@ class BatchJobs:
         if options.walltime:  # when the job ends, counted from when it starts
             variables["MPIHUB_JOB_END"] = f"$(( $(date +%s) + {walltime_seconds(options.walltime)} ))"
         environment = "\n".join(f"export {name}={value}" for name, value in sorted(variables.items()))
-        return render(text, {
+        script = render(text, {
             "directives": spec.system.directives(options, role), "engines": options.engines,
             "nodes": options.nodes or 1, "ppn": options.ppn, "walltime": options.walltime, "queue": options.queue,
             "account": options.account, "job_name": options.job_name, "output": options.output,
@@ -89,12 +96,12 @@ class BatchJobs:
             "prologue": spec.prologue, "environment": environment, "launchers": launchers_dir(),
             "engine_launch": spec.engine_launch, "controller_options": spec.controller_options,
         })
+        check_directive_order(script, spec.system.prefix, f"the {role} script from {path}")
+        return script
 
     def submit(self, role: str) -> Job:
         text = self.script(role)
-        log_dir = self.spec.profile_dir / "log"
-        log_dir.mkdir(parents=True, exist_ok=True)
-        script = log_dir / f"{self.spec.options.job_name}-{role}.{SUFFIX[self.spec.system.name]}"
+        script = self.make_log_dir() / f"{self.spec.options.job_name}-{role}.{SUFFIX[self.spec.system.name]}"
         script.write_text(text)
         job_id = self.spec.system.submit(script)
         job = Job(role, job_id, script, self._log_path(role).replace("%j", job_id))

@@ -139,21 +139,23 @@ class Cluster:
         or "engines"; by default the first one it would submit)."""
         if self.batch is None:
             raise ValueError(f"a cluster with {self.engines} engines submits no batch job")
-        return self.batch.script(role or self._roles()[0])
+        return self.batch.script(role or self.job_roles[0])
 
     def submit_jobs(self) -> list:
         """Submit this cluster's batch jobs and return at once (``mpihub submit``); the
         state is saved, so ``mpihub cluster stop`` cancels them."""
         if self.batch is None:
             raise ValueError(f"a cluster with {self.engines} engines submits no batch job")
-        for role in self._roles():
+        for role in self.job_roles:
             self.batch.submit(role)
         self._expected += self.n
         self._save_state()
         return list(self.batch.jobs)
 
-    def _roles(self) -> list[str]:
-        """The batch jobs this cluster submits, in order."""
+    @property
+    def job_roles(self) -> list[str]:
+        """The batch jobs this cluster submits, in order ("job"; "controller", "engines";
+        or "engines" beside a local controller)."""
         if self.batch is None:
             return []
         if self.controller == "local":
@@ -168,7 +170,7 @@ class Cluster:
                                f"({self.client_file} exists); stop it with `mpihub cluster stop "
                                f"--cluster-id {self.cluster_id}` or remove the file if it is stale")
         if self.controller != "local":
-            self.batch.submit(self._roles()[0])
+            self.batch.submit(self.job_roles[0])
             self._save_state()
             self._wait_for_controller_job()
             return
@@ -205,7 +207,7 @@ class Cluster:
         """Start ``n`` more engines: processes of their own, or one MPI job of n ranks."""
         count = self.n if n is None else n
         if self.batch is not None:
-            if "engines" in self._roles() and count:
+            if "engines" in self.job_roles and count:
                 self.batch.spec.options.engines = count
                 self.batch.submit("engines")
             self._expected += count
@@ -326,19 +328,26 @@ class Cluster:
 
 
 def stop_saved(cluster_id: str, profile_dir=None, grace: float = 5.0) -> list[int]:
-    """Stop a cluster from its state file (``mpihub cluster stop``); returns its PIDs."""
+    """Stop a cluster (``mpihub cluster stop``) and return the PIDs its state file named.
+
+    A cluster started by hand (a dry run's script given to sbatch, a controller started
+    on its own) has no state file: its controller is asked to shut down through the
+    client connection file, which ends its engines and, with them, its batch job."""
     path = state_file(cluster_id, profile_dir)
-    if not path.exists():
+    client_file = connection.connection_file("client", cluster_id, profile_dir)
+    if not path.exists() and not client_file.exists():
         raise FileNotFoundError(f"no running cluster {cluster_id or 'default'!r} in "
                                 f"{connection.security_dir(profile_dir)}")
-    state = json.loads(path.read_text())
+    state = json.loads(path.read_text()) if path.exists() else {}
     pids = [p for p in [state.get("controller_pid"), *state.get("engine_pids", [])] if p]
-    client_file = connection.connection_file("client", cluster_id, profile_dir)
     if client_file.exists():
         try:
             with Client(client_file, timeout=3) as client:
                 client.shutdown(hub=True, block=False)
         except Exception as exc:  # noqa: BLE001 - fall back to signals
+            if not state:
+                raise FileNotFoundError(f"cluster {cluster_id or 'default'!r} has no state file and its "
+                                        f"controller does not answer ({exc}); cancel its batch job") from exc
             log.info("could not ask the controller to shut down (%s); signalling processes", exc)
     deadline = time.monotonic() + grace
     while any(pid_alive(p) for p in pids) and time.monotonic() < deadline:

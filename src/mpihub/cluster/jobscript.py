@@ -113,6 +113,20 @@ def check_template(text: str, role: str, source: str = "the template") -> set[st
     return used
 
 
+def check_directive_order(script: str, prefix: str, source: str = "the job script") -> None:
+    """TemplateError when a ``prefix`` directive follows the first command: sbatch and
+    qsub read directives only up to there and silently ignore the rest."""
+    first_command = None
+    for number, line in enumerate(script.splitlines()[1:], start=2):
+        stripped = line.strip()
+        if stripped.startswith(prefix) and first_command:
+            raise TemplateError(f"{source}: the directive {stripped!r} on line {number} comes after the first "
+                                f"command ({first_command!r}), where the batch system ignores it; "
+                                "put every directive before it")
+        if stripped and not stripped.startswith("#") and first_command is None:
+            first_command = stripped
+
+
 def render(text: str, values: dict[str, object]) -> str:
     """Fill every placeholder; a value of None becomes the empty string."""
     def fill(match: re.Match) -> str:

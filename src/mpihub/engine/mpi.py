@@ -34,6 +34,12 @@ def init_world() -> dict:
     """Initialise MPI; set ``mpihub.engine.comm/rank/size``; describe the world."""
     global _internal
     try:
+        import mpi4py
+
+        # No MPI_Finalize at exit: it waits for every rank (under srun it does), and an
+        # engine may leave at once (os._exit on the controller's shutdown, a kill), so a
+        # rank that ends normally would wait forever and hold its batch job.
+        mpi4py.rc.finalize = False
         from mpi4py import MPI
     except ImportError as exc:
         raise MPIUnavailable(f"`mpihub engine --mpi` needs mpi4py: pip install 'mpihub[mpi]' ({exc})") from None
