@@ -44,7 +44,7 @@ class RunningCluster:
     def __init__(self, n: int, **kwargs):
         self.cluster = mpihub.Cluster(n=n, **kwargs)
         self.client = self.cluster.start_and_connect_sync()
-        self.pids = list(self.cluster.launcher.pids) + [e["pid"] for e in self.client._engines.values()]
+        self.pids = list(self.cluster.launcher.pids) + [e.pid for e in self.client.engines.values()]
         self.pids += children_of(self.cluster._controller_process.pid)  # a split controller's paths
 
     def stop(self) -> None:

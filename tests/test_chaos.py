@@ -68,9 +68,9 @@ class ReplyCounter:
 
     def __init__(self, rc: mpihub.Client):
         self.replies: Counter[str] = Counter()
-        self.engine_pids = {e["id"]: e["pid"] for e in rc._engines.values()}
-        self._dispatch = rc._on_message
-        rc._on_message = rc._io.on_message = self  # the IO thread's and blocking calls' way in
+        self.engine_pids = {e.id: e.pid for e in rc.engines.values()}
+        self._dispatch = rc.core.on_message
+        rc.core.on_message = rc.core.io.on_message = self  # the IO thread's and blocking calls' way in
 
     def __call__(self, msg: wire.Message) -> None:
         header = msg.header
@@ -114,14 +114,13 @@ class Chaos(threading.Thread):
     def _kill_one(self) -> None:
         ours = {p.pid: p for p in self.cluster.launcher.processes
                 if p is not self.cluster._controller_process and p.poll() is None}
-        with self.client._engines_changed:
-            registered = [e for e in self.client._engines.values() if e["pid"] in ours]
+        registered = [e for e in self.client.engines.values() if e.pid in ours]
         if len(registered) >= 2:
             victim = self.random.choice(registered)
-            process = ours.pop(victim["pid"])
+            process = ours.pop(victim.pid)
             process.kill()
             process.wait(10)
-            self.killed.add(victim["id"])
+            self.killed.add(victim.id)
         for _ in range(self.engines - len(ours)):
             self.cluster.start_engines(1)
             self.restarts += 1

@@ -71,7 +71,7 @@ def fetch_json(url: str) -> dict:
 
 def test_the_json_has_engines_throughput_and_failures(busy):
     data = fetch_json(dashboard_url(busy))
-    pids = {e["pid"] for e in busy.client._engines.values()}
+    pids = {e.pid for e in busy.client.engines.values()}
     assert [e["id"] for e in data["engines"]] == [0, 1] and {e["pid"] for e in data["engines"]} == pids
     assert all(e["state"] == "running" and e["host"] for e in data["engines"])
     assert sum(e["done"] for e in data["engines"]) == data["finished"] == 203 and data["failed"] == 3

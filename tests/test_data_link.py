@@ -19,12 +19,12 @@ BIG = 3 * 1024 * 1024 // 8  # 3 MB of float64: above the direct-link threshold
 
 def test_links_come_up_for_every_engine(rc):
     for engine_id in rc.ids:
-        assert rc._io.linked(engine_id, wait=True)
+        assert rc.core.io.linked(engine_id, wait=True)
 
 
 def test_large_push_pull_and_apply_use_the_link(rc):
     data = np.random.rand(BIG)
-    assert rc._io.linked(0, wait=True)
+    assert rc.core.io.linked(0, wait=True)
     before = rc.db_query({"engine_id": 0}, keys=["msg_id"])
     rc[0].push({"linked": data}, block=True)
     back = rc[0].pull("linked", block=True)
@@ -56,7 +56,7 @@ def test_scatter_gather_of_large_arrays(rc):
 RELAY_SCRIPT = """
 import sys, numpy as np, mpihub
 rc = mpihub.Client(sys.argv[1])
-assert not rc._io.links, "links were opened although MPIHUB_MAX_DATA_LINKS=0"
+assert not rc.core.io.links, "links were opened although MPIHUB_MAX_DATA_LINKS=0"
 data = np.random.rand(3 * 1024 * 1024 // 8)
 rc[0].push({"relayed": data}, block=True)
 back = rc[0].pull("relayed", block=True)
@@ -78,10 +78,10 @@ def test_without_links_everything_relays(cluster, tmp_path):
 
 def test_unreachable_link_falls_back_to_relay(cluster):
     with mpihub.Client(cluster.cluster.client_file) as other:
-        other._io.unlink(0)
+        other.core.io.unlink(0)
         time.sleep(0.1)
-        other._io.link(0, ["tcp://127.0.0.1:1"])  # nothing listens there
-        assert not other._io.linked(0, wait=True)
+        other.core.io.link(0, ["tcp://127.0.0.1:1"])  # nothing listens there
+        assert not other.core.io.linked(0, wait=True)
         data = np.random.rand(BIG)
         other[0].push({"fallback": data}, block=True)
         assert np.array_equal(other[0].pull("fallback", block=True), data)
@@ -90,14 +90,14 @@ def test_unreachable_link_falls_back_to_relay(cluster):
 def test_garbage_on_engine_data_ports(rc, cluster):
     ctx = zmq.Context.instance()
     for engine_id in rc.ids:
-        for url in rc._engines[engine_id]["data"]:
+        for url in rc.engines[engine_id].data_urls:
             sock = ctx.socket(zmq.DEALER)
             sock.linger = 0
             sock.connect(url)
             for frames in ([b""], [os.urandom(40)], [os.urandom(32), b"\x81\xa1t\xa4bulk", b""],
                            wire.pack(wire.Signer("wrong"), {"t": "bulk", "tok": "x"}, b"", [b"y" * 100])):
                 sock.send_multipart(frames)
-            signed = wire.Signer(rc._info["key"])
+            signed = wire.Signer(rc.core.info["key"])
             sock.send_multipart(wire.pack(signed, {"t": "unknown-kind"}))
             time.sleep(0.05)
             sock.close()

@@ -5,7 +5,7 @@ import time
 import pytest
 
 import mpihub
-from mpihub.controller.dependencies import Condition, DependencyBook
+from mpihub.controller.dependency_book import Condition, DependencyBook
 from mpihub.dependency import Dependency
 
 pytestmark = pytest.mark.timeout(60)

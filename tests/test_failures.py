@@ -12,7 +12,7 @@ from support import assert_gone
 
 
 def engine_pid(client, engine_id):
-    return client._engines[engine_id]["pid"]
+    return client.engines[engine_id].pid
 
 
 @pytest.mark.timeout(90)

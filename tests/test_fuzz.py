@@ -11,6 +11,7 @@ cluster's every port, which must still answer, with its memory bounded.
 import contextlib
 import itertools
 import json
+import operator
 import os
 import random
 from collections import Counter, OrderedDict, deque
@@ -25,13 +26,12 @@ from hypothesis import strategies as st
 
 import mpihub
 from mpihub.controller.heartbeat import HeartMonitor
-from mpihub.controller.hubserver import HubServer
-from mpihub.controller.pathserver import PathServer
-from mpihub.controller.registrar import Registrar
-from mpihub.controller.server import Controller
+from mpihub.controller.one_process import Controller
+from mpihub.controller.split_hub import SplitHub
+from mpihub.controller.split_path import SplitPath
 from mpihub.engine.app import Engine
 from mpihub.engine.datalink import DataLink
-from mpihub.engine.executor import Executor
+from mpihub.engine.runner import Runner
 from mpihub.protocol import connection, wire
 
 pytestmark = pytest.mark.timeout(300)
@@ -105,13 +105,14 @@ def controllers(tmp_path_factory):
     profile = tmp_path_factory.mktemp("fuzz-profile")
     single = Controller(cluster_id="fuzz1", profile_dir=profile, key=KEY)
     single.start()
-    hub = HubServer(cluster_id="fuzz2", profile_dir=profile, key=KEY)
-    hub._ports = hub._bind_routers("127.0.0.1", ("client", "engine", "path"))
-    hub._ports["heartbeat"] = hub._start_heartbeat()
-    path = PathServer({"key": KEY, "hub": "tcp://127.0.0.1:1"}, "task")
-    path._bind_routers("127.0.0.1", ("client", "engine"))
-    sink = path.context.socket(zmq.PAIR)  # where the path's answers to "its Hub" go, unread
-    path.hub_sock = path.context.socket(zmq.PAIR)
+    hub = SplitHub(cluster_id="fuzz2", profile_dir=profile, key=KEY)
+    sockets, hub.ports = hub.loop.bind_routers("127.0.0.1", ("client", "engine", "path"))
+    hub.assemble(sockets)
+    hub.ports["heartbeat"] = hub.registry.start_heartbeat()
+    path = SplitPath({"key": KEY, "hub": "tcp://127.0.0.1:1"}, "task")
+    path.assemble(path.loop.bind_routers("127.0.0.1", ("client", "engine"))[0])
+    sink = path.loop.context.socket(zmq.PAIR)  # where the path's answers to "its Hub" go, unread
+    path.hub_sock = path.loop.context.socket(zmq.PAIR)
     for sock in (sink, path.hub_sock):
         sock.linger = 0
         sock.sndhwm = sock.rcvhwm = 0
@@ -130,11 +131,11 @@ def test_no_handler_lets_an_exception_out(controllers, frames, ident):
     """What would stop a controller's loop is an exception escaping a handler."""
     single, hub, path = controllers
     routed = [ident, *frames]
-    for handle in (single._on_client, single._on_engine, hub._on_client, hub._on_engine, hub._on_path,
-                   path._on_client, path._on_engine):
+    for handle in (single.clients.on_frames, single.on_engine, hub.clients.on_frames, hub.on_engine, hub.on_path,
+                   path.clients.on_frames, path.on_engine):
         handle(list(routed))
-    path._on_hub(list(frames))
-    single._on_pipe([b"dead", ident])
+    path.on_hub(list(frames))
+    single.registry.on_pipe([b"dead", ident])
 
 
 # -- a refused message changes nothing ---------------------------------------------------
@@ -171,15 +172,25 @@ class Outbox:
 
 
 def in_process(server, *sockets: str):
-    """A controller object whose sockets are outboxes and whose heartbeat monitor is
-    never started: its handlers run here, and what they send is kept."""
-    for name in sockets:
-        setattr(server, f"{name}_sock", Outbox(routed=name != "hub"))
-    if isinstance(server, Registrar):
-        server.pipe = Outbox(routed=False)
-        server.monitor = HeartMonitor(server.context, None, server.signer, "inproc://unused", 1.0, 1.0)
-        server._files = []
+    """A controller object assembled around outboxes, its heartbeat monitor never
+    started: its handlers run here, and what they send is kept."""
+    server.assemble({name: Outbox() for name in sockets if name != "hub"})
+    if "hub" in sockets:
+        server.hub_sock = Outbox(routed=False)
+    registry = getattr(server, "registry", None)
+    if registry is not None:
+        registry.pipe = Outbox(routed=False)
+        registry.monitor = HeartMonitor(server.loop.context, None, server.loop.signer, "inproc://unused", 1.0, 1.0)
     return server
+
+
+def outboxes(server) -> dict[str, Outbox]:
+    """Every outbox of an object made by :func:`in_process`, by the socket it stands for."""
+    found = {"client": server.clients.sock, "hub": getattr(server, "hub_sock", None),
+             "path": getattr(server, "path_sock", None),
+             "engine": server.router.engine_sock if hasattr(server, "router") else server.registry.engine_sock,
+             "pipe": server.registry.pipe if hasattr(server, "registry") else None}
+    return {name: box for name, box in found.items() if isinstance(box, Outbox)}
 
 
 def deliver(handle, ident: bytes | None, header: dict, buffers=()) -> None:
@@ -199,7 +210,7 @@ SEEDED_IDS = ["direct-done", "direct-unfetched", "direct-0", "direct-1", "lb-don
 def seed_path(router, kind: str | None) -> None:
     """Clients, engines and tasks in every state, for a one-process controller (``kind``
     None) or one path of a split one, all through its handlers."""
-    client, engine = router._on_client, router._on_engine
+    client, engine = router.clients.on_frames, router.on_engine
     deliver(client, CLIENTS[0], {"t": "connect"})
     deliver(client, CLIENTS[1], {"t": "connect", "send_as": "client-b-out"})
     for engine_id, uuid in enumerate(ENGINES):
@@ -207,7 +218,7 @@ def seed_path(router, kind: str | None) -> None:
     if kind is None:
         deliver(engine, ENGINES[2], {"t": "unregister"})
     else:
-        deliver(router._on_hub, None, {"t": "engine_gone", "id": 2, "why": "left"})
+        deliver(router.on_hub, None, {"t": "engine_gone", "id": 2, "why": "left"})
 
     def done(msg_id, **reply):
         uuid = router.hub.engines[router.hub.tasks[msg_id].engine_id].uuid
@@ -230,7 +241,7 @@ def seed_path(router, kind: str | None) -> None:
     if kind is None:
         deliver(client, CLIENTS[0], abort)
     else:
-        deliver(router._on_hub, None, {**abort, "t": "ask", "qid": 99})
+        deliver(router.on_hub, None, {**abort, "t": "ask", "qid": 99})
 
 
 def seed_hub(hub) -> None:
@@ -238,31 +249,31 @@ def seed_hub(hub) -> None:
     clients connected; four questions out (qids 0 to 3), all but the first answered by
     the direct path already."""
     for kind, ident in PATH_IDENTS.items():
-        deliver(hub._on_path, ident, {"t": "join", "path": kind, "client": [f"tcp://127.0.0.1:{kind}"],
+        deliver(hub.on_path, ident, {"t": "join", "path": kind, "client": [f"tcp://127.0.0.1:{kind}"],
                                    "engine": [f"tcp://127.0.0.1:{kind}"], "scheduler": "leastload", "pid": 1})
     for engine_id, uuid in enumerate(ENGINES[:2]):
-        deliver(hub._on_engine, uuid, {"t": "register", "want_id": engine_id})
+        deliver(hub.on_engine, uuid, {"t": "register", "want_id": engine_id})
     for kind, ident in PATH_IDENTS.items():
-        deliver(hub._on_path, ident, {"t": "engine_ready", "id": 0})
-    deliver(hub._on_path, PATH_IDENTS["direct"], {"t": "engine_ready", "id": 1})
-    deliver(hub._on_client, CLIENTS[0], {"t": "connect"})
-    deliver(hub._on_client, CLIENTS[1], {"t": "connect", "send_as": "client-b-out"})
+        deliver(hub.on_path, ident, {"t": "engine_ready", "id": 0})
+    deliver(hub.on_path, PATH_IDENTS["direct"], {"t": "engine_ready", "id": 1})
+    deliver(hub.clients.on_frames, CLIENTS[0], {"t": "connect"})
+    deliver(hub.clients.on_frames, CLIENTS[1], {"t": "connect", "send_as": "client-b-out"})
     for query in ({"op": "queue_status"}, {"op": "result", "ids": ["direct-done", "lb-running"]},
                   {"op": "abort", "ids": ["lb-queued"]}, {"op": "resubmit", "ids": ["lb-done"], "new_ids": ["again"]}):
-        deliver(hub._on_client, CLIENTS[0], {"t": "query", "rid": 0, **query})
+        deliver(hub.clients.on_frames, CLIENTS[0], {"t": "query", "rid": 0, **query})
     for qid, result in ((1, {"unknown": ["lb-running"]}), (2, {"removed": [], "running": {}}), (3, [])):
-        deliver(hub._on_path, PATH_IDENTS["direct"], {"t": "answer", "qid": qid, "ok": True, "result": result})
+        deliver(hub.on_path, PATH_IDENTS["direct"], {"t": "answer", "qid": qid, "ok": True, "result": result})
 
 
 def busy(name: str, profile):
     """A fresh controller object of the kind ``name`` in the seeded busy state."""
     server = {"controller": lambda: Controller(cluster_id="fuzz-state", profile_dir=profile, key=KEY),
-              "hub": lambda: HubServer(cluster_id="fuzz-state-split", profile_dir=profile, key=KEY),
-              "direct path": lambda: PathServer({"key": KEY, "hub": "tcp://127.0.0.1:1"}, "direct"),
-              "task path": lambda: PathServer({"key": KEY, "hub": "tcp://127.0.0.1:1"}, "task")}[name]()
+              "hub": lambda: SplitHub(cluster_id="fuzz-state-split", profile_dir=profile, key=KEY),
+              "direct path": lambda: SplitPath({"key": KEY, "hub": "tcp://127.0.0.1:1"}, "direct"),
+              "task path": lambda: SplitPath({"key": KEY, "hub": "tcp://127.0.0.1:1"}, "task")}[name]()
     if name == "hub":
         in_process(server, "client", "engine", "path")
-        server._ports = {"client": 1, "engine": 2, "path": 3, "heartbeat": 4}  # for the connection files it writes
+        server.ports = {"client": 1, "engine": 2, "path": 3, "heartbeat": 4}  # for the connection files it writes
         seed_hub(server)
     else:
         in_process(server, "client", "engine", *(() if name == "controller" else ("hub",)))
@@ -270,10 +281,11 @@ def busy(name: str, profile):
     return server
 
 
-#: What a controller object holds that is not its state: sockets, keys, the heartbeat
-#: thread (whose watched engines are state, taken apart), where its files go.
-NOT_STATE = {"context", "signer", "key", "curve", "cluster_keys", "_handlers", "pipe", "monitor", "hub_info",
-             "profile_dir", "_files", "_ports"}
+#: What the objects a controller is built from hold that is not its state, by field
+#: name at any depth: sockets, keys, the loop's handlers and timers, the heartbeat thread
+#: (whose watched engines are state, taken apart), where its files go.
+NOT_STATE = {"context", "signer", "key", "curve", "cluster_keys", "_handlers", "_timers", "pipe", "monitor",
+             "hub_info", "profile_dir", "files", "ports", "where", "events"}
 
 
 def controller_state(server) -> dict:
@@ -283,33 +295,42 @@ def controller_state(server) -> dict:
     path's scheduler (loads, queue, assignments), dependency and retry books; connected
     clients and their sending identities, tombstones, retirements; a split Hub's paths,
     engines joining and pending questions; the engines the heartbeat monitor watches."""
-    state = {name: freeze(value) for name, value in vars(server).items()
-             if name not in NOT_STATE and not isinstance(value, (Outbox, zmq.Socket))}
-    if hasattr(server, "monitor"):
-        state["monitor"] = freeze({name: value for name, value in vars(server.monitor).items()
+    seen: set[int] = set()
+    state = {name: freeze(value, seen=seen) for name, value in vars(server).items() if name not in NOT_STATE}
+    registry = getattr(server, "registry", None)
+    if registry is not None:
+        state["monitor"] = freeze({name: value for name, value in vars(registry.monitor).items()
                                    if name in ("_last_seen", "_rejoining")})
     return state
 
 
-def freeze(value, inside: frozenset = frozenset()):
+def freeze(value, inside: frozenset = frozenset(), seen: set | None = None):
     """``value`` as plain data: an object as its type and fields (callables left out: the
-    drop logs, a question's continuation), an ordered map with its order, a set sorted,
-    a received frame by its size."""
+    drop logs, a question's continuation; sockets and outboxes too), an ordered map with
+    its order, a set sorted, a received frame by its size. An object met again (parts
+    share the Hub, the client port) is frozen where it is first met."""
+    seen = set() if seen is None else seen
     if value is None or isinstance(value, (bool, int, float, str, bytes)):
         return value
     if isinstance(value, (memoryview, zmq.Frame)):
         return ("frame", len(value))
+    if isinstance(value, (Outbox, zmq.Socket)):
+        return ("socket",)
     if id(value) in inside:
         return ("cycle", type(value).__name__)
+    if not isinstance(value, (dict, list, tuple, deque, set, frozenset)):
+        if id(value) in seen:
+            return ("same", type(value).__name__)
+        seen.add(id(value))
     inside = inside | {id(value)}
     if isinstance(value, OrderedDict):
-        return ("ordered", [(key, freeze(item, inside)) for key, item in value.items()])
+        return ("ordered", [(key, freeze(item, inside, seen)) for key, item in value.items()])
     if isinstance(value, dict):
-        return {key: freeze(item, inside) for key, item in value.items()}
+        return {key: freeze(item, inside, seen) for key, item in value.items()}
     if isinstance(value, (list, tuple, deque)):
-        return [freeze(item, inside) for item in value]
+        return [freeze(item, inside, seen) for item in value]
     if isinstance(value, (set, frozenset)):
-        return ("set", [freeze(item, inside) for item in sorted(value, key=repr)])
+        return ("set", [freeze(item, inside, seen) for item in sorted(value, key=repr)])
     if isinstance(value, (random.Random, itertools.count)):
         return repr(value.getstate() if isinstance(value, random.Random) else value)
     if callable(value):
@@ -317,7 +338,8 @@ def freeze(value, inside: frozenset = frozenset()):
     fields = dict(getattr(value, "__dict__", {}))
     for cls in type(value).__mro__:
         fields.update((name, getattr(value, name)) for name in getattr(cls, "__slots__", ()) if hasattr(value, name))
-    return (type(value).__name__, {name: freeze(item, inside) for name, item in fields.items()})
+    return (type(value).__name__, {name: freeze(item, inside, seen) for name, item in fields.items()
+                                   if name not in NOT_STATE})
 
 
 def differences(before, after, where: str = "") -> list[str]:
@@ -350,14 +372,14 @@ def recorded_drops():
 
 
 #: A request answered with ``ok``: its answer's type and the socket that goes out on.
-ANSWERS = {"query": ("query_reply", "client_sock"), "ask": ("answer", "hub_sock"), "join": ("join_reply", "path_sock")}
+ANSWERS = {"query": ("query_reply", "client"), "ask": ("answer", "hub"), "join": ("join_reply", "path")}
 
 #: Every handler that takes messages, by the socket it reads ("hub": a path's link to its
 #: Hub, a DEALER: no identity frame).
-HANDLERS = [("controller", "_on_client", "client"), ("controller", "_on_engine", "engine"),
-            ("hub", "_on_client", "client"), ("hub", "_on_engine", "engine"), ("hub", "_on_path", "path"),
-            *((f"{kind} path", f"_on_{sock}", sock) for kind in ("direct", "task")
-              for sock in ("client", "engine", "hub"))]
+HANDLERS = [("controller", "clients.on_frames", "client"), ("controller", "on_engine", "engine"),
+            ("hub", "clients.on_frames", "client"), ("hub", "on_engine", "engine"), ("hub", "on_path", "path"),
+            *((f"{kind} path", handler, sock) for kind in ("direct", "task")
+              for handler, sock in (("clients.on_frames", "client"), ("on_engine", "engine"), ("on_hub", "hub")))]
 
 
 def refusals(server, msg, dropped: list, sent_before: dict) -> list[str]:
@@ -367,7 +389,7 @@ def refusals(server, msg, dropped: list, sent_before: dict) -> list[str]:
     why = [f"dropped on {where}: {reason}" for where, reason in dropped if not reason.startswith("duplicate msg_id")]
     reply_type, sock = ANSWERS.get(msg.type if msg is not None else None, (None, None))
     if sock in sent_before:
-        why += [f"answered ok=False: {header.get('error')}" for header in getattr(server, sock).headers(
+        why += [f"answered ok=False: {header.get('error')}" for header in outboxes(server)[sock].headers(
             sent_before[sock]) if header["t"] == reply_type and not header.get("ok")]
     return why
 
@@ -505,15 +527,15 @@ def feed(name: str, handler: str, sock: str, frames: list, ident: bytes, msg, pr
     server = busy(name, profile)
     try:
         before = controller_state(server)
-        sent_before = {attr: len(box.sent) for attr, box in vars(server).items() if isinstance(box, Outbox)}
+        sent_before = {name: len(box.sent) for name, box in outboxes(server).items()}
         with recorded_drops() as dropped:
             try:
-                getattr(server, handler)(list(frames) if sock == "hub" else [ident, *frames])
+                operator.attrgetter(handler)(server)(list(frames) if sock == "hub" else [ident, *frames])
             except Exception as exc:  # what would end the controller's loop
                 raise AssertionError(f"{name}.{handler} let {exc!r} out, for {msg or frames!r}") from exc
         return refusals(server, msg, dropped, sent_before), before, controller_state(server)
     finally:
-        server.context.term()
+        server.loop.context.term()
 
 
 def check_refusals(frames: list, ident: bytes, socks: set, profile, tally: Counter) -> None:
@@ -569,7 +591,7 @@ def engine(tmp_path_factory):
                   "engine": "tcp://127.0.0.1:1", "heartbeat": "tcp://127.0.0.1:1"})
     eng.id = 0
     eng.data = DataLink(eng.context, eng.signer, "127.0.0.1")
-    eng.executor = Executor(0)
+    eng.runner = Runner(0)
     feed, sock = eng.context.socket(zmq.PAIR), eng.context.socket(zmq.PAIR)
     feed.bind("inproc://fuzz-engine")
     sock.connect("inproc://fuzz-engine")
@@ -600,7 +622,7 @@ def test_the_engine_takes_any_request(engine, frames):
     if header.get("t") == "execute":  # code is run, by design, for a signed request: keep it harmless
         frames = wire.pack(SIGNER, {k: v for k, v in header.items() if k not in ("v", "nb")}, b"x = (1 +")
     feed.send_multipart(frames or [b""])
-    eng._handle_requests(eng.executor, ((sock, msg) for msg in wire.pending(sock, eng.signer, eng._drop)))
+    eng._handle_requests(eng.runner, ((sock, msg) for msg in wire.pending(sock, eng.signer, eng._drop)))
     while feed.poll(0):
         wire.unpack(SIGNER, feed.recv_multipart())  # whatever the engine answers is well formed
 
@@ -640,7 +662,7 @@ def test_a_running_cluster_survives_a_fuzz_burst_on_every_port(tmp_path):
         engine_info = json.loads(cluster.engine_file.read_text())
         key = info["key"]
         urls = [info["client"], engine_info["engine"], engine_info["heartbeat"]]
-        urls += [engine["data"][0] for engine in rc._engines.values() if engine.get("data")]
+        urls += [engine.data_urls[0] for engine in rc.engines.values() if engine.data_urls]
         controller = psutil.Process(cluster._controller_process.pid)
         before = controller.memory_info().rss
         resign = wire.Signer(key)

@@ -37,7 +37,7 @@ def nap(seconds):
 
 
 def engine_pids(rc) -> set[int]:
-    return {e["pid"] for e in rc._engines.values()}
+    return {e.pid for e in rc.engines.values()}
 
 
 def test_a_view_is_an_executor(rc):

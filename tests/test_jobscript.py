@@ -178,9 +178,9 @@ def test_rendered_pbs_engines_script_in_a_pbs_like_environment(fresh_cluster, tm
                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         rc.wait_for_engines(2, timeout=60, interactive=False)
-        assert sorted(e["mpi_rank"] for e in rc._engines.values()) == [0, 1]
+        assert sorted(e.mpi_rank for e in rc.engines.values()) == [0, 1]
         assert rc[:].apply_sync(lambda: __import__("os").environ.get("PBS_JOBID")) == ["1.fake"] * 2
-        engine_pids = [e["pid"] for e in rc._engines.values()]
+        engine_pids = [e.pid for e in rc.engines.values()]
     finally:
         os.killpg(job.pid, signal.SIGTERM)  # qdel
         try:

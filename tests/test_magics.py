@@ -36,8 +36,8 @@ def lines_of(text: str, prefix: str) -> list[str]:
 def test_px_runs_a_line_on_every_engine(px, rc, capsys):
     px.run_line_magic("px", "import os; print('pid', os.getpid())")
     out = capsys.readouterr().out
-    pids = {e["pid"] for e in rc._engines.values()}
-    assert sorted(lines_of(out, "[stdout:")) == sorted(f"[stdout:{e}] pid {rc._engines[e]['pid']}" for e in rc.ids)
+    pids = {e.pid for e in rc.engines.values()}
+    assert sorted(lines_of(out, "[stdout:")) == sorted(f"[stdout:{e}] pid {rc.engines[e].pid}" for e in rc.ids)
     assert len(pids) == 2
 
 

@@ -12,7 +12,7 @@ import pytest
 
 import mpihub
 from support import module_kwargs, run_cluster
-from mpihub.client import collectives
+from mpihub.client import mpi_plan
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -174,15 +174,15 @@ def test_errors_name_the_engine_and_lose_nothing(view, mpi_world):
 def test_auto_picks_mpi_for_large_arrays_on_one_world(mpi_world, fresh_cluster):
     rc = mpi_world.client
     threshold = mpihub.config.MPI_THRESHOLD
-    assert collectives.plan(rc, "auto", rc.ids, threshold) is not None
-    assert collectives.plan(rc, "auto", rc.ids, threshold - 1) is None
-    assert collectives.plan(rc, "auto", rc.ids) is not None  # data already on the engines
-    assert collectives.plan(rc, "auto", [0], threshold) is None
-    assert collectives.plan(rc, "zmq", rc.ids, threshold) is None
+    assert mpi_plan.plan(rc, "auto", rc.ids, threshold) is not None
+    assert mpi_plan.plan(rc, "auto", rc.ids, threshold - 1) is None
+    assert mpi_plan.plan(rc, "auto", rc.ids) is not None  # data already on the engines
+    assert mpi_plan.plan(rc, "auto", [0], threshold) is None
+    assert mpi_plan.plan(rc, "zmq", rc.ids, threshold) is None
     with pytest.raises(ValueError, match="via must be"):
         rc[:].scatter("x", [1], via="tcp")
     local = fresh_cluster(2).client
-    assert collectives.plan(local, "auto", local.ids, threshold) is None
+    assert mpi_plan.plan(local, "auto", local.ids, threshold) is None
 
 
 @mpihub.collective(timeout=1.5)
@@ -282,7 +282,7 @@ def test_a_rank_that_dies_fails_the_call_instead_of_hanging(fresh_cluster):
     rc[1].apply_async(time.sleep, 5)
     ar = rc[:].gather("not_yet", via="mpi", block=False)  # ranks 0, 2, 3 wait in MPI for rank 1
     time.sleep(0.5)
-    os.kill(rc._engines[2]["pid"], signal.SIGKILL)
+    os.kill(rc.engines[2].pid, signal.SIGKILL)
     with pytest.raises(mpihub.CompositeError) as info:
         ar.get(timeout=30)  # the MPI job ends with the rank, and every engine's task fails
     assert {type(e) for e in info.value.elist} == {mpihub.EngineError}

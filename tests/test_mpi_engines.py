@@ -30,7 +30,7 @@ def psum(x):
 def test_ids_follow_ranks(mpi_cluster):
     rc = mpi_cluster.client
     assert rc.ids == [0, 1, 2, 3]
-    assert [rc._engines[i]["mpi_rank"] for i in rc.ids] == [0, 1, 2, 3]
+    assert [rc.engines[i].mpi_rank for i in rc.ids] == [0, 1, 2, 3]
     assert len(mpi_cluster.cluster.launcher.processes) == 2  # the controller and one mpiexec
 
 
@@ -58,9 +58,9 @@ def test_a_second_mpi_job_gets_its_own_consecutive_ids(fresh_cluster):
     rc = running.client
     rc.wait_for_engines(4, timeout=60, interactive=False)
     assert rc.ids == [0, 1, 2, 3]
-    assert [rc._engines[i]["mpi_rank"] for i in rc.ids] == [0, 1, 0, 1]
+    assert [rc.engines[i].mpi_rank for i in rc.ids] == [0, 1, 0, 1]
     assert rc[:].apply_sync(psum, 1) == [2, 2, 2, 2]  # each job sums over its own world
-    running.pids = running.cluster.launcher.pids + [rc._engines[i]["pid"] for i in rc.ids]  # checked at teardown
+    running.pids = running.cluster.launcher.pids + [rc.engines[i].pid for i in rc.ids]  # checked at teardown
 
 
 def test_via_mpi_checks_the_world_first(mpi_cluster, fresh_cluster):
@@ -72,10 +72,10 @@ def test_via_mpi_checks_the_world_first(mpi_cluster, fresh_cluster):
     with pytest.raises(ValueError, match="distinct targets"):
         rc.direct_view([0, 0]).gather("z", via="mpi")
     local = fresh_cluster(1).client
-    sent = len(local._results)
+    sent = len(local.core.results)
     with pytest.raises(ValueError, match="one MPI world"):
         local[:].scatter("z", [1, 2], via="mpi")
-    assert len(local._results) == sent  # nothing was sent
+    assert len(local.core.results) == sent  # nothing was sent
 
 
 def test_module_entry_point_and_bad_mpiexec(mpi_cluster):
@@ -96,7 +96,7 @@ def test_cli_mpi_cluster(profile_dir):
         ranks = [line.split()[3] for line in status.stdout.splitlines()[2:]]
         assert ranks == ["0/2", "1/2"], status.stdout
         with mpihub.Client(cluster_id="mpicli") as rc:
-            engine_pids = [rc._engines[i]["pid"] for i in rc.ids]
+            engine_pids = [rc.engines[i].pid for i in rc.ids]
             assert rc[:].apply_sync(psum, 2) == [4, 4]
     finally:
         stopped = subprocess.run([*cli, "cluster", "stop", "--cluster-id", "mpicli"], capture_output=True,

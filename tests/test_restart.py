@@ -387,7 +387,7 @@ def test_a_client_cut_off_gets_every_result_when_the_line_is_back(processes):
         assert status and status[0]["unassigned"] == 0
         assert [ar.get(20)[0] for ar in finishing] == [0, 1, 2, 3]
         assert during.get(20)[0] == 10
-        assert rc._reconnector.reconnects >= 1
+        assert rc.core.reconnector.reconnects >= 1
         assert rc.ids == [0, 1]
         assert rc[:].apply_sync(lambda: "still here") == ["still here"] * 2
     finally:
@@ -430,7 +430,7 @@ def test_restarts_under_load_lose_nothing(processes):
         status = rc.queue_status()
         assert status["unassigned"] == 0 and rc.ids == [0, 1]
         print(f"restarts under load: tasks={LOAD_TASKS} restarts={RESTARTS} lost=0 wrong=0 "
-              f"reconnects={rc._reconnector.reconnects} elapsed={elapsed:.1f}s")
+              f"reconnects={rc.core.reconnector.reconnects} elapsed={elapsed:.1f}s")
     finally:
         rc.close()
 
@@ -440,20 +440,20 @@ def test_queries_wait_for_the_connection_and_are_asked_again_after_it(processes)
     to the restored one (its answer would otherwise go to a socket not yet back); of
     the queries waiting when the connection broke, a harmless one is asked again and
     answered, another fails saying it may have been done."""
-    from mpihub.client.client import _QuerySlot
+    from mpihub.client.core import QuerySlot
 
     processes.start_controller("--db", "sqlite")
     processes.start_engine()
     rc = client_through(processes)
     try:
         rc.wait_for_engines(1, timeout=30, interactive=False)
-        harmless = _QuerySlot({"t": "query", "op": "queue_status", "rid": "cut-1", "rt": rc._receiving_identity})
-        harmful = _QuerySlot({"t": "query", "op": "abort", "rid": "cut-2", "ids": [], "rt": rc._receiving_identity})
-        rc._queries.update({"cut-1": harmless, "cut-2": harmful})  # as if sent just before the break
+        harmless = QuerySlot({"t": "query", "op": "queue_status", "rid": "cut-1", "rt": rc.core.receiving_identity})
+        harmful = QuerySlot({"t": "query", "op": "abort", "rid": "cut-2", "ids": [], "rt": rc.core.receiving_identity})
+        rc.core.queries.update({"cut-1": harmless, "cut-2": harmful})  # as if sent just before the break
         time.sleep(0.1)  # the store commits every 5 ms: the engine table is in it
         processes.kill_controller()
         deadline = time.monotonic() + 10
-        while rc._reconnector.up.is_set() and time.monotonic() < deadline:
+        while rc.core.reconnector.up.is_set() and time.monotonic() < deadline:
             time.sleep(0.02)
         answers: list[dict] = []
         asking = threading.Thread(target=lambda: answers.append(rc.queue_status()))

@@ -100,7 +100,7 @@ def test_a_task_whose_engine_dies_runs_again(fresh_cluster):
     time.sleep(0.3)
     victim = rc.db_query({"msg_id": saved.msg_ids[0]}, keys=["engine_id"])[0]["engine_id"]
     lost = rc.load_balanced_view([victim]).apply_async(time.sleep, 2)  # no retries
-    os.kill(rc._engines[victim]["pid"], signal.SIGKILL)
+    os.kill(rc.engines[victim].pid, signal.SIGKILL)
     assert saved.get(timeout=30) is None  # finished on the surviving engine
     assert saved.metadata["engine_id"] != victim
     with pytest.raises(mpihub.EngineError):

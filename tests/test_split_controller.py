@@ -62,7 +62,7 @@ def test_three_processes_and_requests_bypass_the_hub(rc, cluster):
     """Clients talk to each path directly: a burst of tasks costs the Hub (almost) nothing."""
     pids = path_pids(cluster)
     assert set(pids) == {"direct", "task"}
-    assert len({front.url for front in rc._fronts.values()}) == 3
+    assert len({front.url for front in rc.core.fronts.values()}) == 3
     hub = cluster.cluster._controller_process.pid
     before = {name: cpu_seconds(pid) for name, pid in {"hub": hub, **pids}.items()}
     lbview = rc.load_balanced_view()
@@ -114,8 +114,8 @@ def test_paths_end_with_a_killed_hub(fresh_cluster):
     os.kill(running.cluster._controller_process.pid, signal.SIGKILL)
     assert_gone(pids, timeout=5)
     running.client.close()  # nothing left to ask for a shutdown: the engines get SIGTERM
-    for engine in running.client._engines.values():
-        os.kill(engine["pid"], signal.SIGTERM)
+    for engine in running.client.engines.values():
+        os.kill(engine.pid, signal.SIGTERM)
 
 
 def mpihub_cmd(*args: str, **kwargs) -> subprocess.Popen:

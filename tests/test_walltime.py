@@ -36,7 +36,7 @@ def test_retired_engines_take_no_tasks_and_lost_work_fails_with_engine_retired(f
     monkeypatch.setenv("MPIHUB_RETIRE_MARGIN", "56")  # retires 4 s from now
     running = fresh_cluster(1)
     rc = running.client
-    assert rc._engines[0]["retire_at"] == pytest.approx(time.time() + 4, abs=2)
+    assert rc.engines[0].retire_at == pytest.approx(time.time() + 4, abs=2)
     lbview = rc.load_balanced_view()
     retried = lbview.set_flags(retries=1).apply_async(lives_until_the_walltime_or_fails_once, str(tmp_path / "f"))
     plain = rc.load_balanced_view().apply_async(time.sleep, 60)
@@ -45,11 +45,11 @@ def test_retired_engines_take_no_tasks_and_lost_work_fails_with_engine_retired(f
                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         rc.wait_for_engines(2, timeout=30, interactive=False)
-        time.sleep(max(0.0, rc._engines[0]["retire_at"] - time.time()) + 0.5)
+        time.sleep(max(0.0, rc.engines[0].retire_at - time.time()) + 0.5)
         after = [rc.load_balanced_view().apply_async(os.getpid) for _ in range(4)]
         assert {ar.get(timeout=10) for ar in after} == {second.pid}  # the retired engine takes none
         queued_direct = rc[0].apply_async(lambda: "never")  # direct requests still reach it
-        os.kill(rc._engines[0]["pid"], signal.SIGKILL)  # what the walltime does
+        os.kill(rc.engines[0].pid, signal.SIGKILL)  # what the walltime does
         for lost in (plain, queued_direct):
             with pytest.raises(mpihub.EngineRetired, match="end of its batch job"):
                 lost.get(timeout=20)

@@ -4,7 +4,7 @@ from .client.asyncresult import AsyncMapResult, AsyncResult
 from .client.client import Client
 from .client.view import DirectView, LoadBalancedView
 from .cluster import Cluster
-from .collective import collective
+from .collective_function import collective
 from .dependency import Dependency, depend, require
 from .errors import (
     BatchError,

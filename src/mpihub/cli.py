@@ -7,9 +7,13 @@ import signal
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING, Mapping
 
 from . import __version__, config
 from .controller.scheduler import SCHEDULERS
+
+if TYPE_CHECKING:
+    from .client.client import EngineInfo
 
 
 def _positive_int(text: str) -> int:
@@ -37,12 +41,12 @@ def _cmd_controller(args) -> int:
 
     try:
         if args.split:
-            from .controller.hubserver import HubServer
+            from .controller.split_hub import SplitHub
 
-            controller = HubServer(remote_scheduler=args.remote_scheduler, restore=args.restore,
-                                   dashboard=args.dashboard, **options)
+            controller = SplitHub(remote_scheduler=args.remote_scheduler, restore=args.restore,
+                                  dashboard=args.dashboard, **options)
         else:
-            from .controller.server import Controller
+            from .controller.one_process import Controller
 
             controller = Controller(restore=args.restore, dashboard=args.dashboard, **options)
     except RestoreError as exc:
@@ -58,7 +62,7 @@ def _cmd_controller(args) -> int:
 
 
 def _cmd_scheduler(args) -> int:
-    from .controller.pathserver import main
+    from .controller.split_path import main
     from .protocol import connection
 
     ip = connection.interface_ip(args.interface) if args.interface else args.ip
@@ -195,25 +199,24 @@ def _cmd_status(args) -> int:
         print(f"mpihub status: {exc}", file=sys.stderr)
         return 1
     with client:
-        print(status_table(client.cluster_id, client._engines, client.queue_status()))
+        print(status_table(client.cluster_id, client.engines, client.queue_status()))
     return 0
 
 
-def status_table(cluster_id: str | None, engines: dict[int, dict], status: dict) -> str:
+def status_table(cluster_id: str | None, engines: Mapping[int, EngineInfo], status: dict) -> str:
     """``mpihub status``: a line on the cluster, then one row per engine."""
-    rows = [("ENGINE", "HOST", "PID", "MPI RANK", "QUEUED", "RUNNING", "DONE")]
-    for engine_id, info in sorted(engines.items()):
+    rows = [("ENGINE", "HOST", "PID", "MPI RANK", "STATE", "QUEUED", "RUNNING", "DONE")]
+    for engine_id, engine in sorted(engines.items()):
         counts = status.get(engine_id, {})
-        rank = info.get("mpi_rank")
-        rows.append((str(engine_id), str(info.get("hostname", "?")), str(info.get("pid", "?")),
-                     "-" if rank is None else f"{rank}/{info.get('mpi_size')}", str(counts.get("queue", 0)),
-                     str(counts.get("tasks", 0)), str(counts.get("completed", 0))))
+        rows.append((str(engine_id), str(engine.host or "?"), str(engine.pid or "?"),
+                     "-" if engine.mpi_rank is None else f"{engine.mpi_rank}/{engine.mpi_size}", engine.state,
+                     str(counts.get("queue", 0)), str(counts.get("tasks", 0)), str(counts.get("completed", 0))))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = [f"cluster {cluster_id or 'default'}: {len(engines)} engines, "
              f"{status.get('unassigned', 0)} load-balanced tasks waiting for one"]
     if engines:
-        lines += ["  ".join(cell.rjust(w) if i != 1 else cell.ljust(w) for i, (cell, w) in enumerate(zip(row, widths)))
-                  for row in rows]
+        lines += ["  ".join(cell.rjust(w) if i not in (1, 4) else cell.ljust(w)
+                            for i, (cell, w) in enumerate(zip(row, widths))) for row in rows]
     return "\n".join(lines)
 
 

@@ -68,7 +68,7 @@ class _Dependent:
         import importlib
 
         from .engine import ops
-        from .engine.executor import bind_interactive
+        from .engine.runner import bind_interactive
         from .errors import UnmetDependency
 
         namespace = ops.namespace()

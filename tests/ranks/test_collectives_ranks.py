@@ -8,20 +8,19 @@ import time
 import numpy as np
 import pytest
 
-from mpihub import config
-from mpihub.client import collectives as client_side
-from mpihub.client import partition
+from mpihub import config, partition
+from mpihub.client import mpi_plan as client_side
 
 pytestmark = [pytest.mark.mpi, pytest.mark.timeout(180)]
 
 
 @pytest.fixture(scope="module")
 def comm():
-    from mpihub.engine import mpi
+    from mpihub.engine import mpi_world
 
-    if mpi._internal is None:
-        mpi.init_world()
-    return mpi.internal_comm()
+    if mpi_world._internal is None:
+        mpi_world.init_world()
+    return mpi_world.internal_comm()
 
 
 @pytest.fixture
@@ -52,23 +51,23 @@ def value_of(rank: int, shape=(1000,)) -> np.ndarray:
 @pytest.mark.parametrize("dist", ["b", "r"])
 @pytest.mark.parametrize("rows", [0, 1, 7])
 def test_scatter_gives_each_rank_its_part(comm, ns, dist, rows):
-    from mpihub.engine import collectives
+    from mpihub.engine import mpi_collectives
 
     arr = np.arange(rows * 3, dtype=np.int32).reshape(rows, 3)
     root = comm.size - 1
     spec, frames = scatter_spec(comm, arr, dist, root=root)
-    collectives.scatter(spec, frames if comm.rank == root else None)
+    mpi_collectives.scatter(spec, frames if comm.rank == root else None)
     expected = partition.split(arr, comm.size, dist)[comm.rank]
     assert ns["part"].dtype == np.int32 and np.array_equal(ns["part"], expected)
 
 
 @pytest.mark.parametrize("dist", ["b", "r"])
 def test_gather_joins_on_the_root_only(comm, ns, dist):
-    from mpihub.engine import collectives
+    from mpihub.engine import mpi_collectives
 
     parts = [np.full((r + 1, 2), r, dtype=np.float32) for r in range(comm.size)]
     ns["g"] = parts[comm.rank]
-    joined = collectives.gather({"ranks": everyone(comm), "root": 0, "key": "g", "dist": dist})
+    joined = mpi_collectives.gather({"ranks": everyone(comm), "root": 0, "key": "g", "dist": dist})
     if comm.rank == 0:
         expected = partition.join(parts, dist)
         assert joined.dtype == np.float32 and np.array_equal(joined, expected)
@@ -77,18 +76,18 @@ def test_gather_joins_on_the_root_only(comm, ns, dist):
 
 
 def test_bcast_of_any_object(comm, ns):
-    from mpihub.engine import collectives
+    from mpihub.engine import mpi_collectives
 
     value = {"array": np.arange(100_000, dtype=np.int64), "text": "hello", "list": [1, 2.5]}
     frames = client_side.pickled(value)
-    collectives.bcast({"ranks": everyone(comm), "root": 0, "key": None}, frames if comm.rank == 0 else None)
+    mpi_collectives.bcast({"ranks": everyone(comm), "root": 0, "key": None}, frames if comm.rank == 0 else None)
     assert np.array_equal(ns["array"], value["array"]) and ns["text"] == "hello" and ns["list"] == [1, 2.5]
     assert ns["array"].flags.writeable
 
 
 @pytest.mark.parametrize("chunk", [64, 4 << 20])
 def test_float_reduce_is_a_left_fold_in_rank_order(comm, ns, monkeypatch, chunk):
-    from mpihub.engine import collectives
+    from mpihub.engine import mpi_collectives
 
     monkeypatch.setattr(config, "MPI_CHUNK_BYTES", chunk)
     ns["x"] = value_of(comm.rank)
@@ -96,18 +95,18 @@ def test_float_reduce_is_a_left_fold_in_rank_order(comm, ns, monkeypatch, chunk)
     for r in range(1, comm.size):
         expected = expected + value_of(r)
     spec = {"ranks": everyone(comm), "key": "x", "op": "sum", "dest": "total"}
-    result = collectives.reduce(spec)
+    result = mpi_collectives.reduce(spec)
     last = comm.size - 1
     assert (result.tobytes() == expected.tobytes()) if comm.rank == last else result is None
-    collectives.allreduce(spec)
+    mpi_collectives.allreduce(spec)
     assert ns["total"].tobytes() == expected.tobytes()
 
 
 def test_integer_reduce_wraps_like_numpy(comm, ns):
-    from mpihub.engine import collectives
+    from mpihub.engine import mpi_collectives
 
     ns["i"] = np.full(10, 100, dtype=np.int8)
-    collectives.allreduce({"ranks": everyone(comm), "key": "i", "op": "sum", "dest": "i_sum"})
+    mpi_collectives.allreduce({"ranks": everyone(comm), "key": "i", "op": "sum", "dest": "i_sum"})
     expected = np.full(10, 100, dtype=np.int8)
     for _ in range(comm.size - 1):
         expected = expected + np.full(10, 100, dtype=np.int8)
@@ -115,26 +114,26 @@ def test_integer_reduce_wraps_like_numpy(comm, ns):
 
 
 def test_reverse_order_subset_uses_target_order(comm, ns):
-    from mpihub.engine import collectives
+    from mpihub.engine import mpi_collectives
 
     ranks = everyone(comm)[::-1]
     arr = np.arange(10.0)
     spec, frames = scatter_spec(comm, arr, "b", root=ranks.index(0), ranks=ranks)
-    collectives.scatter(spec, frames if comm.rank == 0 else None)
+    mpi_collectives.scatter(spec, frames if comm.rank == 0 else None)
     assert np.array_equal(ns["part"], partition.split(arr, comm.size, "b")[ranks.index(comm.rank)])
     if comm.rank == comm.size - 1:  # a world of one: only this rank takes part
-        collectives.scatter(*scatter_spec(comm, arr, "b", root=0, ranks=[comm.rank]))
+        mpi_collectives.scatter(*scatter_spec(comm, arr, "b", root=0, ranks=[comm.rank]))
         assert np.array_equal(ns["part"], arr)
 
 
 def test_a_root_without_data_fails_every_rank(comm, ns):
-    from mpihub.engine import collectives
+    from mpihub.engine import mpi_collectives
 
     spec, _ = scatter_spec(comm, np.arange(4), "b")
-    with pytest.raises(collectives.CollectiveError, match="BulkMissing: gone"):
-        collectives.scatter(spec, BulkMissingLike("gone") if comm.rank == 0 else None)
-    with pytest.raises(collectives.CollectiveError, match="root"):
-        collectives.bcast({"ranks": everyone(comm), "root": 0, "key": "b"}, None)
+    with pytest.raises(mpi_collectives.CollectiveError, match="BulkMissing: gone"):
+        mpi_collectives.scatter(spec, BulkMissingLike("gone") if comm.rank == 0 else None)
+    with pytest.raises(mpi_collectives.CollectiveError, match="root"):
+        mpi_collectives.bcast({"ranks": everyone(comm), "root": 0, "key": "b"}, None)
 
 
 class BulkMissingLike(RuntimeError):
@@ -145,7 +144,7 @@ BulkMissingLike.__name__ = "BulkMissing"
 
 
 def test_a_failing_combine_reaches_the_later_ranks(comm, ns):
-    from mpihub.engine import collectives
+    from mpihub.engine import mpi_collectives
 
     ns["v"] = comm.rank
 
@@ -154,32 +153,32 @@ def test_a_failing_combine_reaches_the_later_ranks(comm, ns):
 
     spec = {"ranks": everyone(comm), "key": "v", "op": picky}
     if comm.size == 1:
-        assert collectives.reduce(spec) == 0
+        assert mpi_collectives.reduce(spec) == 0
         return
     if comm.rank == 0:
-        assert collectives.reduce(spec) is None
+        assert mpi_collectives.reduce(spec) is None
     else:
-        with pytest.raises(collectives.CollectiveError, match="raised on rank 1: ArithmeticError"):
-            collectives.reduce(spec)
+        with pytest.raises(mpi_collectives.CollectiveError, match="raised on rank 1: ArithmeticError"):
+            mpi_collectives.reduce(spec)
 
 
 def test_arrival_gate_names_a_late_rank(comm):
-    from mpihub.engine import mpi
+    from mpihub.engine import mpi_world
 
     engines = {r: 10 + r for r in range(comm.size)}
-    mpi.arrival_gate("f", 5.0, "call-1", engines)  # everyone on time
+    mpi_world.arrival_gate("f", 5.0, "call-1", engines)  # everyone on time
     if comm.size == 1:
         return
     if comm.rank == 1:
         time.sleep(1.5)
-    with pytest.raises(mpi.CollectiveTimeout, match=r"rank 1 \(engine 11\) never arrived within 1 s"):
-        mpi.arrival_gate("f", 1.0, "call-2", engines)
+    with pytest.raises(mpi_world.CollectiveTimeout, match=r"rank 1 \(engine 11\) never arrived within 1 s"):
+        mpi_world.arrival_gate("f", 1.0, "call-2", engines)
     comm.Barrier()
-    mpi.arrival_gate("f", 5.0, "call-3", engines)  # nothing left over
+    mpi_world.arrival_gate("f", 5.0, "call-3", engines)  # nothing left over
 
 
 def test_arrays_past_2_gib_use_large_counts(comm, ns):
-    from mpihub.engine import collectives
+    from mpihub.engine import mpi_collectives
 
     if comm.size < 2:
         pytest.skip("needs a second rank to send to")
@@ -192,7 +191,7 @@ def test_arrays_past_2_gib_use_large_counts(comm, ns):
         frames = [memoryview(whole)]
     spec = {"ranks": everyone(comm), "root": 0, "key": "huge", "dist": "b", "flatten": False,
             "kind": "array", "dtype": np.uint8, "shape": (sum(counts),), "counts": counts}
-    collectives.scatter(spec, frames)
+    mpi_collectives.scatter(spec, frames)
     assert ns["huge"].size == counts[comm.rank]
     if comm.rank == comm.size - 1:
         assert ns["huge"][-1] == 7

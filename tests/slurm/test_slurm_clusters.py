@@ -51,7 +51,7 @@ def test_one_job_runs_controller_then_mpi_engines(slurm):
     rc = started(cluster)
     job = cluster.batch.jobs[0]
     try:
-        assert job.role == "job" and sorted(e["mpi_rank"] for e in rc._engines.values()) == [0, 1]
+        assert job.role == "job" and sorted(e.mpi_rank for e in rc.engines.values()) == [0, 1]
         assert rc[:].apply_sync(lambda: __import__("os").environ["SLURM_JOB_ID"]) == [job.job_id] * 2
         scatter_compute_gather(rc)
     finally:
@@ -81,7 +81,7 @@ def test_scancel_of_the_engines_reaches_the_client(slurm):
     rc = started(cluster)
     job = cluster.batch.jobs[0]
     try:
-        pids = [e["pid"] for e in rc._engines.values()]
+        pids = [e.pid for e in rc.engines.values()]
         waiting = rc.load_balanced_view().apply_async(time.sleep, 60)
         time.sleep(0.5)
         subprocess.run(["scancel", job.job_id], check=True, timeout=30)
@@ -247,7 +247,7 @@ def test_an_mpi_engine_rank_that_ends_normally_does_not_wait_for_one_that_left_a
     """Under srun, MPI_Finalize waits for every rank: an engine that returns normally from
     a shutdown while its neighbour was ended at once by its heartbeat thread (os._exit)
     would hold the job forever. MPI engines skip MPI_Finalize, so the step ends."""
-    ranks = ("from mpihub.engine import mpi; import os, mpihub.engine as e; mpi.init_world(); "
+    ranks = ("from mpihub.engine import mpi_world; import os, mpihub.engine as e; mpi_world.init_world(); "
              "e.comm.Barrier(); os._exit(0) if e.rank == 0 else print('rank', e.rank, 'returns', flush=True)")
     step = subprocess.run(["srun", "-n", "2", "--mpi=pmi2", "--time=1", sys.executable, "-c", ranks],
                           capture_output=True, text=True, timeout=30)

@@ -15,9 +15,8 @@ from typing import Any, Callable, Iterator
 
 import zmq
 
-from .. import errors
+from .. import errors, partition
 from ..protocol import serialize, wire
-from . import partition
 
 _MISSING = object()
 
@@ -101,10 +100,7 @@ class AsyncResult:
     def wait(self, timeout: float | None = -1) -> bool:
         """Wait for every reply; True if all came within ``timeout`` seconds (-1/None: forever)."""
         limit = None if timeout is None or timeout < 0 else timeout
-        local = self._local
-        if local is not None and local.thread == threading.get_ident() and not self._event.is_set():
-            return self._client._wait_local(local, self._event, limit)
-        return self._client._io.wait_for(self._event, limit)
+        return self._client.core.wait_for(self, limit)
 
     def get(self, timeout: float | None = -1) -> Any:
         """The result; raises the remote error, or TimeoutError (retrievable later)."""
@@ -216,7 +212,7 @@ class AsyncResult:
             md.update(engine_id=engine_id, started=_when(header.get("started")),
                       completed=_when(header.get("completed")), received=_when(received),
                       stdout=header.get("out", ""), stderr=header.get("err", ""), status=header.get("st"),
-                      error=reply_error(header), mpi_rank=self._client._mpi_rank(engine_id))
+                      error=reply_error(header), mpi_rank=self._client.core.mpi_rank(engine_id))
         return md
 
     @property

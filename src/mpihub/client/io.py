@@ -126,7 +126,7 @@ class IOThread(threading.Thread):
         self._poller.register(self._wake_in, zmq.POLLIN)
         self._monitors: dict[zmq.Socket, tuple] = {}  # monitor -> (receiving socket, front, listener)
         self._running = True
-        self._drop = wire.DropLog(log, "the client's sockets")
+        self.drop = wire.DropLog(log, "the client's sockets")
         self._owner = threading.Lock()  # held by whichever thread is using the sockets
         self._turn = threading.Condition()  # hands the sockets between the IO thread and a borrower
         self._borrowed = False
@@ -397,7 +397,7 @@ class IOThread(threading.Thread):
                     log.exception("could not resume after a reconnect")
 
     def _receive_data(self, link: Link) -> None:
-        for msg in wire.pending(link.sock, self.signer, self._drop):
+        for msg in wire.pending(link.sock, self.signer, self.drop):
             if msg.type == "hello_reply":
                 link.state = "up"
                 link.ready.set()
@@ -416,7 +416,7 @@ class IOThread(threading.Thread):
                     self._deliver(wire.Message(reply.header, reply.content, msg.buffers, reply.frames))
 
     def _receive_replies(self, sock: zmq.Socket) -> None:
-        for msg in wire.pending(sock, self.signer, self._drop):
+        for msg in wire.pending(sock, self.signer, self.drop):
             if msg.type == "reply":
                 token = msg.header.get("bulk")
                 if token is not None:

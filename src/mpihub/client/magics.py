@@ -190,5 +190,5 @@ def activate_if_in_ipython(client) -> None:
     magics are there already (so the first Client made inside IPython activates)."""
     from IPython import get_ipython
 
-    if get_ipython() is not None and (_default is None or _default.view.client._closed):
+    if get_ipython() is not None and (_default is None or _default.view.client.closed):
         activate(client.direct_view("all"))

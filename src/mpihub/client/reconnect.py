@@ -20,7 +20,7 @@ import zmq
 from ..protocol import wire
 
 if TYPE_CHECKING:
-    from .client import Client
+    from .core import ClientCore
 
 log = logging.getLogger("mpihub.client")
 
@@ -41,9 +41,8 @@ REPEATABLE = {"queue_status", "db_query", "result"}
 class Reconnector:
     """Runs on whichever thread receives for the client (it owns the sockets then)."""
 
-    def __init__(self, client: "Client", send_as: str):
-        self.client = client
-        self.send_as = send_as
+    def __init__(self, core: "ClientCore"):
+        self.core = core
         self._hellos: dict[str, str] = {}  # connect rid -> the front it went to
         self._queries: dict[str, list[str]] = {}  # result query rid -> the ids asked for
         self.reconnects = 0
@@ -63,47 +62,36 @@ class Reconnector:
     def reconnected(self, sock: zmq.Socket, front: str) -> None:
         """A receiving socket has a new connection: say hello on it again."""
         self.reconnects += 1
-        rid = self.client._new_id()
+        rid = self.core.new_id()
         self._hellos[rid] = front
-        sock.send_multipart(wire.pack(self.client._signer, {"t": "connect", "rid": rid, "send_as": self.send_as}))
+        sock.send_multipart(wire.pack(self.core.signer, {"t": "connect", "rid": rid,
+                                                         "send_as": self.core.sending_identity}))
 
     def on_connect_reply(self, msg: wire.Message) -> None:
         front = self._hellos.pop(msg.header.get("rid"), None)
         if front is None:
             return
         if front == "hub":
-            self._replace_engines(msg.header.get("engines") or [])
+            self.core.replace_engines(msg.header.get("engines") or [])
             self._retry_queries()
             self.up.set()
-        waiting = list(self.client._pending)
+        waiting = list(self.core.pending)
         log.warning("connected to the controller%s again; asking for the %d results still awaited",
                     "" if front == "hub" else f"'s {front} path", len(waiting))
         if waiting:
-            rid = self.client._new_id()
+            rid = self.core.new_id()
             self._queries[rid] = waiting
-            self.client._send({"t": "query", "op": "result", "rid": rid, "ids": waiting,
-                               "rt": self.client._receiving_identity})
-
-    def _replace_engines(self, engines: list[dict]) -> None:
-        """The engine table as the controller says it is now."""
-        client = self.client
-        table = {engine["id"]: engine for engine in engines}
-        with client._engines_changed:
-            for engine_id in client._engines.keys() - table.keys():
-                client._io.unlink(engine_id)
-            for engine_id in table.keys() - client._engines.keys():
-                client._link(table[engine_id])
-            client._engines = table
-            client._engines_changed.notify_all()
+            self.core.send({"t": "query", "op": "result", "rid": rid, "ids": waiting,
+                            "rt": self.core.receiving_identity})
 
     def _retry_queries(self) -> None:
         """Queries waiting when the connection broke: their answers may be lost. Ask
         again those that change nothing; the others fail (they may have been done)."""
-        for rid, slot in list(self.client._queries.items()):
+        for rid, slot in list(self.core.queries.items()):
             op = slot.request.get("op")
             if op in REPEATABLE:
-                self.client._send(slot.request)
-            elif self.client._queries.pop(rid, None) is not None:
+                self.core.send(slot.request)
+            elif self.core.queries.pop(rid, None) is not None:
                 slot.header = {"ok": False, "lost": True, "error": f"the connection to the controller broke while "
                                f"it handled {op!r}, which may or may not have been done: check before asking again"}
                 slot.event.set()
@@ -119,8 +107,8 @@ class Reconnector:
         outcome = msg.header.get("result") or {}
         for state, why in LOST.items():
             for msg_id in outcome.get(state, ()):
-                slot = self.client._pending.get(msg_id)
+                slot = self.core.pending.get(msg_id)
                 if slot is None or state == "unknown" and slot[0]._local is not None:
                     continue  # answered meanwhile, or sent on a thread's own socket, which may not be back yet
-                self.client._fail_pending(msg_id, "ControllerError", f"task {msg_id} is lost: {why}")
+                self.core.fail_pending(msg_id, "ControllerError", f"task {msg_id} is lost: {why}")
         return True

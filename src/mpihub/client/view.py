@@ -13,16 +13,16 @@ import os
 import weakref
 from typing import Any, Callable, Iterator
 
-from .. import dependency, errors
-from ..collective import is_collective
-from ..engine import collectives as mpi_ops
-from ..engine import ops
+from .. import dependency, errors, partition
+from ..collective_function import is_collective
+from ..engine import mpi_collectives, ops
 from ..protocol import serialize
-from . import collectives, partition
+from . import mpi_plan
 from .asyncresult import AsyncMapResult, AsyncResult
-from .executor import ViewExecutor
+from .futures_executor import ViewExecutor
 from .lazymap import lazy_map
 from .remotefunction import ParallelFunction, RemoteFunction
+
 
 @functools.lru_cache(maxsize=None)
 def _payload_of(f: Callable) -> tuple[bytes, list]:
@@ -96,7 +96,7 @@ class View:
                 return ar.get()
             finally:
                 if ar.ready():
-                    self.client._blocking_call_done(ar)
+                    self.client.core.blocking_call_done(ar)
         self._outstanding.add(ar)
         return ar
 
@@ -150,7 +150,7 @@ class DirectView(View):
         return f"<DirectView {self._targets}>"
 
     def _target_list(self, targets=None) -> list[int]:
-        return self.client._check_targets(self._targets if targets is None else targets)
+        return self.client.core.resolve_targets(self._targets if targets is None else targets)
 
     def _single(self, targets=None) -> bool:
         return isinstance(self._targets if targets is None else targets, int)
@@ -164,11 +164,11 @@ class DirectView(View):
     def _send(self, kind: str, content: bytes, buffers: list, extra: dict, targets, track, fname: str,
               sync: bool, postprocess=None) -> AsyncResult:
         engines = self._target_list(targets)
-        ids = [self.client._new_id() for _ in engines]
+        ids = [self.client.core.new_id() for _ in engines]
         ar = AsyncResult(self.client, ids, fname=fname, single=self._single(targets), postprocess=postprocess)
         header = {"t": kind, "tg": engines, "ids": ids, **extra}
         track = self.track if track is None else track
-        ar._outgoing.append(self.client._submit(header, content, buffers, ar, track=track, sync=sync))
+        self.client.core.submit(header, content, buffers, ar, track=track, sync=sync)
         return ar
 
     def _call(self, f_payload, args, kwargs, targets, track, fname: str, sync: bool, postprocess=None,
@@ -185,7 +185,7 @@ class DirectView(View):
         name = getattr(f, "__name__", "function")
         extra = {}
         if is_collective(f):
-            extra["rk"] = collectives.whole_world(self.client, self._target_list(targets), name)
+            extra["rk"] = mpi_plan.whole_world(self.client, self._target_list(targets), name)
         try:
             payload = serialize.serialize(f)
         except Exception as exc:
@@ -242,7 +242,7 @@ class DirectView(View):
 
     # -- data movement ------------------------------------------------------------------
 
-    def _collective(self, op: Callable, plan: collectives.Plan, spec: dict, frames: list, block, track,
+    def _collective(self, op: Callable, plan: mpi_plan.Plan, spec: dict, frames: list, block, track,
                     postprocess=None) -> Any:
         """One MPI call on ``plan``'s targets; ``frames`` (data) go to the root alone."""
         content, buffers, extra = serialize.serialize_call(_payload_of(op), (plan.spec(**spec),), {})
@@ -261,21 +261,21 @@ class DirectView(View):
         ``Scatterv``s it; over ZMQ each engine is sent its own part.
         """
         engines = self._target_list(targets)
-        plan = collectives.plan(self.client, via, engines, seq.nbytes if collectives.is_array(seq) else 0)
+        plan = mpi_plan.plan(self.client, via, engines, seq.nbytes if mpi_plan.is_array(seq) else 0)
         if plan is not None:
-            fields, frames = collectives.scatter_payload(seq, len(engines), dist)
-            return self._collective(mpi_ops.scatter, plan, dict(fields, key=key, dist=dist, flatten=flatten),
+            fields, frames = mpi_plan.scatter_payload(seq, len(engines), dist)
+            return self._collective(mpi_collectives.scatter, plan, dict(fields, key=key, dist=dist, flatten=flatten),
                                     frames, block, track)
         parts = partition.split(seq, len(engines), dist)
-        ids = [self.client._new_id() for _ in engines]
+        ids = [self.client.core.new_id() for _ in engines]
         ar = AsyncResult(self.client, ids, fname="scatter", postprocess=lambda _: None)
         track = self.track if track is None else track
         for index, (engine, part) in enumerate(zip(engines, parts)):
             op, args = (ops.push_flat, (key, part)) if flatten else (ops.push, ({key: part},))
             content, buffers, extra = serialize.serialize_call(_payload_of(op), args, {})
             header = {"t": "apply", "tg": [engine], "ids": [ids[index]], **extra}
-            ar._outgoing.append(self.client._submit(header, content, buffers, ar, offset=index, track=track,
-                                                    sync=self._blocking(block)))
+            self.client.core.submit(header, content, buffers, ar, offset=index, track=track,
+                                    sync=self._blocking(block))
         return self._finish(ar, block)
 
     def gather(self, key: str, dist: str = "b", targets=None, block=None, via: str = "auto") -> Any:
@@ -283,9 +283,9 @@ class DirectView(View):
         target ``Gatherv``s the parts and sends the whole once."""
         engines = self._target_list(targets)
         partition.check_dist(dist)
-        plan = collectives.plan(self.client, via, engines)
+        plan = mpi_plan.plan(self.client, via, engines)
         if plan is not None:
-            return self._collective(mpi_ops.gather, plan, {"key": key, "dist": dist}, [], block, None,
+            return self._collective(mpi_collectives.gather, plan, {"key": key, "dist": dist}, [], block, None,
                                     lambda values: values[plan.root])
         return self._op(ops.pull, key, targets=engines, block=block,
                         postprocess=lambda parts: partition.join(parts, dist))
@@ -298,18 +298,18 @@ class DirectView(View):
     def _store_everywhere(self, key: str | None, value: Any, targets, block, track, via: str) -> Any:
         engines = self._target_list(targets)
         frames = []  # pickled only where MPI may take it, to count its numpy bytes
-        if via != "zmq" and collectives.in_one_world(self.client, engines):
-            frames = collectives.pickled(value)
-        plan = collectives.plan(self.client, via, engines, collectives.buffer_bytes(frames))
+        if via != "zmq" and mpi_plan.in_one_world(self.client, engines):
+            frames = mpi_plan.pickled(value)
+        plan = mpi_plan.plan(self.client, via, engines, mpi_plan.buffer_bytes(frames))
         if plan is not None:
-            return self._collective(mpi_ops.bcast, plan, {"key": key}, frames, block, track,
+            return self._collective(mpi_collectives.bcast, plan, {"key": key}, frames, block, track,
                                     lambda values: values[0] if self._single(targets) else values)
         return self._op(ops.push, value if key is None else {key: value}, targets=targets, block=block,
                         track=track)
 
-    def _reduce_plan(self, op: str | Callable, via: str, engines: list[int]) -> collectives.Plan | None:
+    def _reduce_plan(self, op: str | Callable, via: str, engines: list[int]) -> mpi_plan.Plan | None:
         """A callable op runs on the client unless ``via="mpi"`` asks for it on the engines."""
-        return collectives.plan(self.client, "zmq" if callable(op) and via == "auto" else via, engines)
+        return mpi_plan.plan(self.client, "zmq" if callable(op) and via == "auto" else via, engines)
 
     def reduce(self, key: str, op: str | Callable = "sum", targets=None, block=None, via: str = "auto") -> Any:
         """Combine ``key`` across engines with ``op`` (in target order) and return it."""
@@ -317,7 +317,7 @@ class DirectView(View):
         combine = ops.reducer(op)
         plan = self._reduce_plan(op, via, engines)
         if plan is not None:
-            return self._collective(mpi_ops.reduce, plan, {"key": key, "op": _op_name(op)}, [], block, None,
+            return self._collective(mpi_collectives.reduce, plan, {"key": key, "op": _op_name(op)}, [], block, None,
                                     lambda values: values[-1])
         return self._op(ops.pull, key, targets=engines, block=block,
                         postprocess=lambda values: functools.reduce(combine, values))
@@ -329,7 +329,7 @@ class DirectView(View):
         ops.reducer(op)  # an unknown op fails here, before anything is sent
         plan = self._reduce_plan(op, via, engines)
         if plan is not None:
-            return self._collective(mpi_ops.allreduce, plan, {"key": key, "op": _op_name(op), "dest": dest or key},
+            return self._collective(mpi_collectives.allreduce, plan, {"key": key, "op": _op_name(op), "dest": dest or key},
                                     [], block, None, lambda values: values)
         value = self.reduce(key, op, targets=engines, block=True, via=via)
         return self.push({dest or key: value}, targets=engines, block=block)
@@ -349,14 +349,13 @@ class DirectView(View):
         payload = serialize.serialize(functools.partial(ops.map_chunk, f))
         chunks = [(engine, tuple(split[i] for split in splits)) for i, engine in enumerate(engines)]
         chunks = [chunk for chunk in chunks if len(chunk[1][0])] or chunks[:1]
-        ids = [self.client._new_id() for _ in chunks]
+        ids = [self.client.core.new_id() for _ in chunks]
         ar = AsyncMapResult(self.client, ids, [len(args[0]) for _, args in chunks],
                             fname=getattr(f, "__name__", "map"), dist=dist)
         for index, (engine, args) in enumerate(chunks):
             content, buffers, extra = serialize.serialize_call(payload, args, {})
             header = {"t": "apply", "tg": [engine], "ids": [ids[index]], **extra}
-            ar._outgoing.append(self.client._submit(header, content, buffers, ar, offset=index,
-                                                    sync=self._blocking(block)))
+            self.client.core.submit(header, content, buffers, ar, offset=index, sync=self._blocking(block))
         return self._finish(ar, block)
 
     @contextlib.contextmanager
@@ -428,9 +427,9 @@ class LoadBalancedView(View):
                 raise ValueError(f"timeout must be a positive number of seconds, not {self.timeout!r}")
             header["to"] = self.timeout
         if self._targets is not None:
-            header["only"] = self.client._check_targets(self._targets)
+            header["only"] = self.client.core.resolve_targets(self._targets)
         elif not self.client.ids:
-            raise self.client._no_engines("no engines are registered to balance over; "
+            raise self.client.core.no_engines("no engines are registered to balance over; "
                                           "wait with rc.wait_for_engines(n)")
         return header
 
@@ -444,11 +443,11 @@ class LoadBalancedView(View):
             content, buffers, extra = serialize.serialize_call(serialize.serialize(f), args, kwargs)
         except Exception as exc:
             raise TypeError(f"cannot serialize {name} or its arguments: {exc}") from exc
-        msg_id = self.client._new_id()
+        msg_id = self.client.core.new_id()
         header = {**self._header(msg_id), **extra}
         ar = AsyncResult(self.client, [msg_id], fname=name, single=True)
         track = self.track if track is None else track
-        ar._outgoing.append(self.client._submit(header, content, buffers, ar, track=track, sync=self._blocking(block)))
+        self.client.core.submit(header, content, buffers, ar, track=track, sync=self._blocking(block))
         return self._finish(ar, block)
 
     def map(self, f: Callable, *seqs, chunksize: int = 1, ordered: bool = True, block=None) -> Any:
@@ -469,7 +468,7 @@ class LoadBalancedView(View):
         except Exception as exc:
             raise TypeError(f"cannot serialize {name}: {exc}") from exc
         starts = range(0, length, chunksize)
-        ids = [self.client._new_id() for _ in starts]
+        ids = [self.client.core.new_id() for _ in starts]
         ar = AsyncMapResult(self.client, ids, [min(chunksize, length - s) for s in starts], fname=name,
                             ordered=ordered)
         base = self._header("") if ids else {}
@@ -477,8 +476,7 @@ class LoadBalancedView(View):
             chunk = tuple(s[start:start + chunksize] for s in seqs)
             content, buffers, extra = serialize.serialize_call(payload, chunk, {})
             header = {**base, "id": ids[index], **extra}
-            ar._outgoing.append(self.client._submit(header, content, buffers, ar, offset=index,
-                                                    sync=self._blocking(block)))
+            self.client.core.submit(header, content, buffers, ar, offset=index, sync=self._blocking(block))
         return self._finish(ar, block)
 
     def imap(self, f: Callable, *seqs, chunksize: int = 1, ordered: bool = True,
@@ -493,7 +491,7 @@ class LoadBalancedView(View):
         if not isinstance(chunksize, int) or chunksize < 1:
             raise ValueError(f"chunksize must be a positive int, not {chunksize!r}")
         if max_outstanding == "auto":
-            max_outstanding = 2 * max(1, len(self.client._check_targets(self._targets)))
+            max_outstanding = 2 * max(1, len(self.client.core.resolve_targets(self._targets)))
         if not isinstance(max_outstanding, int) or max_outstanding < 1:
             raise ValueError(f"max_outstanding must be a positive int or 'auto', not {max_outstanding!r}")
         name = getattr(f, "__name__", "imap")
@@ -503,10 +501,10 @@ class LoadBalancedView(View):
             raise TypeError(f"cannot serialize {name}: {exc}") from exc
 
         def submit(chunk: tuple) -> AsyncResult:
-            msg_id = self.client._new_id()
+            msg_id = self.client.core.new_id()
             content, buffers, extra = serialize.serialize_call(payload, chunk, {})
             ar = AsyncResult(self.client, [msg_id], fname=name, single=True)
-            ar._outgoing.append(self.client._submit({**self._header(msg_id), **extra}, content, buffers, ar))
+            self.client.core.submit({**self._header(msg_id), **extra}, content, buffers, ar)
             return ar
 
         def abort(msg_ids: list[str]) -> None:

@@ -189,7 +189,7 @@ class JobWatch(threading.Thread):
             log.error("%s", why)
             if job.role == "engines" and self._done.wait(self.grace):
                 return
-            self.client._lose(None, why, "BatchError", refuse=job.role != "engines")
+            self.client.core.lose(None, why, "BatchError", refuse=job.role != "engines")
             return
 
     def stop(self) -> None:

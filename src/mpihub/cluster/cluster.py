@@ -296,7 +296,7 @@ class Cluster:
         controller = self._controller_process
         if self._watch is not None:
             self._watch.stop()
-        if client is not None and not client._closed:
+        if client is not None and not client.closed:
             try:
                 client.shutdown(hub=True, block=False)
             except Exception as exc:  # noqa: BLE001 - fall through to signals

@@ -18,10 +18,14 @@ import threading
 import time
 from collections import deque
 from pathlib import Path
+from typing import TYPE_CHECKING, Iterable
 
 import tornado.httpserver
 import tornado.netutil
 import tornado.web
+
+if TYPE_CHECKING:
+    from .records import EngineRecord
 
 log = logging.getLogger("mpihub.controller.dashboard")
 
@@ -83,6 +87,22 @@ def merge_parts(parts: list[dict]) -> dict:
     failures = sorted((f for part in parts for f in part["failures"]), key=lambda f: -f["time"])
     return {"finished": sum(p["finished"] for p in parts), "failed": sum(p["failed"] for p in parts),
             "throughput": [[s, per_second[s]] for s in sorted(per_second)][-HISTORY:], "failures": failures[:FAILURES]}
+
+
+def engine_states(engines: dict[int, EngineRecord], now: float, joining: Iterable[int] = ()) -> list[dict]:
+    """The engine table as the page shows it, each engine with its ``state``: joining (a
+    split controller's paths have not all seen it), rejoining (expected back after a
+    restart), retired (past its batch job's retirement time) or running. One function
+    for both layouts, so that they cannot drift apart."""
+    joining = set(joining)
+    rows = []
+    for engine_id, record in sorted(engines.items()):
+        retire_at = record.info.get("retire_at")
+        retired = record.retired or (isinstance(retire_at, (int, float)) and retire_at <= now)
+        state = ("joining" if engine_id in joining else "rejoining" if record.rejoining
+                 else "retired" if retired else "running")
+        rows.append({**record.describe(), "state": state})
+    return rows
 
 
 def snapshot(now: float, cluster_id: str, engines: list[dict], status: dict, part: dict) -> dict:

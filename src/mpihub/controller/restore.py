@@ -1,21 +1,30 @@
-"""What a controller keeps in its task store to be restarted with ``--restore``.
+"""A controller restarted with ``--restore``: what it takes back, in one place.
 
 A controller with a durable store (``--db sqlite``) writes there what engines and
 clients need to find it again: its HMAC key, its CURVE keys, the address and ports
 it listens on. Restarted with ``--restore``, it binds the very same ports with the
 same keys, so engines and clients, whose ZMQ sockets keep reconnecting, reach it
 again without reading a new connection file; engines then register again under
-their ids (see docs/reliability.md).
+their ids, and unfinished tasks are taken back (see docs/reliability.md). Every
+layout starts through :func:`identity`, and takes engines and tasks back with
+:func:`reload_engines` and :func:`take_back_tasks`.
 """
 from __future__ import annotations
 
 import json
+import secrets
 import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Callable
 
+from ..protocol import wire
 from ..protocol.curve import ClusterKeys
-from .taskdb import TaskDB
+from .taskdb import TaskDB, db_path
+
+if TYPE_CHECKING:
+    from .hub import Hub
+    from .router import Router
 
 #: The meta row that holds the state below.
 STATE = "controller"
@@ -54,3 +63,50 @@ def load(path: Path) -> SavedController:
     state = json.loads(row[0])
     curve = ClusterKeys.from_info(state["curve"]) if state.get("curve") else None
     return SavedController(state["key"], state["ip"], {k: int(v) for k, v in state["ports"].items()}, curve)
+
+
+def identity(restore: bool, db: str, profile_dir, cluster_id: str | None, part: str = "", key: str | None = None,
+             ip: str = "127.0.0.1", curve: bool = False) -> tuple[SavedController | None, str, str, ClusterKeys | None]:
+    """``(saved, key, ip, cluster_keys)`` of a controller process starting: those it had
+    before when it restores (RestoreError if it cannot), else new ones."""
+    if restore:
+        if db != "sqlite":
+            raise RestoreError("--restore takes back what the task store kept: it needs --db sqlite")
+        saved = load(db_path(profile_dir, cluster_id, part))
+        return saved, saved.key, saved.ip, saved.curve
+    return None, key or secrets.token_hex(32), ip, ClusterKeys.new() if curve else None
+
+
+def reload_engines(hub: "Hub", expect: Callable[[bytes], None] | None = None) -> int:
+    """Put back the engines of the store in ``hub``'s table as rejoining ones, each
+    ``expect``-ed back (by the heartbeat monitor, where there is one); returns how many."""
+    engines = hub.db.engines()
+    for engine in engines:
+        hub.restore_engine(engine.id, engine.uuid, engine.info, engine.registered)
+        if expect is not None:
+            expect(engine.uuid)
+    hub.restore_next_id(int(hub.db.meta("next_engine_id") or 0))
+    return len(engines)
+
+
+def take_back_tasks(router: "Router") -> int:
+    """Take back the unfinished tasks of the store, once the engines are back in the
+    table (as rejoining ones); returns how many. A task whose engine is not in the
+    table, or whose request was too large to keep, fails saying so."""
+    hub, restored = router.hub, []
+    for task in hub.db.pending_tasks():
+        client = bytes.fromhex(task.client) if task.client else b""
+        record = hub.restore_task(task.msg_id, task.queue, client, task.submitted, task.engine_id, task.request,
+                                  task.nbytes)
+        restored.append((record, task))
+    for engine_id in hub.engines:
+        router.engine_added(engine_id)
+    for record, task in restored:
+        if record.queue == "task" and task.request is not None and router.tasks:
+            router.tasks.restore(record.msg_id, wire.unpack(router.signer, task.request))
+        elif record.engine_id is None:
+            why = (f"engine {task.engine_id} was not in its table" if record.queue == "direct"
+                   else "its request was too large to keep")
+            router.fail(record.msg_id, task.engine_id, "error", "EngineError",
+                        f"task {record.msg_id} was lost in the controller restart: {why}")
+    return len(restored)

@@ -30,7 +30,7 @@ import msgpack
 
 from .. import config
 from ..protocol import wire
-from .hub import TASK_FIELDS, EngineRecord, TaskRecord
+from .records import TASK_FIELDS, EngineRecord, TaskRecord
 
 log = logging.getLogger("mpihub.controller.taskdb")
 

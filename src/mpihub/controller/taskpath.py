@@ -2,8 +2,9 @@
 task on from an engine that does not meet its @require/@depend.
 
 It decides where tasks go; the socket shell hands it requests and replies and gives it
-two ways to act: send frames to an engine, and fail a task with a made-up reply. The
-bookkeeping it drives (:mod:`.scheduler`, :mod:`.dependencies`, :mod:`.retries`) is pure.
+two ways to act (send frames to an engine, fail a task with a made-up reply) and the
+clock. The bookkeeping it drives (:mod:`.scheduler`, :mod:`.dependency_book`,
+:mod:`.retries`) is pure.
 """
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import time
 from typing import Callable, Iterable
 
 from ..protocol import wire
-from .dependencies import Condition, Decision, DependencyBook
+from .dependency_book import Condition, Decision, DependencyBook
 from .hub import Hub
 from .retries import RetryBook
 from .scheduler import Scheduler
@@ -25,8 +26,9 @@ Fail = Callable[[str, "int | None", str, str, str], None]
 
 class TaskPath:
     def __init__(self, hub: Hub, scheduler: Scheduler, signer: wire.Signer,
-                 send: Callable[[int, list], None], fail: Fail):
+                 send: Callable[[int, list], None], fail: Fail, clock: Callable[[], float] = time.time):
         self.hub = hub
+        self.clock = clock  # what dependency timeouts count from
         self.scheduler = scheduler
         self.signer = signer
         self.send = send
@@ -59,7 +61,7 @@ class TaskPath:
         after, follow = self.check(msg)
         header = msg.header
         msg_id, only, retries, timeout = header["id"], header.get("only"), header.get("re", 0), header.get("to")
-        now = time.time()
+        now = self.clock()
         self.hub.submit(msg_id, "task", ident, None, now, msg.frames, sum(len(f) for f in msg.frames))
         self.retries.track(msg_id, msg.frames, retries, only)
         self._admit(msg_id, msg.frames, only, after, follow, None if timeout is None else now + timeout)
@@ -74,7 +76,7 @@ class TaskPath:
         if self.hub.tasks[msg_id].engine_id is None:
             timeout = header.get("to")
             self._admit(msg_id, msg.frames, only, Condition.from_header(header.get("after")),
-                        Condition.from_header(header.get("follow")), None if timeout is None else time.time() + timeout)
+                        Condition.from_header(header.get("follow")), None if timeout is None else self.clock() + timeout)
 
     def _admit(self, msg_id: str, frames: list, only: list | None, after: Condition | None,
                follow: Condition | None, deadline: float | None) -> None:
@@ -107,14 +109,16 @@ class TaskPath:
     def claim(self, msg_id: str, engine_id: int) -> bool:
         """A rejoining engine holds or answered a task that the restored store had as not
         yet sent (its assignment fell in the store's last commit window): take it out of
-        the queue, or its dependency hold, as that engine's. False when it waits nowhere."""
-        if msg_id in self._waiting:
-            del self._waiting[msg_id]
-        elif self.deps.release(msg_id):
-            del self._held[msg_id]
-        else:
+        the queue, or its dependency hold, as that engine's. False when it waits nowhere,
+        or the engine is not one the scheduler knows (one back after it was lost)."""
+        queued = msg_id in self._waiting
+        if not (queued or msg_id in self._held) or not self.scheduler.take(msg_id, engine_id):
             return False
-        self.scheduler.take(msg_id, engine_id)
+        if queued:
+            del self._waiting[msg_id]
+        else:
+            self.deps.release(msg_id)
+            del self._held[msg_id]
         self.hub.assign(msg_id, engine_id)
         return True
 
@@ -179,7 +183,7 @@ class TaskPath:
 
     def expire(self) -> None:
         """Fail the held tasks whose dependency timeout has passed."""
-        for msg_id in self.deps.expired(time.time()):
+        for msg_id in self.deps.expired(self.clock()):
             self._held.pop(msg_id, None)
             self.fail(msg_id, None, "error", "DependencyTimeout",
                       f"the dependencies of task {msg_id} were not met within its timeout")

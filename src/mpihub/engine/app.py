@@ -31,11 +31,11 @@ import zmq
 from .. import config, process
 from ..protocol import connection, wire
 from ..protocol.curve import Curve
-from . import mpi
+from . import mpi_world
 from .datalink import BulkMissing, DataLink
-from .executor import EngineStop, Executor
 from .heartbeat import Heart
 from .replies import SentReplies
+from .runner import EngineStop, Runner
 
 log = logging.getLogger("mpihub.engine")
 
@@ -136,7 +136,7 @@ class Engine:
 
         signal.signal(signal.SIGTERM, on_sigterm)
         registration = self.register()
-        executor = self.executor = Executor(self.id)
+        runner = self.runner = Runner(self.id)
         signal.signal(signal.SIGINT, self._on_sigint)
         rejoin = self.context.socket(zmq.PAIR)
         rejoin_url = f"inproc://mpihub-rejoin-{id(self)}"
@@ -148,7 +148,7 @@ class Engine:
         heart.start()
         self.paths: list[zmq.Socket] = []
         if self.mpi_world.get("mpi_world"):
-            executor.namespace.update(mpi.namespace_names())
+            runner.namespace.update(mpi_world.namespace_names())
         poller = zmq.Poller()
         poller.register(self.sock, zmq.POLLIN)
         poller.register(self.data.sock, zmq.POLLIN)
@@ -174,10 +174,10 @@ class Engine:
                     # act only if the last pong still says so, and not on stale ones just after a rejoin
                     if not heart.controller_knows and time.monotonic() - self._rejoined_at > 2 * self.heart_period:
                         backlog = self._rejoin(requests)
-                running = self._handle_requests(executor, backlog)
+                running = self._handle_requests(runner, backlog)
                 for sock in requests:
                     if running and sock in events:
-                        running = self._handle_requests(executor, ((sock, msg) for msg in
+                        running = self._handle_requests(runner, ((sock, msg) for msg in
                                                                    wire.pending(sock, self.signer, self._drop)))
         except EngineStop:
             log.info("engine %s stopping on SIGTERM", self.id)
@@ -211,7 +211,7 @@ class Engine:
             return backlog  # the heart asks again while the controller says it does not know us
         if reply.header["id"] != self.id:
             log.warning("engine %s registered again as engine %s", self.id, reply.header["id"])
-            self.id = self.executor.engine_id = reply.header["id"]
+            self.id = self.runner.engine_id = reply.header["id"]
         self._settle(self.sock, reply.header)
         for sock in self.paths:
             hello = self._ask(sock, {"t": "hello", "id": self.id, **report(sock), **self.retirement}, "hello_reply",
@@ -254,7 +254,7 @@ class Engine:
     def _signal(self, sig: int, task_ids: list | None) -> None:
         """Raise ``sig`` in this process (heartbeat thread); with ``task_ids``, only while
         one of them runs, and a SIGINT then interrupts that task alone."""
-        running = self.executor.running
+        running = self.runner.running
         if task_ids is not None and (running not in task_ids or self._running_collective):
             return  # an interrupt of one rank would leave the others waiting in MPI
         try:
@@ -269,13 +269,13 @@ class Engine:
     def _on_sigint(self, signum, frame) -> None:
         """An interrupt fails the running task (KeyboardInterrupt) and leaves the engine
         running; with no task running (or another task by now) it is ignored."""
-        running = self.executor.running
+        running = self.runner.running
         if running is not None and self._interrupt_target in (None, running):
             self._interrupt_target = None
             raise KeyboardInterrupt(f"interrupted while running task {running}")
         log.info("engine %s: SIGINT with no task of its target running; ignored", self.id)
 
-    def _handle_requests(self, executor: Executor, requests) -> bool:
+    def _handle_requests(self, runner: Runner, requests) -> bool:
         """Run every request of ``requests`` (``(socket, message)`` pairs) in order;
         False once told to shut down."""
         for sock, msg in requests:
@@ -295,7 +295,7 @@ class Engine:
                 self._skip.discard(msg_id)
                 log.info("engine %s skips task %s: the controller gave it to another engine meanwhile", self.id, msg_id)
                 continue
-            self._run(executor, msg_id, msg, sock)
+            self._run(runner, msg_id, msg, sock)
         return True
 
     def _task_id(self, header: dict) -> str | None:
@@ -306,7 +306,7 @@ class Engine:
             return None
         return msg_id if isinstance(msg_id, str) else None
 
-    def _run(self, executor: Executor, msg_id: str, msg: wire.Message, sock: zmq.Socket) -> None:
+    def _run(self, runner: Runner, msg_id: str, msg: wire.Message, sock: zmq.Socket) -> None:
         header = msg.header
         if self._pending_send is not None:  # our last result's buffers may still be in flight
             self._pending_send.wait()
@@ -342,7 +342,7 @@ class Engine:
             def sink(name: str, text: str) -> None:
                 wire.send(sock, wire.pack(self.signer, {"t": "stream", "id": msg_id, "eng": self.id, "name": name,
                                                         "text": text}))
-        fields, data, out_buffers = executor.run(header, msg.content, buffers, msg_id, sink)
+        fields, data, out_buffers = runner.run(header, msg.content, buffers, msg_id, sink)
         reply.update(fields)
         client = header.get("rb")
         if out_buffers and isinstance(client, bytes) and sum(memoryview(b).nbytes for b in out_buffers) >= config.BULK_THRESHOLD:
@@ -374,7 +374,7 @@ def main(url_file: str | None, cluster_id: str | None, profile_dir: str | None, 
         path = url_file or connection.connection_file("engine", cluster_id, profile_dir)
         info = connection.read(path, timeout=timeout)
     try:
-        world = mpi.init_world() if use_mpi else None
+        world = mpi_world.init_world() if use_mpi else None
         Engine(info, want_id=want_id, mpi_world=world, register_timeout=timeout).serve_forever()
     except (TimeoutError, RuntimeError, wire.ProtocolError) as exc:
         print(f"mpihub engine: {exc}", file=sys.stderr)

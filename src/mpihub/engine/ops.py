@@ -1,7 +1,7 @@
 """Small functions that views apply on engines for push, pull, map and friends.
 
 They are imported on the engine by reference (a few bytes on the wire) and work on the
-namespace of the engine's executor.
+namespace of the engine's request runner.
 """
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 
 An MPI call is one message to every target. Only the root (the target with the lowest
 MPI rank) gets the data, as raw frames: an array's bytes, or a pickle and its buffers.
-The engine side is :mod:`mpihub.engine.collectives`.
+The engine side is :mod:`mpihub.engine.mpi_collectives`.
 """
 from __future__ import annotations
 
@@ -11,9 +11,8 @@ from typing import Any
 
 import numpy as np
 
-from .. import config
+from .. import config, partition
 from ..protocol import serialize
-from . import partition
 
 VIA = ("auto", "zmq", "mpi")
 
@@ -36,7 +35,7 @@ class Plan:
 
 def _one_world(client, engines: list[int]) -> list[int] | None:
     """The targets' world ranks if they are distinct engines of one MPI world, else None."""
-    infos = [client._engines.get(e) or {} for e in engines]
+    infos = [client.core.engines.get(e) or {} for e in engines]
     worlds = {info.get("mpi_world") for info in infos}
     if len(worlds) != 1 or None in worlds or len(set(engines)) != len(engines):
         return None
@@ -75,7 +74,7 @@ def whole_world(client, engines: list[int], what: str) -> list[int]:
     if ranks is None:
         raise ValueError(f"{what} is an MPI collective function: it must run on every rank of one MPI world, "
                          f"and engines {engines} are not one world")
-    size = client._engines[engines[0]].get("mpi_size")
+    size = client.core.engines[engines[0]].get("mpi_size")
     if sorted(ranks) != list(range(size)):
         missing = sorted(set(range(size)) - set(ranks))
         raise ValueError(f"{what} is an MPI collective function: the view must cover all {size} ranks of the "

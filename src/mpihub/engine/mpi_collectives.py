@@ -18,10 +18,9 @@ from typing import Any
 
 import numpy as np
 
-from .. import config
-from ..client import partition
+from .. import config, partition
 from ..protocol import serialize
-from . import mpi, ops
+from . import mpi_world, ops
 from .buffers import BufferPool
 
 #: Reductions whose result does not depend on the order MPI combines in (integer
@@ -40,7 +39,7 @@ class CollectiveError(RuntimeError):
 
 def _comm(ranks: list[int]):
     """The private communicator over ``ranks`` (world ranks, in target order)."""
-    world = mpi.internal_comm()
+    world = mpi_world.internal_comm()
     key = tuple(ranks)
     if key == tuple(range(world.size)):
         return world

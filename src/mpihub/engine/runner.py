@@ -15,9 +15,9 @@ import types
 from functools import lru_cache
 from typing import Any, Callable
 
+from ..collective_function import COLLECTIVE_ATTRIBUTE
 from ..protocol import serialize
-from ..collective import COLLECTIVE_ATTRIBUTE
-from . import mpi, ops
+from . import mpi_world, ops
 
 _NOT_COLLECTIVE = object()
 #: Seconds between two pieces of a streamed task's output (lines wait at most this long).
@@ -120,7 +120,7 @@ def _user_traceback(exc: BaseException) -> str:
     return "".join(traceback.format_exception(type(exc), exc, tb))
 
 
-class Executor:
+class Runner:
     def __init__(self, engine_id: int):
         self.engine_id = engine_id
         self.running: str | None = None
@@ -180,5 +180,5 @@ class Executor:
         timeout = getattr(f, COLLECTIVE_ATTRIBUTE, _NOT_COLLECTIVE)
         if timeout is not _NOT_COLLECTIVE and timeout is not None:
             engine_of = dict(zip(header.get("rk", ()), header.get("tg", ())))
-            mpi.arrival_gate(getattr(f, "__name__", "collective"), timeout, header["ids"][0], engine_of)
+            mpi_world.arrival_gate(getattr(f, "__name__", "collective"), timeout, header["ids"][0], engine_of)
         return f(*args, **kwargs)

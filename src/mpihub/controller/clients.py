@@ -1,0 +1,64 @@
+"""The client ROUTER of a controller process: who is connected, and where replies go.
+
+A client has two sockets: it sends on one and receives on the other, and its
+``connect`` (sent on the receiving socket) names the sending one, so every reply and
+notice is addressed to the receiving identity. ``connect`` and ``close`` are handled
+here; everything else goes to the layout's handler with the identity to answer.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Callable
+
+import zmq
+
+from ..protocol import wire
+from .loop import Loop
+
+log = logging.getLogger("mpihub.controller")
+
+
+class ClientPort:
+    def __init__(self, loop: Loop, sock: zmq.Socket, connect_fields: Callable[[], dict],
+                 handle: Callable[[bytes, wire.Message], None]):
+        self.loop = loop
+        self.sock = sock
+        self.clients: set[bytes] = set()  # receiving identities of connected clients
+        self._reply_to: dict[bytes, bytes] = {}  # a client's sending identity -> its receiving one
+        self._connect_fields = connect_fields  # what a connecting client is told besides its request id
+        self._handle = handle
+        self.drop = wire.DropLog(log, "the client socket")
+
+    def on_frames(self, frames: list) -> None:
+        self.loop.routed(frames, self.drop, self._from_client)
+
+    def _from_client(self, ident: bytes, msg: wire.Message) -> None:
+        """Connect and close here, the rest to the handler, addressed to the sender's
+        receiving identity: the one its connect named, else (a message that came before
+        the connect, after a restart or a reconnect) the one the message names."""
+        reply_to = self._reply_to.get(ident)
+        if reply_to is None:
+            named = msg.header.get("rt")
+            reply_to = named.encode() if isinstance(named, str) else ident
+        ident = reply_to
+        if msg.type == "connect":
+            send_as = msg.header.get("send_as")
+            if isinstance(send_as, str):
+                self._reply_to[send_as.encode()] = ident
+            self.clients.add(ident)
+            self.send(ident, {"t": "connect_reply", "rid": msg.header.get("rid"), **self._connect_fields()})
+        elif msg.type == "close":
+            self.clients.discard(ident)
+            for sender in [s for s, r in self._reply_to.items() if r == ident]:
+                del self._reply_to[sender]
+        else:
+            self._handle(ident, msg)
+
+    def send(self, ident: bytes, header: dict, content: bytes = b"") -> None:
+        wire.send(self.sock, [ident, *wire.pack(self.loop.signer, header, content)])
+
+    def notify(self, header: dict) -> None:
+        """One message to every connected client."""
+        frames = wire.pack(self.loop.signer, header)
+        for ident in self.clients:
+            wire.send(self.sock, [ident, *frames])

@@ -1,0 +1,140 @@
+"""One controller process's event loop: its key, its ZMQ context, its sockets and timers.
+
+Every controller process (the whole controller, or a split controller's Hub or one of
+its paths) is a :class:`Loop` and the parts it is built from. The loop reads each ready
+socket in turns of at most 256 messages and hands every message to that socket's
+handler; it wakes a part whose timer is due; it stops on a shutdown request, SIGTERM or
+SIGINT, always through the layout's ``close``. Parts never poll or sleep themselves.
+"""
+from __future__ import annotations
+
+import logging
+import signal
+import time
+from typing import Callable, Protocol
+
+import zmq
+
+from .. import process
+from ..protocol import wire
+from ..protocol.curve import Curve
+
+log = logging.getLogger("mpihub.controller")
+
+#: What a handler raises for a well-signed message with missing or mistyped fields.
+MALFORMED = (KeyError, TypeError, ValueError, AttributeError)
+#: Messages read from one socket before the others get a turn.
+TURN = 256
+
+
+class Timer(Protocol):
+    """A part with timed work: when it is due next (``time.time()``; None: nothing
+    timed), and the work, run once that time has come."""
+
+    def next_wakeup(self) -> float | None: ...
+
+    def wake(self) -> None: ...
+
+
+class Loop:
+    def __init__(self, key: str, curve: Curve | None = None):
+        self.key = key
+        self.curve = curve  # CURVE keys when the cluster encrypts (``--curve``)
+        self.signer = wire.Signer(key)
+        self.context = zmq.Context()
+        self.stopping = False
+        self._handlers: dict[zmq.Socket, Callable[[list], None]] = {}
+        self._timers: list[Timer] = []
+
+    def bind_routers(self, ip: str, names: tuple[str, ...],
+                     fixed: dict[str, int] | None = None) -> tuple[dict[str, zmq.Socket], dict[str, int]]:
+        """A ROUTER per name, bound on ``ip``: on the port ``fixed`` names for it (a
+        restored controller's), else a random one. Returns the sockets and the ports."""
+        bind_ip = "*" if ip in ("0.0.0.0", "*") else ip
+        sockets, ports = {}, {}
+        for name in names:
+            sock = sockets[name] = self.context.socket(zmq.ROUTER)
+            sock.linger = 0
+            sock.hwm = 0  # a ROUTER drops what passes a peer's high-water mark: queue it instead
+            sock.router_handover = True
+            if self.curve:
+                self.curve.server(sock)
+            port = (fixed or {}).get(name)
+            if port is None:
+                ports[name] = sock.bind_to_random_port(f"tcp://{bind_ip}")
+                continue
+            try:
+                sock.bind(f"tcp://{bind_ip}:{port}")
+            except zmq.ZMQError as exc:
+                raise RuntimeError(f"cannot bind the {name} port {port} again ({exc}): is the controller "
+                                   "that used it still running?") from exc
+            ports[name] = port
+        return sockets, ports
+
+    def on(self, sock: zmq.Socket, handler: Callable[[list], None]) -> None:
+        """Call ``handler(frames)`` for every message that arrives on ``sock``."""
+        self._handlers[sock] = handler
+
+    def add_timer(self, timer: Timer) -> None:
+        self._timers.append(timer)
+
+    def routed(self, frames: list, drop: wire.DropLog, handle: Callable[[bytes, wire.Message], None]) -> None:
+        """Verify a ROUTER message ``[ident, envelope, *buffers]`` and pass it to
+        ``handle(ident, msg)``; what does not verify, or what ``handle`` finds malformed,
+        is logged and dropped by ``drop``: a message never ends the loop."""
+        try:
+            msg = wire.unpack(self.signer, frames[1:])
+        except wire.ProtocolError as exc:
+            return drop(exc)
+        try:
+            handle(frames[0], msg)
+        except MALFORMED as exc:
+            drop(f"malformed {msg.type!r}: {exc!r}")
+
+    def _next_wakeup(self) -> float | None:
+        times = [t for t in (timer.next_wakeup() for timer in self._timers) if t is not None]
+        return min(times) if times else None
+
+    def _wake_due(self) -> None:
+        for timer in self._timers:
+            due = timer.next_wakeup()
+            if due is not None and due <= time.time():
+                timer.wake()
+
+    def serve_forever(self, close: Callable[[], None]) -> None:
+        """Run until a shutdown request, SIGTERM or SIGINT; then ``close()``, always."""
+        def on_signal(signum, frame):
+            raise SystemExit(0)
+
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)
+        poller = zmq.Poller()
+        for sock in self._handlers:
+            poller.register(sock, zmq.POLLIN)
+        wakeup = process.signal_wakeup()
+        poller.register(wakeup, zmq.POLLIN)
+        try:
+            while not self.stopping:
+                deadline = self._next_wakeup()
+                wait = None if deadline is None else max(0, int((deadline - time.time()) * 1000) + 1)
+                ready = poller.poll(wait)
+                if deadline is not None:
+                    self._wake_due()
+                for sock, _ in ready:
+                    if sock is wakeup:
+                        process.drain(wakeup)  # the signal handler runs right after this
+                        continue
+                    handle = self._handlers[sock]
+                    for _ in range(TURN):  # then let the other sockets have a turn
+                        if self.stopping or not sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+                            break
+                        handle(wire.recv(sock))
+        finally:
+            close()
+
+    def close(self) -> None:
+        """Release every socket and the context (threads using a socket must have ended)."""
+        if self.curve:
+            self.curve.stop()
+        if not self.context.closed:
+            self.context.destroy(linger=200)
