@@ -16,18 +16,16 @@ Usage: python bench/bench_mpi.py [--reps N] [--sg-mb MB] [--push-mb MB] [--engin
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
 import os
 import re
 import statistics
 import subprocess
-import time
+import sys
 
 import numpy as np
 
-MB = 1e6
-
+from harness import MB, Bench, bench_args
+from systems import Adapter, IpLike
 
 def client_bytes_sent() -> int | None:
     """Bytes this process has sent on all its TCP sockets (None without ``ss``)."""
@@ -47,130 +45,71 @@ def client_bytes_sent() -> int | None:
     return total
 
 
-class System:
-    """A started cluster with 4 engines and the two operations under test."""
-
-    def __init__(self, name: str, engines: int):
-        self.name, self.engines = name, engines
-
-    def scatter_gather(self, arr: np.ndarray) -> np.ndarray:
-        self.view.scatter("x", arr, block=True, **self.via)
-        return self.view.gather("x", block=True, **self.via)
-
-    def push_all(self, arr: np.ndarray) -> None:
-        if self.via:
-            self.view.bcast("y", arr, block=True, **self.via)
-        else:
-            self.view.push({"y": arr}, block=True)
-
-    def clear(self) -> None:
-        self.view.push({"x": None, "y": None}, block=True)
+def make_systems(wanted: list[str], engines: int) -> list[Adapter]:
+    """Both mpihub columns on one cluster of MPI engines (the first one wanted starts it)."""
+    systems: list[Adapter] = []
+    owner = None
+    for via in ("mpi", "zmq"):
+        if f"mpihub-{via}" in wanted:
+            s = IpLike(f"mpihub-{via}", "mpihub", n=engines, via=via, share=owner, engines="mpi")
+            owner = owner or s
+            systems.append(s)
+    if "ipp" in wanted:
+        systems.append(IpLike("ipp", "ipyparallel", n=engines, log_level=40))
+    return systems
 
 
-class Mpihub(System):
-    """One of mpihub's two paths, on a shared cluster of MPI engines."""
-
-    def __init__(self, name: str, engines: int, via: str, rc):
-        super().__init__(name, engines)
-        self.via = {"via": via}
-        self.view = rc[:]
-
-    def stop(self) -> None:
-        pass
-
-
-class Ipyparallel(System):
-    def __init__(self, name: str, engines: int):
-        super().__init__(name, engines)
-        import ipyparallel as ipp
-
-        self.via = {}
-        self.cluster = ipp.Cluster(n=engines, log_level=40)
-        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-            self.rc = self.cluster.start_and_connect_sync()
-        self.rc.wait_for_engines(engines, timeout=120)
-        self.view = self.rc[:]
-
-    def stop(self) -> None:
-        self.rc.close()
-        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-            self.cluster.stop_cluster_sync()
-
-
-def measure(system: System, op: str, arr: np.ndarray, check: bool) -> tuple[float, int | None]:
+def measure(system: Adapter, op: str, arr: np.ndarray, check: bool) -> dict:
+    """``{op: seconds, op + " bytes": client bytes sent}`` (no bytes without ``ss``)."""
     before = client_bytes_sent()
-    started = time.perf_counter()
-    result = getattr(system, op)(arr)
-    elapsed = time.perf_counter() - started
+    if op == "scatter_gather":
+        elapsed = sum(system.scatter_gather(arr, check))
+    else:
+        elapsed = system.push_all(arr)
     after = client_bytes_sent()
-    if check and op == "scatter_gather" and not np.array_equal(np.asarray(result), arr):
-        raise AssertionError(f"{system.name}: gather returned different data")
-    system.clear()
-    return elapsed, (after - before if before is not None and after is not None else None)
+    system.forget("x", "y")
+    out = {op: elapsed}
+    if before is not None and after is not None:
+        out[op + " bytes"] = after - before
+    return out
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--reps", type=int, default=5)
-    parser.add_argument("--engines", type=int, default=4)
-    parser.add_argument("--sg-mb", type=float, default=400.0)
-    parser.add_argument("--push-mb", type=float, default=100.0)
-    parser.add_argument("--systems", default="mpihub-mpi,mpihub-zmq,ipp")
-    args = parser.parse_args()
-    wanted = args.systems.split(",")
-    systems: list[System] = []
-    cluster = None
-    try:
-        if "mpihub-mpi" in wanted or "mpihub-zmq" in wanted:
-            import mpihub
+def measure_op(bench: Bench, op: str, arr: np.ndarray, reps: int) -> None:
+    bench.group([op, op + " bytes"], reps, lambda s, r: measure(s, op, arr, check=False),
+                warm=lambda s: measure(s, op, arr, check=True))  # and a correctness check
 
-            cluster = mpihub.Cluster(n=args.engines, engines="mpi")
-            rc = cluster.start_and_connect_sync()
-            systems += [Mpihub(f"mpihub-{via}", args.engines, via, rc) for via in ("mpi", "zmq")
-                        if f"mpihub-{via}" in wanted]
-        if "ipp" in wanted:
-            try:
-                systems.append(Ipyparallel("ipp", args.engines))
-            except Exception as exc:  # noqa: BLE001 - a missing peer is reported, not fatal
-                print(f"ipyparallel unavailable: {exc}")
-        arrays = {"scatter_gather": np.random.default_rng(0).random(int(args.sg_mb * MB / 8)),
-                  "push_all": np.random.default_rng(1).random(int(args.push_mb * MB / 8))}
-        times = {(s.name, op): [] for s in systems for op in arrays}
-        sent = {}
+
+def main() -> int:
+    args = bench_args(__doc__, "mpihub-mpi,mpihub-zmq,ipp", reps=5, engines=4, sg_mb=400.0, push_mb=100.0)
+    arrays = {"scatter_gather": np.random.default_rng(0).random(int(args.sg_mb * MB / 8)),
+              "push_all": np.random.default_rng(1).random(int(args.push_mb * MB / 8))}
+    bench = Bench(make_systems(args.systems, args.engines))
+    with bench.running():
         for op, arr in arrays.items():
-            for s in systems:
-                measure(s, op, arr, check=True)  # warm-up, and a correctness check
-            for rep in range(args.reps):
-                order = systems[rep % len(systems):] + systems[:rep % len(systems)]
-                for s in order:
-                    elapsed, nbytes = measure(s, op, arr, check=False)
-                    times[s.name, op].append(elapsed)
-                    sent[s.name, op] = nbytes
-        report(systems, arrays, times, sent, args)
-    finally:
-        for s in reversed(systems):
-            with contextlib.suppress(Exception):
-                s.stop()
-        if cluster is not None:
-            cluster.stop_cluster_sync()
+            measure_op(bench, op, arr, args.reps)
+    report(bench, {op: arr.nbytes for op, arr in arrays.items()}, args)
+    bench.log_leftovers()
+    return bench.exit_code
 
 
-def report(systems, arrays, times, sent, args) -> None:
+def report(bench: Bench, nbytes: dict, args: argparse.Namespace) -> None:
     print(f"\n{args.engines} engines, median of {args.reps} reps; client MB = bytes the client sent "
           "(payload MB in brackets)")
     print(f"{'operation':<26}{'system':<13}{'seconds':>9}{'vs ipp':>9}{'client MB':>11}   [every rep]")
-    for op, arr in arrays.items():
-        label = f"{op.replace('_', ' ')} [{arr.nbytes / MB:.0f}]"
-        base = statistics.median(times["ipp", op]) if ("ipp", op) in times else None
-        for s in systems:
-            median = statistics.median(times[s.name, op])
-            ratio = f"{base / median:.2f}x" if base else "n/a"
-            nbytes = sent.get((s.name, op))
-            client = f"{nbytes / MB:.1f}" if nbytes is not None else "n/a"
-            spread = " ".join(f"{t:.2f}" for t in sorted(times[s.name, op]))
-            print(f"{label:<26}{s.name:<13}{median:>9.3f}{ratio:>9}{client:>11}   [{spread}]")
+    for op in nbytes:
+        label = f"{op.replace('_', ' ')} [{nbytes[op] / MB:.0f}]"
+        base = bench.median(op, "ipp")
+        for name in bench.names():
+            times = bench.values(op, name)
+            median = statistics.median(times) if times else None
+            ratio = f"{base / median:.2f}x" if base and median else "n/a"
+            sent = bench.values(op + " bytes", name)
+            client = f"{sent[-1] / MB:.1f}" if sent else "n/a"
+            spread = " ".join(f"{t:.2f}" for t in sorted(times))
+            print(f"{label:<26}{name:<13}{f'{median:.3f}' if median is not None else '-':>9}{ratio:>9}"
+                  f"{client:>11}   [{spread}]")
             label = ""
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
