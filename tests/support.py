@@ -38,10 +38,16 @@ def children_of(pid: int) -> list[int]:
     return children
 
 
-class RunningCluster:
-    """A started cluster and its client; records PIDs for the leak check."""
+#: The controller layouts end-to-end tests run on, and the controller options of each.
+LAYOUTS = {"one": [], "split": ["--split"]}
 
-    def __init__(self, n: int, **kwargs):
+
+class RunningCluster:
+    """A started cluster (on a controller ``layout``) and its client; records PIDs for
+    the leak check."""
+
+    def __init__(self, n: int, layout: str = "one", **kwargs):
+        kwargs["controller_args"] = [*LAYOUTS[layout], *kwargs.get("controller_args", ())]
         self.cluster = mpihub.Cluster(n=n, **kwargs)
         self.client = self.cluster.start_and_connect_sync()
         self.pids = list(self.cluster.launcher.pids) + [e.pid for e in self.client.engines.values()]
@@ -54,18 +60,9 @@ class RunningCluster:
         assert not self.cluster.engine_file.exists()
 
 
-def module_kwargs(request, **kwargs) -> dict:
-    """Cluster arguments with the test module's ``CLUSTER_KWARGS`` (e.g. a split
-    controller) merged in; ``controller_args`` add up."""
-    merged = {**getattr(request.module, "CLUSTER_KWARGS", {}), **kwargs}
-    merged["controller_args"] = [*getattr(request.module, "CLUSTER_KWARGS", {}).get("controller_args", ()),
-                                 *kwargs.get("controller_args", ())]
-    return merged
-
-
-def run_cluster(n: int, **kwargs):
+def run_cluster(n: int, layout: str = "one", **kwargs):
     """Start a cluster for a fixture to yield; it is always stopped and leak-checked after."""
-    running = RunningCluster(n, **kwargs)
+    running = RunningCluster(n, layout, **kwargs)
     try:
         yield running
     finally:

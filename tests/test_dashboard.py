@@ -1,5 +1,5 @@
-"""The live dashboard (``--dashboard``): its counts as a pure state machine, its JSON
-and token on a real controller, and its page rendered by a real headless Chromium
+"""The live dashboard (``--dashboard``): its JSON and token on a real controller
+(its counts: tests/unit/test_dashboard_stats.py), and its page rendered by a real headless Chromium
 (Debian's ``chromium``, which ``make test`` installs: tests/browser/setup.sh)."""
 from __future__ import annotations
 
@@ -15,13 +15,12 @@ import urllib.request
 import pytest
 
 import mpihub
-from mpihub.controller.dashboard import HISTORY, DashboardStats
 
 from support import run_cluster
 
 pytestmark = pytest.mark.timeout(120)
 
-CLUSTER_KWARGS = {"controller_args": ["--dashboard", "0"]}
+DASHBOARD = {"controller_args": ["--dashboard", "0"]}
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
@@ -30,26 +29,10 @@ def fail(i):
     raise ValueError(f"task {i} fails on purpose")
 
 
-def test_stats_count_per_second_and_keep_the_last_failures():
-    stats = DashboardStats(now=100.0)
-    for t in (100.1, 100.5, 101.2):
-        stats.task_finished(t, {"st": "ok"}, 0)
-    stats.task_finished(104.0, {"st": "error", "id": "bad", "ename": "ValueError", "evalue": "no"}, 1)
-    assert stats.throughput(105.5) == [[100, 2], [101, 1], [102, 0], [103, 0], [104, 1], [105, 0]]
-    assert (stats.finished, stats.failed) == (4, 1)
-    assert stats.failures[0] == {"msg_id": "bad", "engine_id": 1, "time": 104.0, "status": "error",
-                                 "ename": "ValueError", "evalue": "no"}
-    for i in range(60):
-        stats.task_finished(200.0 + i, {"st": "error", "id": f"f{i}"}, 0)
-    assert len(stats.failures) == 50 and stats.failures[0]["msg_id"] == "f59"
-    stats.task_finished(10_000.0, {"st": "ok"}, 0)  # a long quiet spell: the history stays bounded
-    assert len(stats.throughput(10_001.0)) == HISTORY
-
-
 @pytest.fixture(scope="module")
 def busy(request):
     """A cluster with the dashboard on, after 200 tasks and 3 failures."""
-    for running in run_cluster(2, **CLUSTER_KWARGS):
+    for running in run_cluster(2, **DASHBOARD):
         rc = running.client
         rc.wait_for_engines(2, timeout=20, interactive=False)
         lb = rc.load_balanced_view()
@@ -125,9 +108,10 @@ def test_chromium_screenshot(busy, browser):
     assert (width, height) == (1000, 900) and len(data) > 20_000  # a page, not a blank
 
 
+@pytest.mark.layouts("split")
 def test_a_split_controller_serves_it_too(fresh_cluster):
     """The split Hub asks its paths for their counts and queues once a second."""
-    running = fresh_cluster(2, controller_args=["--split", "--dashboard", "0"])
+    running = fresh_cluster(2, **DASHBOARD)
     lb = running.client.load_balanced_view()
     lb.map_sync(lambda x: x, range(50))
     running.client[0].apply_sync(lambda: "direct")

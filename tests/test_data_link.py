@@ -12,7 +12,7 @@ import zmq
 import mpihub
 from mpihub.protocol import wire
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = [pytest.mark.timeout(120), pytest.mark.layouts("one", "split")]
 
 BIG = 3 * 1024 * 1024 // 8  # 3 MB of float64: above the direct-link threshold
 

@@ -8,7 +8,7 @@ import pytest
 import mpihub
 from mpihub import Reference
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = [pytest.mark.timeout(60), pytest.mark.layouts("one", "split")]
 
 
 def test_ids_and_views(rc):

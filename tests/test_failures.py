@@ -16,6 +16,7 @@ def engine_pid(client, engine_id):
 
 
 @pytest.mark.timeout(90)
+@pytest.mark.layouts("one", "split")
 def test_killed_engine_fails_its_tasks_and_leaves_ids(fresh_cluster):
     running = fresh_cluster(3)
     rc = running.client
@@ -91,6 +92,7 @@ def test_engine_exits_when_controller_is_gone(tmp_path):
 
 
 @pytest.mark.timeout(60)
+@pytest.mark.layouts("one", "split")
 def test_shutdown_of_some_engines(fresh_cluster):
     running = fresh_cluster(2)
     rc = running.client
@@ -106,6 +108,7 @@ def test_shutdown_of_some_engines(fresh_cluster):
 
 
 @pytest.mark.timeout(90)
+@pytest.mark.layouts("one", "split")
 def test_hub_store_is_bounded(fresh_cluster, monkeypatch):
     """Payloads the Hub keeps for get_result stay within MPIHUB_STORE_BYTES."""
     import numpy as np

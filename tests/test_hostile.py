@@ -13,7 +13,7 @@ from mpihub.protocol import wire
 
 from support import request_urls, split_paths
 
-pytestmark = pytest.mark.timeout(90)
+pytestmark = [pytest.mark.timeout(90), pytest.mark.layouts("one", "split")]
 
 
 def ports_of(cluster):

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = [pytest.mark.timeout(60), pytest.mark.layouts("one", "split")]
 
 
 def test_an_endless_generator_with_bounded_tasks_in_flight(rc):

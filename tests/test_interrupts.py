@@ -7,7 +7,7 @@ import pytest
 
 import mpihub
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = [pytest.mark.timeout(60), pytest.mark.layouts("one", "split")]
 
 
 @mpihub.interactive  # shipped by value: the engines cannot import this test module

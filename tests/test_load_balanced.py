@@ -6,7 +6,7 @@ import pytest
 
 import mpihub
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = [pytest.mark.timeout(60), pytest.mark.layouts("one", "split")]
 
 
 def test_lb_apply_and_map(rc):

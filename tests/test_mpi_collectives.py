@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import mpihub
-from support import module_kwargs, run_cluster
+from support import run_cluster
 from mpihub.client import mpi_plan
 
 pytestmark = pytest.mark.timeout(180)
@@ -21,8 +21,8 @@ DTYPES = [np.int8, np.uint16, np.int32, np.int64, np.uint64, np.float16, np.floa
 
 
 @pytest.fixture(scope="module", params=[2, 4], ids=["2 ranks", "4 ranks"])
-def mpi_world(request):
-    yield from run_cluster(request.param, **module_kwargs(request, engines="mpi"))
+def mpi_world(request, layout):
+    yield from run_cluster(request.param, layout, engines="mpi")
 
 
 @pytest.fixture
@@ -55,6 +55,7 @@ def pulled(view, key):
     return view.pull(key, block=True)
 
 
+@pytest.mark.layouts("one", "split")
 def test_scatter_gather_match_zmq_bit_for_bit(view):
     arrays = [sample(dt, (10,), i) for i, dt in enumerate(DTYPES)]
     arrays += [sample(np.float64, shape) for shape in [(0,), (1,), (3,), (7, 3), (5, 2, 3), (6, 0)]]
@@ -193,6 +194,7 @@ def psum(x):
     return comm.allreduce(x, op=MPI.SUM)  # noqa: F821
 
 
+@pytest.mark.layouts("one", "split")
 def test_collective_function_runs_on_the_whole_world(view, mpi_world):
     rc = mpi_world.client
     n = len(rc.ids)
@@ -276,6 +278,7 @@ def test_bcast_sends_one_copy_whatever_the_engine_count(view, mpi_world):
 
 
 @pytest.mark.timeout(120)
+@pytest.mark.layouts("one", "split")
 def test_a_rank_that_dies_fails_the_call_instead_of_hanging(fresh_cluster):
     running = fresh_cluster(4, engines="mpi")
     rc = running.client

@@ -34,7 +34,7 @@ import mpihub
 from mpihub.controller.taskdb import db_path
 from mpihub.protocol import curve
 
-from support import Relay, assert_gone, children_of
+from support import LAYOUTS, Relay, assert_gone, children_of
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -314,11 +314,11 @@ def test_restore_says_why_it_cannot(processes, tmp_path):
         assert rc.ids == []
 
 
-@pytest.mark.parametrize("layout", [[], ["--split"]], ids=["one-process", "split"])
+@pytest.mark.layouts("one", "split")
 def test_an_engine_cut_off_comes_back_under_its_id(processes, tmp_path, layout):
     runs = tmp_path / "runs"
     runs.mkdir()
-    processes.start_controller(*layout)
+    processes.start_controller(*LAYOUTS[layout])
     info = json.loads(processes.file("engine").read_text())
     relays = {channel: Relay(info[channel]) for channel in ("engine", "heartbeat")}
     rc = None

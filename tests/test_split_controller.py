@@ -1,9 +1,9 @@
 """The split controller: the Hub, the direct path and the task scheduler as processes.
 
-The end-to-end suites of the single-process controller run here again, unchanged, on
-``mpihub controller --split`` (their cluster fixtures read ``CLUSTER_KWARGS``); then
-what only a split controller has: its processes, a task scheduler started on its own
-("another host"), a lost scheduler, and paths that end with their Hub.
+The end-to-end suites that must hold on both layouts say so themselves
+(``@pytest.mark.layouts("one", "split")``, see conftest.py); here is what only a split
+controller has: its processes, a task scheduler started on its own ("another host"), a
+lost scheduler, and paths that end with their Hub.
 """
 import json
 import os
@@ -18,27 +18,8 @@ import pytest
 import mpihub
 from support import assert_gone, children_of
 from mpihub.protocol import connection
-from test_data_link import *  # noqa: F401,F403
-from test_dependencies import (  # noqa: F401
-    test_a_dependency_that_cannot_be_met_fails_at_once, test_a_pending_dependency_that_then_fails_releases_its_dependents,
-    test_a_task_goes_where_its_dependencies_are_met, test_after_waits_and_follow_goes_where_they_ran,
-    test_dependencies_no_engine_meets_fail_at_once, test_dependency_timeout_and_abort_of_held_tasks,
-    test_require_imports_and_pushes_before_the_task)
-from test_direct_view import *  # noqa: F401,F403
-from test_failures import (  # noqa: F401
-    test_hub_store_is_bounded, test_killed_engine_fails_its_tasks_and_leaves_ids, test_shutdown_of_some_engines)
-from test_hostile import *  # noqa: F401,F403
-from test_imap import *  # noqa: F401,F403
-from test_interrupts import *  # noqa: F401,F403
-from test_load_balanced import *  # noqa: F401,F403
-from test_mpi_collectives import (  # noqa: F401
-    mpi_world, test_a_rank_that_dies_fails_the_call_instead_of_hanging, test_collective_function_runs_on_the_whole_world,
-    test_scatter_gather_match_zmq_bit_for_bit, view)
-from test_retries import test_a_failing_task_runs_again_elsewhere, test_a_task_whose_engine_dies_runs_again  # noqa: F401
 
-CLUSTER_KWARGS = {"controller_args": ["--split"]}
-
-pytestmark = pytest.mark.timeout(120)
+pytestmark = [pytest.mark.timeout(120), pytest.mark.layouts("split")]
 
 
 def cpu_seconds(pid: int) -> float:

@@ -34,9 +34,9 @@ def small_memory(monkeypatch):
     monkeypatch.setenv("MPIHUB_MAX_RECORDS", "5")
 
 
-@pytest.mark.parametrize("layout", [[], ["--split"]], ids=["one-process", "split"])
-def test_another_client_gets_results_from_the_store(fresh_cluster, small_memory, layout):
-    running = fresh_cluster(2, controller_args=["--db", "sqlite", *layout])
+@pytest.mark.layouts("one", "split")
+def test_another_client_gets_results_from_the_store(fresh_cluster, small_memory):
+    running = fresh_cluster(2, controller_args=["--db", "sqlite"])
     rc = running.client
     ar = rc.load_balanced_view().map_async(shout, range(30))
     assert ar.get(timeout=60) == [i * 10 for i in range(30)]
