@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+import threading
 
 import pytest
 
 from mpihub.controller.hub import Hub
+from mpihub.controller.lookup import TaskLookup
 from mpihub.controller.taskdb import TaskDB, pack_frames, sql_prefilter, unpack_frames
 from mpihub.protocol import wire
 
@@ -54,8 +56,9 @@ def test_the_store_answers_queries_as_memory_does(db, query):
     run_tasks(memory, 20)
     run_tasks(durable, 20)
     assert len(durable.tasks) < len(memory.tasks)
-    assert durable.query(query) == memory.query(query)
-    assert durable.query(query, keys=["status"]) == memory.query(query, keys=["status"])
+    stored = TaskLookup(durable)
+    assert stored.query(query) == memory.query(query)
+    assert stored.query(query, keys=["status"]) == memory.query(query, keys=["status"])
 
 
 def test_the_sql_prefilter_keeps_a_superset():
@@ -67,16 +70,18 @@ def test_the_sql_prefilter_keeps_a_superset():
 def test_results_and_requests_outlive_the_memory_cache_and_the_process(db, tmp_path):
     hub = Hub(1 << 20, record_limit=2, db=db)
     run_tasks(hub, 10)
+    look = TaskLookup(hub)
     assert "m0" not in hub.tasks
-    assert hub.stored_reply("m0") == ("stored", [b"reply-m0", b"buffer"])
-    assert hub.stored_request("m0") == ("stored", [b"request-m0"])
-    assert hub.stored_reply("m2") == ("pending", None)
-    assert hub.stored_reply("nope") == ("unknown", None)
+    assert look.stored_reply("m0") == ("stored", [b"reply-m0", b"buffer"])
+    assert look.stored_request("m0") == ("stored", [b"request-m0"])
+    assert look.stored_reply("m2") == ("pending", None)
+    assert look.stored_reply("nope") == ("unknown", None)
     hub.mark_resubmitted("m0", "m0-again")
     db.close()
-    later = Hub(1 << 20, db=TaskDB(db.path, 1 << 30, 1 << 20, KEY))  # a later controller on the same file
+    later = TaskLookup(Hub(1 << 20, db=TaskDB(db.path, 1 << 30, 1 << 20, KEY)))  # a later controller, same file
     try:
         assert later.stored_reply("m4") == ("stored", [b"reply-m4", b"buffer"])
+        assert later.outcome("m1") == ("error", 1) and later.outcome("m2") is None  # finished before; pending
         assert later.query({"msg_id": "m0"}, keys=["resubmitted"]) == [{"msg_id": "m0", "resubmitted": "m0-again"}]
         assert db.path.stat().st_mode & 0o777 == 0o600
     finally:
@@ -92,7 +97,7 @@ def test_one_direct_request_to_many_engines_is_stored_once(db):
         hub.submit(f"d{i}", "direct", b"c", i, 1.0, [b"shared request"], 14 if first is None else 0, first)
         first = first or f"d{i}"
         hub.finish(f"d{i}", i, {"st": "ok"}, [b"r"], 1, 2.0, True)
-    assert [hub.stored_request(f"d{i}") for i in range(3)] == [("stored", [b"shared request"])] * 3
+    assert [TaskLookup(hub).stored_request(f"d{i}") for i in range(3)] == [("stored", [b"shared request"])] * 3
     blobs = sqlite3.connect(db.path).execute("SELECT COUNT(request) FROM tasks").fetchone()[0]
     assert blobs == 1
 
@@ -102,17 +107,18 @@ def test_eviction_takes_fetched_results_first_and_says_when_it_takes_others(tmp_
     db = TaskDB(tmp_path / "small.sqlite", byte_limit=blob * 10, payload_limit=1 << 20, key=KEY)
     try:
         hub = Hub(0, record_limit=0, db=db)  # nothing in memory: every answer comes from SQLite
+        look = TaskLookup(hub)
         run_tasks(hub, 15, fetched=lambda i: i >= 4)  # the oldest four results nobody fetched
         db.flush()
-        fetched_gone = [f"m{i}" for i in (4, 6, 7) if hub.stored_reply(f"m{i}")[0] == "evicted"]
-        assert fetched_gone and all(hub.stored_reply(f"m{i}")[0] == "stored" for i in (0, 1, 3))
+        fetched_gone = [f"m{i}" for i in (4, 6, 7) if look.stored_reply(f"m{i}")[0] == "evicted"]
+        assert fetched_gone and all(look.stored_reply(f"m{i}")[0] == "stored" for i in (0, 1, 3))
         with caplog.at_level(logging.WARNING, "mpihub.controller.taskdb"):
             run_tasks(hub, 40, fetched=lambda i: False, prefix="n")
             db.flush()
         assert "nobody had fetched" in caplog.text
-        assert hub.stored_reply("m0") == ("evicted", None)
+        assert look.stored_reply("m0") == ("evicted", None)
         assert db.nbytes <= blob * 10
-        assert hub.query({"msg_id": "m0"}, keys=["status"]) == [{"msg_id": "m0", "status": "ok"}]  # the record stays
+        assert look.query({"msg_id": "m0"}, keys=["status"]) == [{"msg_id": "m0", "status": "ok"}]  # the record stays
     finally:
         db.close()
 
@@ -125,8 +131,9 @@ def test_a_payload_above_the_limit_keeps_its_record_only(tmp_path):
         hub.submit("big", "task", b"c", None, 1.0, [b"x"], 1)
         hub.assign("big", 0)
         hub.finish("big", 0, {"st": "ok"}, [b"y" * 1000], 1000, 2.0)
-        assert hub.stored_reply("big") == ("unstored", None)
-        assert hub.stored_request("big") == ("stored", [b"x"])
+        look = TaskLookup(hub)
+        assert look.stored_reply("big") == ("unstored", None)
+        assert look.stored_request("big") == ("stored", [b"x"])
     finally:
         db.close()
 
@@ -134,12 +141,31 @@ def test_a_payload_above_the_limit_keeps_its_record_only(tmp_path):
 def test_purge_removes_stored_tasks_too(db):
     hub = Hub(1 << 20, record_limit=2, db=db)
     run_tasks(hub, 9)
-    assert sorted(hub.purge(["m0", "m2"], None)) == ["m0"]  # m2 is pending
-    assert hub.stored_reply("m0") == ("unknown", None)
-    assert set(hub.purge(None, [1])) == {"m1", "m3", "m7"}
-    assert {r["msg_id"] for r in hub.query({"completed": {"$exists": True}})} == {"m4", "m6"}
-    hub.purge(None, None)
-    assert hub.query({}, keys=["status"]) == [{"msg_id": f"m{i}", "status": "pending"} for i in (2, 5, 8)]
+    look = TaskLookup(hub)
+    assert sorted(look.purge(["m0", "m2"], None)) == ["m0"]  # m2 is pending
+    assert look.stored_reply("m0") == ("unknown", None) and look.outcome("m0") is None
+    assert set(look.purge(None, [1])) == {"m1", "m3", "m7"}
+    assert {r["msg_id"] for r in look.query({"completed": {"$exists": True}})} == {"m4", "m6"}
+
+
+def test_reads_wait_for_the_writer_only_while_it_is_behind(db, monkeypatch):
+    """A dependency on a task memory let go is decided from the Hub's recent outcomes,
+    without reading the store; a read of the store waits for the writer while it has
+    events to commit, and not at all once it has caught up."""
+    hub = Hub(1 << 20, record_limit=2, db=db)
+    look = TaskLookup(hub)
+    run_tasks(hub, 9)
+    reads = []
+    monkeypatch.setattr(db, "outcome", lambda msg_id: reads.append(msg_id))
+    assert "m1" not in hub.tasks and look.outcome("m1") == ("error", 1) and reads == []
+    assert look.outcome("elsewhere") is None and reads == ["elsewhere"]
+    run_tasks(hub, 1, prefix="late")  # just enqueued: a read sees it all the same
+    hub.replies.drop("late0")  # as if memory had let the bytes go
+    assert look.stored_reply("late0") == ("stored", [b"reply-late0", b"buffer"])
+    db.flush()
+    waits = []
+    monkeypatch.setattr(threading, "Event", lambda: waits.append(1))  # what a wait for the writer makes
+    assert look.stored_reply("m0") == ("stored", [b"reply-m0", b"buffer"]) and waits == []  # caught up: no wait
 
 
 def test_frames_pack_and_unpack():
@@ -190,7 +216,7 @@ def test_a_later_controller_with_a_new_key_hands_out_old_payloads_signed_anew(db
     db.close()
     later = TaskDB(db.path, 1 << 30, 1 << 20, "new-key")
     try:
-        state, frames = Hub(0, db=later).stored_reply("t")
+        state, frames = TaskLookup(Hub(0, db=later)).stored_reply("t")
         msg = wire.unpack(wire.Signer("new-key"), frames)
         assert state == "stored" and msg.header["id"] == "t" and msg.content == b"42"
         assert [bytes(b) for b in msg.buffers] == [b"buf"]

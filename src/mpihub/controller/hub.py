@@ -3,8 +3,9 @@
 The socket shell feeds it events (an engine registered, a task was submitted, a reply
 came back, an engine died) and carries out what it returns. It never touches sockets or
 payload bytes; payloads live in two :class:`~.store.PayloadStore` (requests, replies).
-With a durable :class:`~.taskdb.TaskDB` (``db``), it also tells the store every event,
-and answers for finished tasks from the store: memory is then only a cache.
+With a durable :class:`~.taskdb.TaskDB` (``db``), it also tells the store every event
+(enqueued, never waited for); it never reads the store: what reaches past its memory is
+read by :mod:`.lookup`.
 """
 from __future__ import annotations
 
@@ -26,6 +27,10 @@ log = logging.getLogger("mpihub.controller")
 EVICTED_IDS = 100_000
 #: Departed engines whose id the Hub keeps for them, should they register again.
 DEPARTED = 100_000
+#: Outcomes of finished tasks that left memory, kept (with a durable store) so that a
+#: dependency on one never waits for the store's writer: far more tasks than finish
+#: within one of its commit windows.
+RECENT_OUTCOMES = 100_000
 
 
 class Hub:
@@ -49,6 +54,7 @@ class Hub:
         self._next_id = 0
         self._worlds: dict[str, int] = {}  # MPI world id -> first engine id of its block
         self.departed: OrderedDict[int, bytes] = OrderedDict()  # id -> uuid of engines that left
+        self.recent_outcomes: OrderedDict[str, tuple[str, int | None]] = OrderedDict()
 
     # -- engines --------------------------------------------------------------------
 
@@ -215,6 +221,11 @@ class Hub:
             oldest = source.popitem(last=False)[0]
             if source is self._unfetched:
                 self._evicted(oldest)
+            if self.db:
+                gone = self.tasks[oldest]
+                self.recent_outcomes[oldest] = (gone.status, gone.engine_id)
+                if len(self.recent_outcomes) > RECENT_OUTCOMES:
+                    self.recent_outcomes.popitem(last=False)
             self._forget(oldest)
         return record
 
@@ -262,41 +273,37 @@ class Hub:
         self.replies.drop(msg_id)
 
     def outcome(self, msg_id: str) -> tuple[str, int | None] | None:
-        """What a dependency on a task finds: ``("pending", None)``, ``(status,
-        engine_id)`` once it finished (from the durable store if memory let it go, or
-        it ran under the controller before a restart), None if unknown."""
+        """What a dependency on a task finds in memory: ``("pending", None)``,
+        ``(status, engine_id)`` once it finished, None if memory does not know it."""
         record = self.tasks.get(msg_id)
         if record is not None:
             return ("pending", None) if record.completed is None else (record.status, record.engine_id)
-        return self.db.outcome(msg_id) if self.db else None
+        return self.recent_outcomes.get(msg_id)
 
     def request_frames(self, msg_id: str) -> list | None:
         """A live task's request, from memory (what retries and refusals resend)."""
         return _frames(self.requests.get(msg_id))
 
     def stored_reply(self, msg_id: str) -> tuple[str, list | None]:
-        """``(state, frames)`` of a task's reply, from memory or else the durable store.
-        State: "stored", "pending", "unknown", "purged", "evicted" (dropped for the size
-        limits before anyone fetched it) or "unstored" (above the limit per payload)."""
+        """``(state, frames)`` of a task's reply in memory. State: "stored", "pending",
+        "unknown", "purged" or "evicted" (dropped for the size limits before anyone
+        fetched it); with a durable store, :mod:`.lookup` asks it for all but the first two."""
         record = self.tasks.get(msg_id)
         if record is not None and record.completed is None:
             return "pending", None
         frames = _frames(self.replies.get(msg_id))
         if frames is not None:
             return "stored", frames
-        if self.db:
-            return self.db.payload(msg_id, "reply")
         if record is None:
             return ("evicted" if msg_id in self.evicted_ids else "unknown"), None
         return ("evicted" if record.evicted else "purged"), None
 
     def stored_request(self, msg_id: str) -> tuple[str, list | None]:
-        """``(state, frames)`` of a task's request, as :meth:`stored_reply` (no "pending")."""
+        """``(state, frames)`` of a task's request in memory, as :meth:`stored_reply`
+        (no "pending")."""
         frames = _frames(self.requests.get(msg_id))
         if frames is not None:
             return "stored", frames
-        if self.db:
-            return self.db.payload(msg_id, "request")
         return ("purged" if msg_id in self.tasks else "unknown"), None
 
     # -- queries --------------------------------------------------------------------
@@ -313,24 +320,16 @@ class Hub:
         return status
 
     def query(self, query: dict, keys: Iterable[str] | None = None) -> list[dict]:
-        """Task records matching a Mongo-style query (``$lt``, ``$in``, ``$glob``, ...)."""
-        keys = list(keys) if keys else None
-        if keys is not None:
-            unknown = set(keys) - set(TASK_FIELDS)
-            if unknown:
-                raise KeyError(f"unknown record keys {sorted(unknown)}; known: {list(TASK_FIELDS)}")
-            if "msg_id" not in keys:
-                keys.insert(0, "msg_id")
-        tests = [_compile_test(key, spec) for key, spec in query.items()]
-        if self.db is None:
-            return [rec.as_dict(keys) for rec in self.tasks.values() if all(test(rec) for test in tests)]
-        live = [rec for rec in self.tasks.values() if rec.completed is None and all(test(rec) for test in tests)]
-        stored = [rec for rec in self.db.finished_records(query) if all(test(rec) for test in tests)]
-        chosen = sorted([*live, *stored], key=lambda rec: rec.submitted)
-        return [{key: getattr(rec, key) for key in (keys or TASK_FIELDS)} for rec in chosen]
+        """Task records in memory matching a Mongo-style query (``$lt``, ``$in``,
+        ``$glob``, ...)."""
+        keys = record_keys(keys)
+        tests = compile_query(query)
+        return [rec.as_dict(keys) for rec in self.tasks.values() if all(test(rec) for test in tests)]
 
-    def purge(self, msg_ids: Iterable[str] | None, engine_ids: Iterable[int] | None) -> list[str]:
-        """Forget completed tasks: the given ids, those of given engines, or all."""
+    def purge(self, msg_ids: Iterable[str] | None, engine_ids: Iterable[int] | None,
+              stored: Iterable[str] = ()) -> list[str]:
+        """Forget completed tasks: the given ids, those of given engines, or all; with
+        those a durable store found (``stored``), which it forgets too. Returns them."""
         if msg_ids is None and engine_ids is None:
             chosen = [m for m, rec in self.tasks.items() if rec.completed is not None]
         else:
@@ -338,11 +337,12 @@ class Hub:
             chosen = [m for m in (msg_ids or ()) if m in self.tasks]
             chosen += [m for m, rec in self.tasks.items() if rec.engine_id in engines]
             chosen = [m for m in dict.fromkeys(chosen) if self.tasks[m].completed is not None]
+        chosen = list(dict.fromkeys([*chosen, *stored]))
         if self.db:
-            chosen = list(dict.fromkeys([*chosen, *self.db.finished_ids(msg_ids, engine_ids)]))
             self.db.purged(chosen)
         for msg_id in chosen:
             self._forget(msg_id)
+            self.recent_outcomes.pop(msg_id, None)
         return chosen
 
 
@@ -363,6 +363,24 @@ _OPERATORS: dict[str, Callable[[Any, Any], bool]] = {
     "$exists": lambda value, wanted: (value is not None) == bool(wanted),
     "$glob": lambda value, pattern: isinstance(value, str) and fnmatch.fnmatch(value, pattern),
 }
+
+
+def record_keys(keys: Iterable[str] | None) -> list[str] | None:
+    """The record fields a query asks for (``msg_id`` always among them); KeyError for
+    unknown ones. None: every field."""
+    keys = list(keys) if keys else None
+    if keys is not None:
+        unknown = set(keys) - set(TASK_FIELDS)
+        if unknown:
+            raise KeyError(f"unknown record keys {sorted(unknown)}; known: {list(TASK_FIELDS)}")
+        if "msg_id" not in keys:
+            keys.insert(0, "msg_id")
+    return keys
+
+
+def compile_query(query: dict) -> list[Callable[[TaskRecord], bool]]:
+    """One test per field of a Mongo-style query (KeyError, ValueError for a bad one)."""
+    return [_compile_test(key, spec) for key, spec in query.items()]
 
 
 def _compile_test(key: str, spec: Any) -> Callable[[TaskRecord], bool]:

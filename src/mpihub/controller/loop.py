@@ -138,3 +138,20 @@ class Loop:
             self.curve.stop()
         if not self.context.closed:
             self.context.destroy(linger=200)
+
+
+class Layout:
+    """What a controller process built around a :class:`Loop` shares: it runs the loop
+    until told to stop, then closes what it assembled."""
+
+    loop: Loop
+
+    def serve_forever(self) -> None:
+        self.loop.serve_forever(self.close)
+
+    def stop(self) -> None:
+        """End the loop (after the message being handled)."""
+        self.loop.stopping = True
+
+    def close(self) -> None:
+        raise NotImplementedError

@@ -23,7 +23,7 @@ from .clients import ClientPort
 from .connfiles import ConnectionFiles, Where, public_host
 from .dashboard import DashboardServer, DashboardStats, engine_states, snapshot
 from .hub import Hub
-from .loop import Loop
+from .loop import Layout, Loop
 from .registry import Registry
 from .restore import SavedController, identity, take_back_tasks
 from .router import Router
@@ -33,7 +33,7 @@ from .taskdb import open_db
 log = logging.getLogger("mpihub.controller")
 
 
-class Controller:
+class Controller(Layout):
     def __init__(self, ip: str = "127.0.0.1", cluster_id: str | None = None, profile_dir=None,
                  scheduler: str = "leastload", key: str | None = None, owner_pid: int | None = None,
                  hwm: int | None = None, curve: bool = False, db: str = "memory", restore: bool = False,
@@ -85,13 +85,6 @@ class Controller:
                  self.where.cluster_id or "(default)", self.where.ip, self.scheduler_name,
                  self.router.tasks.scheduler.hwm, ", CURVE encryption" if self.loop.curve else "",
                  self.hub.db.path if self.hub.db else "in memory", os.getpid())
-
-    def serve_forever(self) -> None:
-        self.loop.serve_forever(self.close)
-
-    def stop(self) -> None:
-        """End the loop (after the message being handled)."""
-        self.loop.stopping = True
 
     def close(self) -> None:
         self.registry.stop()

@@ -182,7 +182,7 @@ def _answer_result(router: "Router", args: dict, buffers: list) -> tuple[dict, l
     hub = router.hub
     outcome: dict[str, list] = {state: [] for state in merge.RESULT_STATES}
     for msg_id in ids:
-        state, frames = hub.stored_reply(msg_id)
+        state, frames = router.lookup.stored_reply(msg_id)
         if state == "pending":
             record = hub.tasks.get(msg_id)
             if record is not None and who != record.client_ident and who not in record.watchers:
@@ -202,7 +202,7 @@ def _answer_requests(router: "Router", args: dict, buffers: list) -> tuple[list,
     ``[[old_id, frame count], ...]`` and the frames; KeyError/ValueError naming those it
     has and cannot run again. Nothing changes yet."""
     renames = args["renames"]
-    stored = {m: router.hub.stored_request(m) for m in renames}
+    stored = {m: router.lookup.stored_request(m) for m in renames}
     missing = [f"{m} ({state})" for m, (state, _) in stored.items() if state not in ("stored", "unknown")]
     if missing:
         raise KeyError(f"no stored request for {', '.join(missing)}")
@@ -264,8 +264,8 @@ def _answer_stats(router: "Router", args: dict, buffers: list) -> tuple[dict, li
 #: What one path answers to each op it may be asked: ``(result, frames)``.
 ANSWERS: dict[str, Callable[["Router", dict, list], tuple[Any, list]]] = {
     "queue_status": lambda router, args, buffers: (router.hub.queue_status(args["targets"], args["verbose"]), []),
-    "db_query": lambda router, args, buffers: (router.hub.query(args["query"], args["keys"]), []),
-    "purge": lambda router, args, buffers: (router.hub.purge(args["ids"], args["targets"]), []),
+    "db_query": lambda router, args, buffers: (router.lookup.query(args["query"], args["keys"]), []),
+    "purge": lambda router, args, buffers: (router.lookup.purge(args["ids"], args["targets"]), []),
     "result": _answer_result,
     "abort": _answer_abort,
     "requests": _answer_requests,

@@ -25,6 +25,7 @@ from . import recovery
 from .clients import ClientPort
 from .dashboard import DashboardStats
 from .hub import Hub
+from .lookup import TaskLookup
 from .loop import Loop
 from .scheduler import SCHEDULERS
 from .taskpath import TaskPath
@@ -48,11 +49,12 @@ class Router:
         self.engine_sock = engine_sock
         self.paths = paths
         self.clock = clock
+        self.lookup = TaskLookup(hub)
         self.scheduler_name = scheduler
         self.tasks: TaskPath | None = None
         if "task" in paths:
             chosen = SCHEDULERS[scheduler](config.SCHEDULER_HWM if hwm is None else hwm)
-            self.tasks = TaskPath(hub, chosen, self.signer, self.send_to_engine, self.fail, clock)
+            self.tasks = TaskPath(hub, chosen, self.signer, self.send_to_engine, self.fail, clock, self.lookup.outcome)
         self.stats: DashboardStats | None = None  # counts for the dashboard, when it is on
         self.tombstones: OrderedDict[str, None] = OrderedDict()
         self._retirements: list[tuple[float, int]] = []  # a heap of (retire_at, engine id)

@@ -37,7 +37,7 @@ from .clients import ClientPort
 from .connfiles import ConnectionFiles, Where, public_host
 from .dashboard import DashboardServer, engine_states, merge_parts, snapshot
 from .hub import Hub
-from .loop import Loop
+from .loop import Layout, Loop
 from .registry import Registry
 from .restore import SavedController, identity
 from .scheduler import SCHEDULERS
@@ -78,7 +78,7 @@ class Question:
     errors: list[str] = field(default_factory=list)
 
 
-class SplitHub:
+class SplitHub(Layout):
     def __init__(self, ip: str = "127.0.0.1", cluster_id: str | None = None, profile_dir=None,
                  scheduler: str = "leastload", key: str | None = None, owner_pid: int | None = None,
                  hwm: int | None = None, remote_scheduler: bool = False, curve: bool = False,
@@ -178,13 +178,6 @@ class SplitHub:
             else:
                 self._early.append((handle, frames))
         return held
-
-    def serve_forever(self) -> None:
-        self.loop.serve_forever(self.close)
-
-    def stop(self) -> None:
-        """End the loop (after the message being handled)."""
-        self.loop.stopping = True
 
     def close(self) -> None:
         self.registry.stop()

@@ -30,7 +30,7 @@ from . import queries
 from .clients import ClientPort
 from .dashboard import DashboardStats
 from .hub import Hub
-from .loop import Loop
+from .loop import Layout, Loop
 from .restore import SavedController, load, reload_engines, take_back_tasks
 from .router import Router
 from .taskdb import db_path, open_db
@@ -38,7 +38,7 @@ from .taskdb import db_path, open_db
 log = logging.getLogger("mpihub.controller")
 
 
-class SplitPath:
+class SplitPath(Layout):
     def __init__(self, hub_info: dict, path: str, ip: str = "127.0.0.1", scheduler: str = "leastload",
                  hwm: int | None = None, owner_pid: int | None = None, profile_dir=None, restore: bool = False):
         if path not in ("direct", "task"):
@@ -117,9 +117,6 @@ class SplitPath:
                     return sock
             sock.close()
         raise TimeoutError(f"no answer from a Hub at {', '.join(urls)} within {timeout:g} s")
-
-    def serve_forever(self) -> None:
-        self.loop.serve_forever(self.close)
 
     def close(self) -> None:
         self.loop.close()

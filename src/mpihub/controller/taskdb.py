@@ -5,8 +5,8 @@ keeps them all, in ``<profile>/db/``, so that ``get_result``, ``resubmit`` and
 ``db_query`` work for another or a later client, after the memory cache has moved on,
 and after the controller restarts. The event loop only enqueues what happened; one
 writer thread turns it into batched transactions (WAL, one commit per batch), so the
-task round trip never waits for the disk. Reads flush the queue first and so see every
-event before them.
+task round trip never waits for the disk. A read sees every event before it: it waits
+for the writer while the writer is behind, and not at all once it has caught up.
 
 Size limits: a payload above ``payload_limit`` bytes keeps its record but not its
 bytes; past ``byte_limit`` bytes in all, the oldest payloads go first, fetched results
@@ -138,6 +138,8 @@ class TaskDB:
         (self.nbytes,) = self._reader.execute(
             "SELECT COALESCE(SUM(request_bytes + reply_bytes), 0) FROM tasks WHERE evicted = 0").fetchone()
         self._events: queue.SimpleQueue = queue.SimpleQueue()
+        self._enqueued = 0  # events the loop thread enqueued (it alone writes this)
+        self._committed = 0  # events the writer has committed (it alone writes this)
         self._failed: BaseException | None = None
         self._writer = threading.Thread(target=self._write_loop, name="mpihub-taskdb", daemon=True)
         self._writer.start()
@@ -151,37 +153,41 @@ class TaskDB:
 
     # -- events from the Hub (the loop thread: enqueue only) ----------------------------
 
+    def _put(self, event: tuple) -> None:
+        self._enqueued += 1
+        self._events.put(event)
+
     def submitted(self, record: TaskRecord, request: Any, nbytes: int, request_of: str | None) -> None:
-        self._events.put(("submit", (record.msg_id, record.queue, record.engine_id, record.client,
+        self._put(("submit", (record.msg_id, record.queue, record.engine_id, record.client,
                                      record.submitted, request_of), request, nbytes))
 
     def assigned(self, msg_id: str, engine_id: int) -> None:
-        self._events.put(("assign", (engine_id, msg_id), None, 0))
+        self._put(("assign", (engine_id, msg_id), None, 0))
 
     def finished(self, record: TaskRecord, reply: Any, nbytes: int, fetched: bool) -> None:
         values = (record.engine_id, record.started, record.completed, record.received, record.status,
                   record.stdout, record.stderr, record.ename, int(fetched))
-        self._events.put(("finish", values + (record.msg_id,), reply, nbytes))
+        self._put(("finish", values + (record.msg_id,), reply, nbytes))
 
     def fetched(self, msg_id: str) -> None:
-        self._events.put(("fetched", (msg_id,), None, 0))
+        self._put(("fetched", (msg_id,), None, 0))
 
     def resubmitted(self, msg_id: str, new_id: str) -> None:
-        self._events.put(("resubmitted", (new_id, msg_id), None, 0))
+        self._put(("resubmitted", (new_id, msg_id), None, 0))
 
     def purged(self, msg_ids: Iterable[str]) -> None:
         for msg_id in msg_ids:
-            self._events.put(("purge", (msg_id,), None, 0))
+            self._put(("purge", (msg_id,), None, 0))
 
     def engine_joined(self, record: EngineRecord, next_id: int) -> None:
-        self._events.put(("engine", (record.id, record.uuid, msgpack.packb(record.info), record.registered), None, 0))
-        self._events.put(("meta", ("next_engine_id", str(next_id)), None, 0))
+        self._put(("engine", (record.id, record.uuid, msgpack.packb(record.info), record.registered), None, 0))
+        self._put(("meta", ("next_engine_id", str(next_id)), None, 0))
 
     def engine_left(self, engine_id: int) -> None:
-        self._events.put(("engine_left", (engine_id,), None, 0))
+        self._put(("engine_left", (engine_id,), None, 0))
 
     def set_meta(self, name: str, value: str) -> None:
-        self._events.put(("meta", (name, value), None, 0))
+        self._put(("meta", (name, value), None, 0))
 
     # -- the writer thread ----------------------------------------------------------------
 
@@ -245,6 +251,7 @@ class TaskDB:
         if self.nbytes > self.byte_limit:
             self._evict(db)
         db.execute("COMMIT")
+        self._committed += len(batch) - len(waiting)
         for event in waiting:
             event.set()
         return running
@@ -281,9 +288,12 @@ class TaskDB:
     # -- reads (the loop thread) ----------------------------------------------------------
 
     def flush(self) -> None:
-        """Return once every event enqueued so far is committed."""
+        """Return once every event enqueued so far is committed: at once when the writer
+        has caught up."""
         if self._failed is not None:
             raise RuntimeError(f"the task store {self.path} failed: {self._failed!r}")
+        if self._committed >= self._enqueued:
+            return
         done = threading.Event()
         self._events.put(("flush", done, None, 0))
         done.wait()

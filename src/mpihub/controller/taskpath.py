@@ -26,9 +26,11 @@ Fail = Callable[[str, "int | None", str, str, str], None]
 
 class TaskPath:
     def __init__(self, hub: Hub, scheduler: Scheduler, signer: wire.Signer,
-                 send: Callable[[int, list], None], fail: Fail, clock: Callable[[], float] = time.time):
+                 send: Callable[[int, list], None], fail: Fail, clock: Callable[[], float] = time.time,
+                 outcome: Callable[[str], "tuple[str, int | None] | None"] | None = None):
         self.hub = hub
         self.clock = clock  # what dependency timeouts count from
+        self.outcome = outcome or hub.outcome  # what a dependency finds (the Hub's memory, then the store)
         self.scheduler = scheduler
         self.signer = signer
         self.send = send
@@ -81,7 +83,7 @@ class TaskPath:
     def _admit(self, msg_id: str, frames: list, only: list | None, after: Condition | None,
                follow: Condition | None, deadline: float | None) -> None:
         """Queue a task, or hold it until its dependencies are decided."""
-        decision = self.deps.decide(after, follow, self.hub.outcome)
+        decision = self.deps.decide(after, follow, self.outcome)
         if decision.state == "wait":
             self.deps.hold(msg_id, after, follow, deadline)
             self._held[msg_id] = (frames, only)
@@ -174,7 +176,7 @@ class TaskPath:
 
     def finished(self, msg_id: str) -> None:
         """Any task (direct ones too) ended: release what waited for it."""
-        for task, decision in self.deps.finished(msg_id, self.hub.outcome):
+        for task, decision in self.deps.finished(msg_id, self.outcome):
             frames, only = self._held.pop(task)
             self._run_when_decided(task, decision, frames, only)
 
