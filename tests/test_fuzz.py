@@ -32,7 +32,9 @@ from mpihub.controller.split_path import SplitPath
 from mpihub.engine.app import Engine
 from mpihub.engine.datalink import DataLink
 from mpihub.engine.runner import Runner
-from mpihub.protocol import connection, wire
+from mpihub.controller import queries
+from mpihub.protocol import connection, schema, wire
+from mpihub.protocol.schema import Key, Msg
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -41,21 +43,21 @@ SIGNER = wire.Signer(KEY)
 EXAMPLES = int(os.environ.get("MPIHUB_FUZZ_EXAMPLES", "1000"))  # more: MPIHUB_FUZZ_EXAMPLES=100000
 FUZZ = settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
 
-TYPES = ["apply", "execute", "query", "connect", "close", "register", "unregister", "reply", "hello", "join",
-         "ping", "engine_ready", "answer", "ask", "engine_gone", "pong", "stop", "bulk", "who"]
-OPS = ["queue_status", "db_query", "purge", "result", "abort", "resubmit", "requests", "signal", "shutdown", "nope"]
-FIELDS = ["id", "ids", "tg", "lb", "only", "re", "to", "after", "follow", "bt", "bulk", "rk", "rid", "op",
-          "query", "keys", "targets", "verbose", "new_ids", "sig", "hub", "send_as", "info", "want_id", "st",
-          "ename", "path", "client", "engine", "qid", "ok", "result", "renames", "who", "runs", "retire_at"]
+#: Every message type and header key of the wire schema, and every op a query or a
+#: question may name (as the controller defines them), each with one that is none.
+TYPES = [*schema.TYPES, "no-such-type"]
+FIELDS = sorted(schema.FIELDS)
+OPS = [*sorted({*queries.QUERIES, *queries.ANSWERS}), "nope"]
 
 scalars = st.one_of(st.none(), st.booleans(), st.integers(-2**40, 2**40), st.floats(allow_nan=True),
                     st.text(max_size=12), st.binary(max_size=12))
 values = st.recursive(scalars, lambda inner: st.one_of(st.lists(inner, max_size=4),
                                                        st.dictionaries(st.text(max_size=6), inner, max_size=4)),
                       max_leaves=12)
-headers = st.fixed_dictionaries({"t": st.sampled_from(TYPES)}, optional={
-    **{name: values for name in FIELDS}, "op": st.sampled_from(OPS), "ids": st.lists(st.text(max_size=8), max_size=3),
-    "tg": st.lists(st.integers(-1, 3), max_size=3), "id": st.text(max_size=8)})
+headers = st.fixed_dictionaries({Key.TYPE: st.sampled_from(TYPES)}, optional={
+    **{name: values for name in FIELDS if name not in ("t", "v", "nb")}, Key.OP: st.sampled_from(OPS),
+    Key.IDS: st.lists(st.text(max_size=8), max_size=3), Key.TARGETS: st.lists(st.integers(-1, 3), max_size=3),
+    Key.ID: st.text(max_size=8)})
 raw_frames = st.lists(st.binary(max_size=200), max_size=5)
 
 
@@ -425,38 +427,47 @@ answer_result = st.one_of(junk, task_ids, counted, st.dictionaries(  # what path
     st.sampled_from(["pending", "unknown", "purged", "removed", "running", "unassigned", 0, 1]),
     st.one_of(junk, task_ids, st.dictionaries(st.sampled_from([0, 1, "queue", "tasks", "completed"]),
                                               st.one_of(junk, task_ids), max_size=2)), max_size=3))
-query_fields = {"targets": engine_ids, "verbose": flag, "query": record_query, "interrupt": flag,
-                "keys": st.one_of(st.none(), st.lists(deep(["msg_id", "status", "stdout", "bogus"]), max_size=2), junk)}
-request_fields = {"lb": flag, "id": task_id, "ids": task_ids, "tg": engine_ids, "only": engine_ids,
-                  "re": deep([0, 1, 2]), "to": deep([0.5, 60]), "after": condition, "follow": condition,
-                  "bt": engine_id, "bulk": flag}
+renames = st.one_of(st.dictionaries(st.sampled_from(SEEDED_IDS), deep(["again", "x"]), max_size=2), junk)
+info = st.one_of(junk, st.fixed_dictionaries({}, optional={
+    "mpi_world": deep(["w"]), "mpi_rank": deep([0, 1]), "mpi_size": deep([1, 2]), Key.RETIRE_AT: deep([0.0, 1e12])}))
 
-# Message types: the fields each always has, and those it may have.
-QUERY = ("query", {"op": deep(["result", "resubmit", "abort", "purge"] * 3 + OPS), "ids": task_ids, "new_ids": new_ids},
-         {"rid": st.integers(0, 3), "sig": deep([0]), "hub": flag, **query_fields})
-APPLY, EXECUTE = ("apply", {}, request_fields), ("execute", {}, request_fields)
-CONNECT, CLOSE = ("connect", {}, {"send_as": deep(["client-b-out", "client-a", "other"])}), ("close", {}, {})
-REPLY = ("reply", {"id": task_id}, {"st": deep(["ok", "error", "aborted"]), "ename": deep(["UnmetDependency", "Oops"]),
-                                    "started": deep([1.0]), "completed": deep([2.0])})
-REGISTER = ("register", {}, {"want_id": engine_id, "held": task_ids, "answered": task_ids, "info": st.one_of(
-    junk, st.fixed_dictionaries({}, optional={"mpi_world": deep(["w"]), "mpi_rank": deep([0, 1]),
-                                              "mpi_size": deep([1, 2]), "retire_at": deep([0.0, 1e12])}))})
-HELLO, UNREGISTER = ("hello", {"id": engine_id}, {"retire_at": deep([1e12])}), ("unregister", {}, {})
-ANSWER = ("answer", {"qid": deep([0, 1, 2, 3, 4]), "ok": flag, "result": answer_result}, {"error": deep(["no"])})
-JOIN = ("join", {"path": deep(["direct", "task", "other"])}, {"client": deep([["tcp://x:1"]]),
-                                                             "engine": deep([["tcp://x:2"]])})
-ENGINE_READY, PING = ("engine_ready", {"id": engine_id}, {}), ("ping", {}, {})
-ASK = ("ask", {"qid": deep([0, 1]), "ids": task_ids, "who": deep(IDENTS["client"]), "op": deep(
-    ["result", "abort", "requests", "resubmit"] * 2 + ["queue_status", "db_query", "purge", "no"])},
-       {"renames": st.one_of(st.dictionaries(st.sampled_from(SEEDED_IDS), deep(["again", "x"]), max_size=2), junk),
-        "runs": st.one_of(counted, junk), **query_fields})
-ENGINE_GONE = ("engine_gone", {"id": engine_id}, {"why": deep(["died"])})
-PONG, STOP = ("pong", {}, {}), ("stop", {}, {})
-#: What each socket takes, the types that reach furthest more often.
-DEEP = {"client": [QUERY] * 4 + [APPLY] * 2 + [EXECUTE, CONNECT, CLOSE],
-        "engine": [REPLY] * 2 + [REGISTER] * 2 + [HELLO, UNREGISTER],
-        "path": [ANSWER] * 3 + [JOIN, ENGINE_READY, PING],
-        "hub": [ASK] * 3 + [ENGINE_GONE, PONG, STOP]}
+#: Values for the fields of deep messages: by what a field is in the schema, unless its key
+#: (or its key in one message type) asks for values of its own.
+BY_KIND = {"task_id": task_id, "task_ids": task_ids, "engine_id": engine_id, "engine_ids": engine_ids, "bool": flag,
+           "int": deep([0, 1, 2]), "number": deep([0.5, 60.0, 1e12]), "str": deep(["x", ""]),
+           "strs": deep([["tcp://x:1"]]), "bytes": deep(IDENTS["client"]), "map": junk, "any": junk}
+BY_KEY = {Key.PATH: deep(["direct", "task", "other"]), Key.STATUS: deep(["ok", "error", "aborted"]),
+          Key.ENAME: deep(["UnmetDependency", "Oops"]), Key.SEND_AS: deep(["client-b-out", "client-a", "other"]),
+          Key.QUESTION_ID: deep([0, 1, 2, 3, 4]), Key.RESULT: answer_result, Key.RECORD_QUERY: record_query,
+          Key.RECORD_KEYS: st.one_of(st.none(), st.lists(deep(["msg_id", "status", "stdout", "bogus"]), max_size=2),
+                                     junk),
+          Key.RENAMES: renames, Key.RUNS: st.one_of(counted, junk), Key.AFTER: condition, Key.FOLLOW: condition,
+          Key.INFO: info, Key.NEW_IDS: new_ids, Key.SIGNAL: deep([0]), Key.BULK_TOKEN: deep([True, "x"])}
+BY_TYPE_KEY = {(Msg.QUERY, Key.OP): deep(["result", "resubmit", "abort", "purge"] * 3 + OPS),
+               (Msg.ASK, Key.OP): deep(["result", "abort", "requests", "resubmit"] * 2 + OPS),
+               **{(kind, Key.ID): engine_id for kind in (Msg.HELLO, Msg.ENGINE_READY, Msg.ENGINE_GONE)}}
+#: What each socket of a controller process receives, by the schema's channels and
+#: receivers ("hub": a path's link to its Hub), and how much more often than once.
+RECEIVES = {"client": lambda m: m.channel == "client" and "controller" in m.receiver,
+            "engine": lambda m: m.channel == "engine" and m.sender.startswith("engine"),
+            "path": lambda m: m.channel == "path" and m.receiver == "split Hub",
+            "hub": lambda m: m.channel == "path" and m.receiver == "split path"}
+WEIGHT = {Msg.QUERY: 4, Msg.APPLY: 2, Msg.REPLY: 2, Msg.REGISTER: 2, Msg.ANSWER: 3, Msg.ASK: 3}
+
+
+def message_strategy(message: schema.Message):
+    """Headers of one schema message: its required fields, some of its optional ones."""
+    def values(key: str):
+        if (message.type, key) in BY_TYPE_KEY:
+            return BY_TYPE_KEY[message.type, key]
+        return BY_KEY[key] if key in BY_KEY else BY_KIND[schema.FIELDS[key].kind]
+
+    return st.fixed_dictionaries({Key.TYPE: st.just(message.type), **{k: values(k) for k in message.required}},
+                                 optional={k: values(k) for k in message.optional})
+
+
+DEEP = {sock: [message_strategy(m) for m in schema.MESSAGES if receives(m) for _ in range(WEIGHT.get(m.type, 1))]
+        for sock, receives in RECEIVES.items()}
 #: Buffers a message may carry: stored requests as a resubmit carries them, or junk.
 REQUEST_FRAMES = [wire.pack(SIGNER, {"t": "apply", "lb": True, "id": "x"})[0],
                   wire.pack(SIGNER, {"t": "apply", "tg": [0], "ids": ["x"]})[0], b"junk"]
@@ -468,12 +479,11 @@ def deep_cases(draw):
     whose fields mostly name the seeded tasks, engines and questions: it gets far into
     the handlers of that socket."""
     sock = draw(st.sampled_from(["client", "client", "client", "engine", "path", "hub"]))
-    kind, required, optional = draw(st.sampled_from(DEEP[sock]))
-    header = draw(st.fixed_dictionaries({"t": st.just(kind), **required}, optional=optional))
-    if kind == "query" and isinstance(header["ids"], list) and draw(st.booleans()):  # a new id for each old one
-        count = len(header["ids"])
-        header["new_ids"] = draw(st.lists(deep(["again", "again-2", "lb-done"], bad_id), min_size=count,
-                                          max_size=count))
+    header = draw(st.one_of(DEEP[sock]))
+    if header[Key.TYPE] == Msg.QUERY and isinstance(header.get(Key.IDS), list) and draw(st.booleans()):
+        count = len(header[Key.IDS])  # a new id for each old one
+        header[Key.NEW_IDS] = draw(st.lists(deep(["again", "again-2", "lb-done"], bad_id), min_size=count,
+                                            max_size=count))
     frames = wire.pack(SIGNER, header, b"", draw(st.lists(st.sampled_from(REQUEST_FRAMES), max_size=2)))
     return frames, draw(deep(IDENTS[sock], st.binary(max_size=4))), {sock}
 
@@ -493,6 +503,9 @@ REFUSED_YET_CHANGED = [
     # the Hub takes the question off, then drops the answer it cannot merge (AttributeError):
     # the client is never answered
     case("hub-unmergeable-answer", "path", PATH_IDENTS["task"], {"t": "answer", "qid": 1, "ok": True, "result": [1]}),
+    # an answer that says ok without a result: the Hub took the question off, then dropped it
+    # (found once the deep cases were drawn from the wire schema)
+    case("hub-ok-answer-without-a-result", "path", PATH_IDENTS["direct"], {"t": "answer", "qid": 0, "ok": True}),
     # the Hub's resubmit reads more request frames than the answer carries: StopIteration
     # gets out of the handler
     case("hub-answer-short-of-frames", "path", PATH_IDENTS["task"],

@@ -464,6 +464,6 @@ def test_queries_wait_for_the_connection_and_are_asked_again_after_it(processes)
         asking.join(20)
         assert answers and answers[0][0]["queue"] == 0, answers  # engine 0, restored from the store
         assert harmless.event.wait(10) and harmless.header["ok"] and "unassigned" in harmless.header["result"]
-        assert harmful.event.is_set() and harmful.header["lost"] and "may or may not" in harmful.header["error"]
+        assert harmful.event.is_set() and harmful.lost and "may or may not" in harmful.header["error"]
     finally:
         rc.close()

@@ -1,9 +1,12 @@
-"""Framing and signing: good messages round-trip, bad ones raise ProtocolError."""
+"""Framing and signing: good messages round-trip, bad ones raise ProtocolError; the
+wire schema declares every key once."""
+from pathlib import Path
+
 import msgpack
 import pytest
 import zmq
 
-from mpihub.protocol import wire
+from mpihub.protocol import schema, wire
 
 SIGNER = wire.Signer("secret-key")
 
@@ -89,3 +92,19 @@ def test_fast_send_and_recv_keep_frames_together():
 def test_empty_key_is_rejected():
     with pytest.raises(ValueError):
         wire.Signer("")
+
+
+KINDS = {"task_id", "task_ids", "engine_id", "engine_ids", "bool", "int", "number", "str", "strs", "bytes", "map", "any"}
+
+
+def test_the_schema_declares_every_key_once_and_the_docs_list_every_message():
+    """Each header key has one name and one declaration; each message names only
+    declared keys; docs/architecture.md lists every message of the schema."""
+    keys = {name: value for name, value in vars(schema.Key).items() if not name.startswith("_")}
+    assert len(set(keys.values())) == len(keys) and set(keys.values()) == set(schema.FIELDS)
+    assert all(field.kind in KINDS for field in schema.FIELDS.values())
+    for message in schema.MESSAGES:
+        assert set(message.required) | set(message.optional) <= set(schema.FIELDS), message.type
+        assert message.type in vars(schema.Msg).values()
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "architecture.md").read_text()
+    assert all(f"| `{message.type}` | {message.channel} |" in docs for message in schema.MESSAGES)

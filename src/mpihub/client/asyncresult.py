@@ -17,6 +17,7 @@ import zmq
 
 from .. import errors, partition
 from ..protocol import serialize, wire
+from ..protocol.schema import Key
 
 _MISSING = object()
 
@@ -42,16 +43,16 @@ _CONTROLLER_ERRORS = {"EngineError": errors.EngineError, "ImpossibleDependency":
 
 def reply_error(header: dict) -> Exception | None:
     """The exception a reply carries, or None for a success."""
-    status = header.get("st")
+    status = header.get(Key.STATUS)
     if status == "ok":
         return None
-    ename, evalue = header.get("ename", "Error"), header.get("evalue", "")
+    ename, evalue = header.get(Key.ENAME, "Error"), header.get(Key.EVALUE, "")
     if status == "aborted":
         return errors.TaskAborted(evalue)
-    if not header.get("tb") and ename in _CONTROLLER_ERRORS:  # made up by the controller
+    if not header.get(Key.TRACEBACK) and ename in _CONTROLLER_ERRORS:  # made up by the controller
         return _CONTROLLER_ERRORS[ename](evalue)
-    info = {"engine_id": header.get("eng"), "msg_id": header.get("id")}
-    return errors.RemoteError(ename, evalue, header.get("tb", ""), info)
+    info = {"engine_id": header.get(Key.ENGINE_ID), "msg_id": header.get(Key.ID)}
+    return errors.RemoteError(ename, evalue, header.get(Key.TRACEBACK, ""), info)
 
 
 class AsyncResult:
@@ -208,11 +209,12 @@ class AsyncResult:
         if reply is not None:
             msg, received = reply
             header = msg.header
-            engine_id = header.get("eng")
-            md.update(engine_id=engine_id, started=_when(header.get("started")),
-                      completed=_when(header.get("completed")), received=_when(received),
-                      stdout=header.get("out", ""), stderr=header.get("err", ""), status=header.get("st"),
-                      error=reply_error(header), mpi_rank=self._client.core.mpi_rank(engine_id))
+            engine_id = header.get(Key.ENGINE_ID)
+            md.update(engine_id=engine_id, started=_when(header.get(Key.STARTED)),
+                      completed=_when(header.get(Key.COMPLETED)), received=_when(received),
+                      stdout=header.get(Key.STDOUT, ""), stderr=header.get(Key.STDERR, ""),
+                      status=header.get(Key.STATUS), error=reply_error(header),
+                      mpi_rank=self._client.core.mpi_rank(engine_id))
         return md
 
     @property
@@ -262,8 +264,8 @@ class AsyncResult:
         for reply in self._replies:
             if reply is not None:
                 header = reply[0].header
-                if header.get("started") and header.get("completed"):
-                    total += header["completed"] - header["started"]
+                if header.get(Key.STARTED) and header.get(Key.COMPLETED):
+                    total += header[Key.COMPLETED] - header[Key.STARTED]
         return total
 
     def wait_interactive(self, interval: float = 0.1, timeout: float | None = -1, file=None) -> None:

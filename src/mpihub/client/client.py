@@ -20,6 +20,7 @@ import zmq
 from .. import errors
 from .asyncresult import AsyncResult
 from .connectioninfo import connection_info_from
+from ..protocol.schema import Key
 from .core import ClientCore
 
 if TYPE_CHECKING:
@@ -210,7 +211,7 @@ class Client:
         ar = AsyncResult(self, ids, fname="get_result", single=isinstance(indices_or_msg_ids, str))
         missing = self.core.adopt(ar)
         if missing:
-            outcome = self.core.query("result", ids=missing)
+            outcome = self.core.query("result", {Key.IDS: missing})
             gone = {m: why for state, why in _RESULT_GONE.items() for m in outcome.get(state, ())}
             if gone:
                 self.core.forget(missing)
@@ -223,7 +224,7 @@ class Client:
         """``{engine_id: {"queue", "completed", "tasks"}, "unassigned": n}``."""
         if targets is not None:
             targets = self.core.resolve_targets(targets)
-        status = self.core.query("queue_status", targets=targets, verbose=verbose)
+        status = self.core.query("queue_status", {Key.ENGINE_IDS: targets, Key.VERBOSE: verbose})
         return {int(k) if not isinstance(k, int) and k != "unassigned" else k: v for k, v in status.items()}
 
     def send_signal(self, sig: int, targets=None) -> list[int]:
@@ -234,7 +235,8 @@ class Client:
             number = int(signal.Signals(sig))
         except ValueError:
             raise ValueError(f"{sig!r} is not a signal") from None
-        return self.core.query("signal", sig=number, targets=None if targets is None else self.core.resolve_targets(targets))
+        chosen = None if targets is None else self.core.resolve_targets(targets)
+        return self.core.query("signal", {Key.SIGNAL: number, Key.ENGINE_IDS: chosen})
 
     def abort(self, jobs=None, targets=None, block: bool = True, interrupt: bool = False) -> None:
         """Drop queued tasks (of this client, or the given jobs) before they start; with
@@ -247,7 +249,7 @@ class Client:
             wanted = set(self.core.resolve_targets(targets))
             status = self.queue_status(list(wanted), verbose=True)
             ids += [m for eid in wanted if eid in status for m in status[eid]["queue"] + status[eid]["tasks"]]
-        self.core.query("abort", ids=ids, interrupt=bool(interrupt))
+        self.core.query("abort", {Key.IDS: ids, Key.INTERRUPT: bool(interrupt)})
 
     def resubmit(self, jobs) -> AsyncResult:
         """Run the given tasks again, load-balanced, as new tasks."""
@@ -256,7 +258,7 @@ class Client:
         ar = AsyncResult(self, new, fname="resubmit", single=isinstance(jobs, str) or len(old) == 1)
         self.core.expect(ar)
         try:
-            self.core.query("resubmit", ids=old, new_ids=new)
+            self.core.query("resubmit", {Key.IDS: old, Key.NEW_IDS: new})
         except Exception:
             self.core.forget(new)
             raise
@@ -273,18 +275,18 @@ class Client:
             ids = self._msg_ids(jobs) if jobs is not None else []
             self.core.drop_results(ids)
         engine_ids = self.core.resolve_targets(targets) if targets is not None else None
-        self.core.query("purge", ids=ids, targets=engine_ids)
+        self.core.query("purge", {Key.IDS: ids, Key.ENGINE_IDS: engine_ids})
 
     def db_query(self, query: dict, keys: Iterable[str] | None = None) -> list[dict]:
         """Task records from the Hub matching a Mongo-style query, e.g.
         ``{"engine_id": 0, "completed": {"$ne": None}}``."""
-        return self.core.query("db_query", query=query, keys=list(keys) if keys else None)
+        return self.core.query("db_query", {Key.RECORD_QUERY: query, Key.RECORD_KEYS: list(keys) if keys else None})
 
     def shutdown(self, targets="all", hub: bool = False, block: bool = True) -> None:
         """Stop engines (``targets``), and with ``hub=True`` the controller too."""
         engine_ids = None if targets == "all" else self.core.resolve_targets(targets)
         self.core.reconnector.stopping = hub
-        stopped = self.core.query("shutdown", targets=engine_ids, hub=hub)
+        stopped = self.core.query("shutdown", {Key.ENGINE_IDS: engine_ids, Key.STOP_HUB: hub})
         if block:
             deadline = time.monotonic() + 10
             with self.core.engines_changed:

@@ -22,6 +22,7 @@ import zmq
 from .. import config, errors
 from ..protocol import wire
 from ..protocol.curve import Curve
+from ..protocol.schema import EVENT_PATH_LOST, EVENT_REGISTERED, EVENT_UNREGISTERED, Key, Msg
 from .asyncresult import AsyncResult
 from .io import IOThread, LocalSender, Sender
 from .reconnect import Reconnector
@@ -44,11 +45,12 @@ class Front:
 class QuerySlot:
     """Where the answer to one query lands."""
 
-    __slots__ = ("event", "header", "request")
+    __slots__ = ("event", "header", "request", "lost")
 
     def __init__(self, request: dict):
         self.event = threading.Event()
         self.header: dict | None = None
+        self.lost = False  # the connection broke while it was asked: it may or may not have been done
         self.request = request  # sent again after a reconnect, if asking twice is harmless
 
 
@@ -86,7 +88,7 @@ class ClientCore:
         self.io = IOThread(self.context, receiving, self.signer, self.data_identity, self.on_message, self.curve)
         self.io.watch(receiving, "hub", self.reconnector)
         try:
-            for kind, path_urls in (reply.get("paths") or {}).items():
+            for kind, path_urls in (reply.get(Key.PATHS) or {}).items():
                 path_receiving, self.fronts[kind], _ = self._connect(f"the controller's {kind} path", path_urls,
                                                                      timeout, kind)
                 self.io.add_receiver(path_receiving)
@@ -96,7 +98,7 @@ class ClientCore:
             for front in dict.fromkeys(self.fronts.values()):
                 front.sender.close()
             raise
-        for engine in reply["engines"]:
+        for engine in reply[Key.ENGINES]:
             self.engines[engine["id"]] = engine
             self.link(engine)
         self.io.start()
@@ -114,14 +116,15 @@ class ClientCore:
         for url in urls:
             sock = self._dealer(self.receiving_identity, 0, url)
             rid = self.new_id()
-            sock.send_multipart(wire.pack(self.signer, {"t": "connect", "rid": rid, "send_as": self.sending_identity}))
+            sock.send_multipart(wire.pack(self.signer, {Key.TYPE: Msg.CONNECT, Key.REQUEST_ID: rid,
+                                                        Key.SEND_AS: self.sending_identity}))
             deadline = time.monotonic() + wait
             while (left := deadline - time.monotonic()) > 0 and sock.poll(left * 1000):
                 try:
                     msg = wire.unpack(self.signer, sock.recv_multipart())
                 except wire.ProtocolError:
                     continue
-                if msg.type == "connect_reply" and msg.header.get("rid") == rid:
+                if msg.type == Msg.CONNECT_REPLY and msg.header.get(Key.REQUEST_ID) == rid:
                     sending = self._dealer(self.sending_identity, 1000, url)
                     return sock, Front(name, url, Sender(sending)), msg.header
             sock.close()
@@ -151,7 +154,7 @@ class ClientCore:
         fronts = list(dict.fromkeys(self.fronts.values()))
         try:
             for front in fronts:
-                self.send({"t": "close"}, sender=front.sender)
+                self.send({Key.TYPE: Msg.CLOSE}, sender=front.sender)
         finally:
             self.closed = True
             for front in fronts:
@@ -164,38 +167,38 @@ class ClientCore:
 
     def on_message(self, msg: wire.Message) -> None:
         """Runs on the receiving thread for every verified message from the controller."""
-        kind = msg.header["t"]
-        if kind == "reply":
-            msg_id = msg.header.get("id")
+        kind = msg.header[Key.TYPE]
+        if kind == Msg.REPLY:
+            msg_id = msg.header.get(Key.ID)
             slot = self.pending.pop(msg_id, None)
             if slot is not None:
                 slot[0]._deliver(slot[1], msg)
             if self.also_deliver:
                 for ar, index in self.also_deliver.pop(msg_id, ()):
                     ar._deliver(index, msg)
-        elif kind == "stream":
-            ar = self.results.get(msg.header.get("id"))
+        elif kind == Msg.STREAM:
+            ar = self.results.get(msg.header.get(Key.ID))
             if ar is not None:
-                ar._output(ar.msg_ids.index(msg.header["id"]), msg.header.get("eng"), str(msg.header.get("name")),
-                           str(msg.header.get("text")))
-        elif kind == "connect_reply":
+                ar._output(ar.msg_ids.index(msg.header[Key.ID]), msg.header.get(Key.ENGINE_ID),
+                           str(msg.header.get(Key.STREAM_NAME)), str(msg.header.get(Key.STREAM_TEXT)))
+        elif kind == Msg.CONNECT_REPLY:
             self.reconnector.on_connect_reply(msg)
-        elif kind == "query_reply" and not self.reconnector.on_query_reply(msg):
-            query = self.queries.pop(msg.header.get("rid"), None)
+        elif kind == Msg.QUERY_REPLY and not self.reconnector.on_query_reply(msg):
+            query = self.queries.pop(msg.header.get(Key.REQUEST_ID), None)
             if query is not None:
                 query.header = msg.header
                 query.event.set()
-        elif kind == "notify" and msg.header["ev"] == "path_lost":
-            self._path_lost(msg.header.get("path"), msg.header.get("why", ""))
-        elif kind == "notify":
+        elif kind == Msg.NOTIFY and msg.header[Key.EVENT] == EVENT_PATH_LOST:
+            self._path_lost(msg.header.get(Key.PATH), msg.header.get(Key.WHY, ""))
+        elif kind == Msg.NOTIFY:
             with self.engines_changed:
-                if msg.header["ev"] == "registered":
-                    engine = msg.header["engine"]
+                if msg.header[Key.EVENT] == EVENT_REGISTERED:
+                    engine = msg.header[Key.ENGINE]
                     self.engines[engine["id"]] = engine
                     self.link(engine)
-                elif msg.header["ev"] == "unregistered":
-                    self.engines.pop(msg.header["id"], None)
-                    self.io.unlink(msg.header["id"])
+                elif msg.header[Key.EVENT] == EVENT_UNREGISTERED:
+                    self.engines.pop(msg.header[Key.ID], None)
+                    self.io.unlink(msg.header[Key.ID])
                 self.engines_changed.notify_all()
 
     def link(self, engine: dict) -> None:
@@ -243,7 +246,8 @@ class ClientCore:
         """Give a result still awaited a made-up error reply (any thread)."""
         slot = self.pending.pop(msg_id, None)
         if slot is not None:
-            header = {"t": "reply", "id": msg_id, "st": "error", "ename": ename, "tb": "", "evalue": why}
+            header = {Key.TYPE: Msg.REPLY, Key.ID: msg_id, Key.STATUS: "error", Key.ENAME: ename, Key.TRACEBACK: "",
+                      Key.EVALUE: why}
             slot[0]._deliver(slot[1], wire.Message(header, b"", [], []))
 
     def ids(self) -> list[int]:
@@ -298,11 +302,11 @@ class ClientCore:
         come back (by then the controller has taken everything sent before).
         """
         pending, results = self.pending, self.results
-        ids = header["ids"] if "ids" in header else (header["id"],)
+        ids = header[Key.IDS] if Key.IDS in header else (header[Key.ID],)
         for index, msg_id in enumerate(ids):
             pending[msg_id] = (ar, offset + index)
             results[msg_id] = ar
-        front = self.fronts["task" if header.get("lb") else "direct"]
+        front = self.fronts["task" if header.get(Key.LOAD_BALANCED) else "direct"]
         if front.lost:
             for msg_id in ids:
                 pending.pop(msg_id, None)
@@ -317,13 +321,13 @@ class ClientCore:
         elif front not in shared:
             sender = ar._local = self._local_sender(front)
         if self.io.links:
-            header["rb"] = self.data_identity  # engines may send large results straight back
-            targets = header.get("tg")
-            data_for = header.get("bt", targets[0] if targets and len(targets) == 1 else None)
+            header[Key.RESULT_BACK] = self.data_identity  # engines may send large results straight back
+            targets = header.get(Key.TARGETS)
+            data_for = header.get(Key.BUFFERS_FOR, targets[0] if targets and len(targets) == 1 else None)
             if (buffers and data_for is not None
                     and sum(memoryview(b).nbytes for b in buffers) >= config.BULK_THRESHOLD
                     and self.io.linked(data_for, wait=True)):
-                header["bulk"] = ids[0]
+                header[Key.BULK_TOKEN] = ids[0]
                 self.send(header, content, sender=sender)
                 ar._outgoing.append(self.io.send_bulk(data_for, ids[0], buffers))
                 return
@@ -363,8 +367,9 @@ class ClientCore:
         for msg_id in ids:
             self.results.pop(msg_id, None)
 
-    def query(self, op: str, timeout: float = 30, **args) -> Any:
-        """Ask the Hub; its result, or an error saying why it refused or did not answer."""
+    def query(self, op: str, fields: dict | None = None, timeout: float = 30) -> Any:
+        """Ask the Hub ``op`` with ``fields`` (header keys: :class:`~mpihub.protocol.schema.Key`);
+        its result, or an error saying why it refused or did not answer."""
         hub = self.fronts["hub"]
         if hub.lost:
             raise hub.error(f"the controller cannot answer {op!r}: {hub.lost}")
@@ -372,17 +377,18 @@ class ClientCore:
             raise errors.TimeoutError(f"the connection to the controller did not come back within {timeout} s; "
                                       f"{op!r} was not sent")
         rid = self.new_id()
-        request = {"t": "query", "op": op, "rid": rid, "rt": self.receiving_identity, **args}
+        request = {Key.TYPE: Msg.QUERY, Key.OP: op, Key.REQUEST_ID: rid, Key.REPLY_TO: self.receiving_identity,
+                   **(fields or {})}
         slot = self.queries[rid] = QuerySlot(request)
         self.send(request)
         if not self.io.wait_for(slot.event, timeout):
             self.queries.pop(rid, None)
             raise errors.TimeoutError(f"the controller did not answer {op!r} within {timeout} s")
-        if slot.header.get("lost"):
-            raise errors.ControllerError(slot.header["error"])
-        if not slot.header["ok"]:
-            raise ValueError(f"the controller refused {op!r}: {slot.header.get('error')}")
-        return slot.header.get("result")
+        if slot.lost:
+            raise errors.ControllerError(slot.header[Key.ERROR])
+        if not slot.header[Key.OK]:
+            raise ValueError(f"the controller refused {op!r}: {slot.header.get(Key.ERROR)}")
+        return slot.header.get(Key.RESULT)
 
     # -- waiting --------------------------------------------------------------------------
 
@@ -427,7 +433,7 @@ class ClientCore:
             if not sock.poll(1000 if left is None else min(left, 1.0) * 1000):
                 continue
             for msg in wire.pending(sock, self.signer, self.io.drop):
-                token = msg.header.get("bulk")
+                token = msg.header.get(Key.BULK_TOKEN)
                 if token is not None:
                     msg = self.io.complete_bulk(msg, token)
                 self.on_message(msg)

@@ -25,6 +25,9 @@ from zmq.utils.monitor import parse_monitor_message
 from .. import config
 from ..protocol import wire
 from ..protocol.curve import Curve
+from ..protocol.schema import Key, Msg
+
+BULK_LATE = f"the result data did not arrive over the direct link within {config.BULK_TIMEOUT:g} s"
 
 log = logging.getLogger("mpihub.client")
 
@@ -197,7 +200,7 @@ class IOThread(threading.Thread):
 
     def send_bulk(self, engine_id: int, token: str, buffers: list) -> DeferredTracker:
         tracker = DeferredTracker()
-        frames = wire.pack(self.signer, {"t": "bulk", "tok": token}, b"", buffers)
+        frames = wire.pack(self.signer, {Key.TYPE: Msg.BULK, Key.TOKEN: token}, b"", buffers)
         self._command("bulk", engine_id, frames, tracker)
         return tracker
 
@@ -308,7 +311,7 @@ class IOThread(threading.Thread):
                 self._connect(self.links[command[1]])
             elif kind == "unlink":
                 self._close(self.links.pop(command[1], None))
-            elif kind == "bulk":
+            elif kind == Msg.BULK:
                 _, engine_id, frames, tracker = command
                 link = self.links.get(engine_id)
                 if link is not None and link.state == "up":
@@ -316,7 +319,7 @@ class IOThread(threading.Thread):
                 else:
                     log.warning("data link to engine %s went away; its request will fail", engine_id)
                 tracker.made.set()
-            elif kind == "stop":
+            elif kind == Msg.STOP:
                 self._running = False
 
     def _connect(self, link: Link) -> None:
@@ -332,7 +335,7 @@ class IOThread(threading.Thread):
         if self.curve:
             self.curve.client(sock)
         sock.connect(link.urls.pop(0))
-        sock.send_multipart(wire.pack(self.signer, {"t": "hello", "rid": str(link.engine_id)}))
+        sock.send_multipart(wire.pack(self.signer, {Key.TYPE: Msg.HELLO, Key.REQUEST_ID: str(link.engine_id)}))
         link.sock = sock
         link.deadline = time.monotonic() + config.LINK_TIMEOUT
         self._by_socket[sock] = link
@@ -367,9 +370,10 @@ class IOThread(threading.Thread):
                 self._bulk_waiters.pop(token, None)
                 buffers = self._bulk.pop(token, None)
         if buffers is None:
-            header = {"t": "reply", "id": reply.header.get("id"), "eng": reply.header.get("eng"), "st": "error",
-                      "ename": "BulkMissing", "tb": "",
-                      "evalue": f"the result data did not arrive over the direct link within {config.BULK_TIMEOUT:g} s"}
+            header = {Key.TYPE: Msg.REPLY, Key.ID: reply.header.get(Key.ID),
+                      Key.ENGINE_ID: reply.header.get(Key.ENGINE_ID), Key.STATUS: "error", Key.ENAME: "BulkMissing",
+                      Key.TRACEBACK: "",
+                      Key.EVALUE: BULK_LATE}
             return wire.Message(header, b"", [], [])
         return wire.Message(reply.header, reply.content, buffers, reply.frames)
 
@@ -379,9 +383,10 @@ class IOThread(threading.Thread):
         for token, (reply, deadline) in list(self._parked.items()):
             if deadline <= now:
                 del self._parked[token]
-                header = {"t": "reply", "id": reply.header.get("id"), "eng": reply.header.get("eng"), "st": "error",
-                          "ename": "BulkMissing", "tb": "",
-                          "evalue": f"the result data did not arrive over the direct link within {config.BULK_TIMEOUT:g} s"}
+                header = {Key.TYPE: Msg.REPLY, Key.ID: reply.header.get(Key.ID),
+                          Key.ENGINE_ID: reply.header.get(Key.ENGINE_ID), Key.STATUS: "error", Key.ENAME: "BulkMissing",
+                          Key.TRACEBACK: "",
+                          Key.EVALUE: BULK_LATE}
                 self._deliver(wire.Message(header, b"", [], []))
 
     def _connection_events(self, monitor: zmq.Socket) -> None:
@@ -398,12 +403,12 @@ class IOThread(threading.Thread):
 
     def _receive_data(self, link: Link) -> None:
         for msg in wire.pending(link.sock, self.signer, self.drop):
-            if msg.type == "hello_reply":
+            if msg.type == Msg.HELLO_REPLY:
                 link.state = "up"
                 link.ready.set()
                 self._pending.discard(link)
-            elif msg.type == "bulk" and isinstance(msg.header.get("tok"), str):
-                token = msg.header["tok"]
+            elif msg.type == Msg.BULK and isinstance(msg.header.get(Key.TOKEN), str):
+                token = msg.header[Key.TOKEN]
                 parked = self._parked.pop(token, None)
                 if parked is None:
                     with self._bulk_lock:
@@ -417,8 +422,8 @@ class IOThread(threading.Thread):
 
     def _receive_replies(self, sock: zmq.Socket) -> None:
         for msg in wire.pending(sock, self.signer, self.drop):
-            if msg.type == "reply":
-                token = msg.header.get("bulk")
+            if msg.type == Msg.REPLY:
+                token = msg.header.get(Key.BULK_TOKEN)
                 if token is not None:
                     with self._bulk_lock:
                         buffers = self._bulk.pop(token, None)
@@ -428,7 +433,7 @@ class IOThread(threading.Thread):
                     msg = wire.Message(msg.header, msg.content, buffers, msg.frames)
                 elif self._bulk:
                     with self._bulk_lock:
-                        self._bulk.pop(msg.header.get("id"), None)  # a failure replaced a bulk reply
+                        self._bulk.pop(msg.header.get(Key.ID), None)  # a failure replaced a bulk reply
             self._deliver(msg)
 
     def _deliver(self, msg: wire.Message) -> None:

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 import zmq
 
 from ..protocol import wire
+from ..protocol.schema import Key, Msg
 
 if TYPE_CHECKING:
     from .core import ClientCore
@@ -64,15 +65,15 @@ class Reconnector:
         self.reconnects += 1
         rid = self.core.new_id()
         self._hellos[rid] = front
-        sock.send_multipart(wire.pack(self.core.signer, {"t": "connect", "rid": rid,
-                                                         "send_as": self.core.sending_identity}))
+        sock.send_multipart(wire.pack(self.core.signer, {Key.TYPE: Msg.CONNECT, Key.REQUEST_ID: rid,
+                                                         Key.SEND_AS: self.core.sending_identity}))
 
     def on_connect_reply(self, msg: wire.Message) -> None:
-        front = self._hellos.pop(msg.header.get("rid"), None)
+        front = self._hellos.pop(msg.header.get(Key.REQUEST_ID), None)
         if front is None:
             return
         if front == "hub":
-            self.core.replace_engines(msg.header.get("engines") or [])
+            self.core.replace_engines(msg.header.get(Key.ENGINES) or [])
             self._retry_queries()
             self.up.set()
         waiting = list(self.core.pending)
@@ -81,30 +82,31 @@ class Reconnector:
         if waiting:
             rid = self.core.new_id()
             self._queries[rid] = waiting
-            self.core.send({"t": "query", "op": "result", "rid": rid, "ids": waiting,
-                            "rt": self.core.receiving_identity})
+            self.core.send({Key.TYPE: Msg.QUERY, Key.OP: "result", Key.REQUEST_ID: rid, Key.IDS: waiting,
+                            Key.REPLY_TO: self.core.receiving_identity})
 
     def _retry_queries(self) -> None:
         """Queries waiting when the connection broke: their answers may be lost. Ask
         again those that change nothing; the others fail (they may have been done)."""
         for rid, slot in list(self.core.queries.items()):
-            op = slot.request.get("op")
+            op = slot.request.get(Key.OP)
             if op in REPEATABLE:
                 self.core.send(slot.request)
             elif self.core.queries.pop(rid, None) is not None:
-                slot.header = {"ok": False, "lost": True, "error": f"the connection to the controller broke while "
+                slot.lost = True
+                slot.header = {Key.OK: False, Key.ERROR: f"the connection to the controller broke while "
                                f"it handled {op!r}, which may or may not have been done: check before asking again"}
                 slot.event.set()
 
     def on_query_reply(self, msg: wire.Message) -> bool:
         """Handle the answer to a result query made here; False if it was not one."""
-        asked = self._queries.pop(msg.header.get("rid"), None)
+        asked = self._queries.pop(msg.header.get(Key.REQUEST_ID), None)
         if asked is None:
             return False
-        if not msg.header.get("ok"):
-            log.warning("the controller refused the results awaited after a reconnect: %s", msg.header.get("error"))
+        if not msg.header.get(Key.OK):
+            log.warning("the controller refused the results awaited after a reconnect: %s", msg.header.get(Key.ERROR))
             return True
-        outcome = msg.header.get("result") or {}
+        outcome = msg.header.get(Key.RESULT) or {}
         for state, why in LOST.items():
             for msg_id in outcome.get(state, ()):
                 slot = self.core.pending.get(msg_id)

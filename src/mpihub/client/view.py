@@ -17,6 +17,7 @@ from .. import dependency, errors, partition
 from ..collective_function import is_collective
 from ..engine import mpi_collectives, ops
 from ..protocol import serialize
+from ..protocol.schema import Key, Msg
 from . import mpi_plan
 from .asyncresult import AsyncMapResult, AsyncResult
 from .futures_executor import ViewExecutor
@@ -166,7 +167,7 @@ class DirectView(View):
         engines = self._target_list(targets)
         ids = [self.client.core.new_id() for _ in engines]
         ar = AsyncResult(self.client, ids, fname=fname, single=self._single(targets), postprocess=postprocess)
-        header = {"t": kind, "tg": engines, "ids": ids, **extra}
+        header = {Key.TYPE: kind, Key.TARGETS: engines, Key.IDS: ids, **extra}
         track = self.track if track is None else track
         self.client.core.submit(header, content, buffers, ar, track=track, sync=sync)
         return ar
@@ -177,7 +178,7 @@ class DirectView(View):
             content, buffers, fields = serialize.serialize_call(f_payload, args, kwargs)
         except Exception as exc:
             raise TypeError(f"cannot serialize the arguments of {fname or 'the call'}: {exc}") from exc
-        return self._send("apply", content, buffers, {**fields, **(extra or {})}, targets, track, fname, sync,
+        return self._send(Msg.APPLY, content, buffers, {**fields, **(extra or {})}, targets, track, fname, sync,
                           postprocess)
 
     def _apply(self, f, args, kwargs, block=None, track=None, targets=None):
@@ -185,7 +186,7 @@ class DirectView(View):
         name = getattr(f, "__name__", "function")
         extra = {}
         if is_collective(f):
-            extra["rk"] = mpi_plan.whole_world(self.client, self._target_list(targets), name)
+            extra[Key.RANKS] = mpi_plan.whole_world(self.client, self._target_list(targets), name)
         try:
             payload = serialize.serialize(f)
         except Exception as exc:
@@ -205,8 +206,8 @@ class DirectView(View):
         result's ``add_output_callback`` (and, as always, all of them in ``stdout``)."""
         if not isinstance(code, str):
             raise TypeError(f"execute needs a str of code, not {type(code).__name__}")
-        fields = {"silent": bool(silent), **({"so": True} if stream else {})}
-        ar = self._send("execute", code.encode("utf-8"), [], fields, targets, False, "execute",
+        fields = {Key.SILENT: bool(silent), **({Key.STREAM_OUTPUT: True} if stream else {})}
+        ar = self._send(Msg.EXECUTE, code.encode("utf-8"), [], fields, targets, False, "execute",
                         self._blocking(block))
         return self._finish(ar, block)
 
@@ -246,10 +247,10 @@ class DirectView(View):
                     postprocess=None) -> Any:
         """One MPI call on ``plan``'s targets; ``frames`` (data) go to the root alone."""
         content, buffers, extra = serialize.serialize_call(_payload_of(op), (plan.spec(**spec),), {})
-        extra["rk"] = plan.ranks
+        extra[Key.RANKS] = plan.ranks
         if frames:
-            extra["bt"] = plan.engines[plan.root]
-        ar = self._send("apply", content, [*buffers, *frames], extra, plan.engines, track, op.__name__,
+            extra[Key.BUFFERS_FOR] = plan.engines[plan.root]
+        ar = self._send(Msg.APPLY, content, [*buffers, *frames], extra, plan.engines, track, op.__name__,
                         self._blocking(block), postprocess or (lambda _: None))
         return self._finish(ar, block)
 
@@ -273,7 +274,7 @@ class DirectView(View):
         for index, (engine, part) in enumerate(zip(engines, parts)):
             op, args = (ops.push_flat, (key, part)) if flatten else (ops.push, ({key: part},))
             content, buffers, extra = serialize.serialize_call(_payload_of(op), args, {})
-            header = {"t": "apply", "tg": [engine], "ids": [ids[index]], **extra}
+            header = {Key.TYPE: Msg.APPLY, Key.TARGETS: [engine], Key.IDS: [ids[index]], **extra}
             self.client.core.submit(header, content, buffers, ar, offset=index, track=track,
                                     sync=self._blocking(block))
         return self._finish(ar, block)
@@ -329,8 +330,8 @@ class DirectView(View):
         ops.reducer(op)  # an unknown op fails here, before anything is sent
         plan = self._reduce_plan(op, via, engines)
         if plan is not None:
-            return self._collective(mpi_collectives.allreduce, plan, {"key": key, "op": _op_name(op), "dest": dest or key},
-                                    [], block, None, lambda values: values)
+            spec = {"key": key, "op": _op_name(op), "dest": dest or key}
+            return self._collective(mpi_collectives.allreduce, plan, spec, [], block, None, lambda values: values)
         value = self.reduce(key, op, targets=engines, block=True, via=via)
         return self.push({dest or key: value}, targets=engines, block=block)
 
@@ -354,7 +355,7 @@ class DirectView(View):
                             fname=getattr(f, "__name__", "map"), dist=dist)
         for index, (engine, args) in enumerate(chunks):
             content, buffers, extra = serialize.serialize_call(payload, args, {})
-            header = {"t": "apply", "tg": [engine], "ids": [ids[index]], **extra}
+            header = {Key.TYPE: Msg.APPLY, Key.TARGETS: [engine], Key.IDS: [ids[index]], **extra}
             self.client.core.submit(header, content, buffers, ar, offset=index, sync=self._blocking(block))
         return self._finish(ar, block)
 
@@ -413,21 +414,21 @@ class LoadBalancedView(View):
         return f"<LoadBalancedView {self._targets if self._targets is not None else 'all'}>"
 
     def _header(self, msg_id: str) -> dict:
-        header = {"t": "apply", "lb": True, "id": msg_id}
+        header = {Key.TYPE: Msg.APPLY, Key.LOAD_BALANCED: True, Key.ID: msg_id}
         if not isinstance(self.retries, int) or isinstance(self.retries, bool) or self.retries < 0:
             raise ValueError(f"retries must be a non-negative int, not {self.retries!r}")
         if self.retries:
-            header["re"] = self.retries
-        for flag, field in ((self.after, "after"), (self.follow, "follow")):
+            header[Key.RETRIES] = self.retries
+        for flag, field in ((self.after, Key.AFTER), (self.follow, Key.FOLLOW)):
             condition = dependency.as_header(flag)
             if condition is not None:
                 header[field] = condition
         if self.timeout is not None:
             if isinstance(self.timeout, bool) or not isinstance(self.timeout, (int, float)) or self.timeout <= 0:
                 raise ValueError(f"timeout must be a positive number of seconds, not {self.timeout!r}")
-            header["to"] = self.timeout
+            header[Key.DEPENDENCY_TIMEOUT] = self.timeout
         if self._targets is not None:
-            header["only"] = self.client.core.resolve_targets(self._targets)
+            header[Key.ONLY] = self.client.core.resolve_targets(self._targets)
         elif not self.client.ids:
             raise self.client.core.no_engines("no engines are registered to balance over; "
                                           "wait with rc.wait_for_engines(n)")

@@ -13,6 +13,7 @@ from typing import Callable
 import zmq
 
 from ..protocol import wire
+from ..protocol.schema import Key, Msg
 from .loop import Loop
 
 log = logging.getLogger("mpihub.controller")
@@ -38,16 +39,17 @@ class ClientPort:
         the connect, after a restart or a reconnect) the one the message names."""
         reply_to = self._reply_to.get(ident)
         if reply_to is None:
-            named = msg.header.get("rt")
+            named = msg.header.get(Key.REPLY_TO)
             reply_to = named.encode() if isinstance(named, str) else ident
         ident = reply_to
-        if msg.type == "connect":
-            send_as = msg.header.get("send_as")
+        if msg.type == Msg.CONNECT:
+            send_as = msg.header.get(Key.SEND_AS)
             if isinstance(send_as, str):
                 self._reply_to[send_as.encode()] = ident
             self.clients.add(ident)
-            self.send(ident, {"t": "connect_reply", "rid": msg.header.get("rid"), **self._connect_fields()})
-        elif msg.type == "close":
+            self.send(ident, {Key.TYPE: Msg.CONNECT_REPLY, Key.REQUEST_ID: msg.header.get(Key.REQUEST_ID),
+                              **self._connect_fields()})
+        elif msg.type == Msg.CLOSE:
             self.clients.discard(ident)
             for sender in [s for s, r in self._reply_to.items() if r == ident]:
                 del self._reply_to[sender]

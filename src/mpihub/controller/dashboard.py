@@ -24,6 +24,8 @@ import tornado.httpserver
 import tornado.netutil
 import tornado.web
 
+from ..protocol.schema import Key
+
 if TYPE_CHECKING:
     from .records import EngineRecord
 
@@ -54,11 +56,11 @@ class DashboardStats:
             self._roll(second)
         self._current += 1
         self.finished += 1
-        if header.get("st") not in (None, "ok"):
+        if header.get(Key.STATUS) not in (None, "ok"):
             self.failed += 1
-            self.failures.appendleft({"msg_id": header.get("id"), "engine_id": engine_id, "time": now,
-                                      "status": header.get("st"), "ename": header.get("ename"),
-                                      "evalue": str(header.get("evalue", ""))[:300]})
+            self.failures.appendleft({"msg_id": header.get(Key.ID), "engine_id": engine_id, "time": now,
+                                      "status": header.get(Key.STATUS), "ename": header.get(Key.ENAME),
+                                      "evalue": str(header.get(Key.EVALUE, ""))[:300]})
 
     def _roll(self, second: int) -> None:
         self._counts.append((self._second, self._current))

@@ -17,6 +17,7 @@ import zmq
 
 from ..process import pid_alive
 from ..protocol import wire
+from ..protocol.schema import Key, Msg
 
 log = logging.getLogger("mpihub.controller.heartbeat")
 
@@ -60,8 +61,8 @@ class HeartMonitor(threading.Thread):
         poller = zmq.Poller()
         poller.register(self.socket, zmq.POLLIN)
         poller.register(pipe, zmq.POLLIN)
-        pong = wire.pack(self.signer, {"t": "pong"})
-        unknown = wire.pack(self.signer, {"t": "pong", "unknown": True})
+        pong = wire.pack(self.signer, {Key.TYPE: Msg.PONG})
+        unknown = wire.pack(self.signer, {Key.TYPE: Msg.PONG, Key.UNKNOWN: True})
         next_check = time.monotonic() + self.period
         try:
             while True:

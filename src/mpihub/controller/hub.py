@@ -15,6 +15,7 @@ import operator
 from collections import OrderedDict
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
+from ..protocol.schema import Key
 from .records import TASK_FIELDS, EngineRecord, TaskRecord
 from .store import PayloadStore
 
@@ -200,13 +201,13 @@ class Hub:
             engine.completed += 1
         elif record.engine_id is None and record.status == "pending":
             self.unassigned -= 1
-        record.started = header.get("started")
-        record.completed = header.get("completed") or now
+        record.started = header.get(Key.STARTED)
+        record.completed = header.get(Key.COMPLETED) or now
         record.received = now
-        record.status = header.get("st", "ok")
-        record.stdout = header.get("out", "")
-        record.stderr = header.get("err", "")
-        record.ename = header.get("ename")
+        record.status = header.get(Key.STATUS, "ok")
+        record.stdout = header.get(Key.STDOUT, "")
+        record.stderr = header.get(Key.STDERR, "")
+        record.ename = header.get(Key.ENAME)
         record.fetched = fetched
         if self.db:
             self.db.finished(record, reply, nbytes, fetched)

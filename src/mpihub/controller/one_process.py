@@ -18,6 +18,7 @@ import zmq
 
 from .. import config
 from ..protocol import wire
+from ..protocol.schema import Msg
 from . import queries
 from .clients import ClientPort
 from .connfiles import ConnectionFiles, Where, public_host
@@ -102,9 +103,9 @@ class Controller(Layout):
         return {"engines": list(self.hub.engine_table().values()), "scheduler": self.scheduler_name}
 
     def _from_client(self, ident: bytes, msg: wire.Message) -> None:
-        if msg.type in ("apply", "execute"):
+        if msg.type in (Msg.APPLY, Msg.EXECUTE):
             self.router.submit(ident, msg)
-        elif msg.type == "query":
+        elif msg.type == Msg.QUERY:
             self.clients.send(ident, queries.answer_here(self.router, self, ident, msg.header))
         else:
             self.clients.drop(f"unexpected message type {msg.type!r}")

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Generator, Protocol
 
 from ..protocol import wire
+from ..protocol.schema import CONTROL_SIGNAL, Key, Msg
 from . import merge
 
 if TYPE_CHECKING:
@@ -77,31 +78,33 @@ def _ids(value: Any, name: str = "ids") -> list[str]:
 
 
 def queue_status(desk: Desk, ident: bytes, header: dict) -> Conversation:
-    answers = yield Ask("queue_status", {"targets": header.get("targets"), "verbose": bool(header.get("verbose"))})
+    answers = yield Ask("queue_status", {Key.ENGINE_IDS: header.get(Key.ENGINE_IDS),
+                                         Key.VERBOSE: bool(header.get(Key.VERBOSE))})
     return merge.queue_status([a.result for a in answers])
 
 
 def db_query(desk: Desk, ident: bytes, header: dict) -> Conversation:
-    answers = yield Ask("db_query", {"query": header["query"], "keys": header.get("keys")})
+    answers = yield Ask("db_query", {Key.RECORD_QUERY: header[Key.RECORD_QUERY],
+                                     Key.RECORD_KEYS: header.get(Key.RECORD_KEYS)})
     return merge.records([a.result for a in answers])
 
 
 def purge(desk: Desk, ident: bytes, header: dict) -> Conversation:
-    answers = yield Ask("purge", {"ids": header.get("ids"), "targets": header.get("targets")})
+    answers = yield Ask("purge", {Key.IDS: header.get(Key.IDS), Key.ENGINE_IDS: header.get(Key.ENGINE_IDS)})
     return merge.joined([a.result for a in answers])
 
 
 def result(desk: Desk, ident: bytes, header: dict) -> Conversation:
     """Stored replies go to the client at once, pending ones when they come; the result
     reports the rest by state (see :meth:`.Hub.stored_reply`)."""
-    ids = _ids(header["ids"])
-    answers = yield Ask("result", {"ids": ids, "who": ident})
+    ids = _ids(header[Key.IDS])
+    answers = yield Ask("result", {Key.IDS: ids, Key.WHO: ident})
     return merge.result_outcome([a.result for a in answers], ids)
 
 
 def abort(desk: Desk, ident: bytes, header: dict) -> Conversation:
-    answers = yield Ask("abort", {"ids": _ids(header["ids"])})
-    desk.registry.interrupt(merge.by_engine([a.result["running"] for a in answers]), bool(header.get("interrupt")))
+    answers = yield Ask("abort", {Key.IDS: _ids(header[Key.IDS])})
+    desk.registry.interrupt(merge.by_engine([a.result["running"] for a in answers]), bool(header.get(Key.INTERRUPT)))
     return merge.joined([a.result["removed"] for a in answers])
 
 
@@ -111,37 +114,38 @@ def resubmit(desk: Desk, ident: bytes, header: dict) -> Conversation:
     ids in the old records."""
     renames = resubmit_renames(header)
     found: dict[str, list] = {}
-    for answer in (yield Ask("requests", {"renames": renames})):
+    for answer in (yield Ask("requests", {Key.RENAMES: renames})):
         found.update(merge.frames_by_id(answer.result, answer.buffers))
     missing = [m for m in renames if m not in found]
     if missing:
         raise KeyError(f"no stored request for {missing}")
     runs = [[renames[old], len(found[old])] for old in renames]
-    yield Ask("resubmit", {"runs": runs, "who": ident}, ("task",), tuple(f for old in renames for f in found[old]))
-    yield Ask("resubmitted", {"renames": renames})
+    yield Ask("resubmit", {Key.RUNS: runs, Key.WHO: ident}, ("task",), tuple(f for old in renames for f in found[old]))
+    yield Ask("resubmitted", {Key.RENAMES: renames})
     return list(renames.values())
 
 
 def signal(desk: Desk, ident: bytes, header: dict) -> list[int]:
     """Send a signal to engines' processes (SIGINT interrupts the task running there)."""
-    sig = header["sig"]
+    sig = header[Key.SIGNAL]
     if not isinstance(sig, int) or isinstance(sig, bool):
         raise TypeError(f"sig must be a signal number, not {sig!r}")
     registry = desk.registry
-    chosen = registry.chosen(header.get("targets"))
+    chosen = registry.chosen(header.get(Key.ENGINE_IDS))
     for engine_id in chosen:
-        registry.control(registry.hub.engines[engine_id].uuid, {"t": "control", "op": "signal", "sig": sig})
+        registry.control(registry.hub.engines[engine_id].uuid,
+                         {Key.TYPE: Msg.CONTROL, Key.OP: CONTROL_SIGNAL, Key.SIGNAL: sig})
     return chosen
 
 
 def shutdown(desk: Desk, ident: bytes, header: dict) -> list[int]:
     """Stop engines, and with ``hub`` the controller too once the reply is out."""
     registry = desk.registry
-    chosen = registry.chosen(header.get("targets"))
+    chosen = registry.chosen(header.get(Key.ENGINE_IDS))
     for engine_id in chosen:
         registry.shutdown_engine(registry.hub.engines[engine_id].uuid)
         registry.engine_gone(engine_id, "was shut down")
-    if header.get("hub"):
+    if header.get(Key.STOP_HUB):
         desk.stop()
     return chosen
 
@@ -161,7 +165,7 @@ QUERIES: dict[str, Callable[[Desk, bytes, dict], Any]] = {
 
 def resubmit_renames(header: dict) -> dict[str, str]:
     """``{old_id: new_id}`` from a resubmit query (ValueError for a malformed one)."""
-    old_ids, new_ids = header["ids"], header["new_ids"]
+    old_ids, new_ids = header[Key.IDS], header[Key.NEW_IDS]
     if not isinstance(old_ids, list) or not isinstance(new_ids, list) or len(old_ids) != len(new_ids):
         raise ValueError("ids and new_ids must be lists of one length")
     if not all(isinstance(m, str) for m in (*old_ids, *new_ids)):
@@ -178,7 +182,7 @@ def resubmit_renames(header: dict) -> dict[str, str]:
 def _answer_result(router: "Router", args: dict, buffers: list) -> tuple[dict, list]:
     """Send this path's stored replies to ``who`` now, watch pending ones for it, and
     report the rest by state."""
-    who, ids = args["who"], _ids(args["ids"])
+    who, ids = args[Key.WHO], _ids(args[Key.IDS])
     hub = router.hub
     outcome: dict[str, list] = {state: [] for state in merge.RESULT_STATES}
     for msg_id in ids:
@@ -187,7 +191,7 @@ def _answer_result(router: "Router", args: dict, buffers: list) -> tuple[dict, l
             record = hub.tasks.get(msg_id)
             if record is not None and who != record.client_ident and who not in record.watchers:
                 record.watchers += (who,)
-        elif state == "stored" and "bulk" in wire.unpack(router.signer, frames).header:
+        elif state == "stored" and Key.BULK_TOKEN in wire.unpack(router.signer, frames).header:
             state = "direct"
         elif state == "stored":
             wire.send(router.clients.sock, [who, *frames])
@@ -201,17 +205,17 @@ def _answer_requests(router: "Router", args: dict, buffers: list) -> tuple[list,
     """The stored requests of the tasks to run again (those this path has), as
     ``[[old_id, frame count], ...]`` and the frames; KeyError/ValueError naming those it
     has and cannot run again. Nothing changes yet."""
-    renames = args["renames"]
+    renames = args[Key.RENAMES]
     stored = {m: router.lookup.stored_request(m) for m in renames}
     missing = [f"{m} ({state})" for m, (state, _) in stored.items() if state not in ("stored", "unknown")]
     if missing:
         raise KeyError(f"no stored request for {', '.join(missing)}")
     found = {m: frames for m, (state, frames) in stored.items() if state == "stored"}
     headers = {m: wire.unpack(router.signer, frames).header for m, frames in found.items()}
-    direct = [m for m, header in headers.items() if "bulk" in header]
+    direct = [m for m, header in headers.items() if Key.BULK_TOKEN in header]
     if direct:
         raise ValueError(f"the data of {direct} went straight to the engine and is not stored; submit them anew")
-    collective = [m for m, header in headers.items() if "rk" in header]
+    collective = [m for m, header in headers.items() if Key.RANKS in header]
     if collective:
         raise ValueError(f"{collective} ran on a whole MPI world together; one engine cannot run it again alone")
     return [[old, len(frames)] for old, frames in found.items()], [f for frames in found.values() for f in frames]
@@ -222,7 +226,7 @@ def _answer_resubmit(router: "Router", args: dict, buffers: list) -> tuple[None,
     every one is checked before the first is queued."""
     if router.tasks is None:
         raise ValueError("only the task path runs tasks again")
-    runs = list(merge.frames_by_id(args["runs"], buffers).items())
+    runs = list(merge.frames_by_id(args[Key.RUNS], buffers).items())
     new_ids = [new for new, _ in runs]
     if len(set(new_ids)) != len(new_ids):
         raise ValueError(f"new ids must be distinct, not {new_ids!r}")
@@ -232,17 +236,18 @@ def _answer_resubmit(router: "Router", args: dict, buffers: list) -> tuple[None,
     requests = []
     for new, frames in runs:
         stored = wire.unpack(router.signer, frames)
-        request = {k: v for k, v in stored.header.items() if k not in ("tg", "ids", "only", "v", "nb", "rb")}
-        request.update(id=new, lb=True)
+        request = {k: v for k, v in stored.header.items() if k not in (Key.TARGETS, Key.IDS, Key.ONLY, Key.VERSION,
+                                                                        Key.BUFFER_COUNT, Key.RESULT_BACK)}
+        request.update({Key.ID: new, Key.LOAD_BALANCED: True})
         requests.append(wire.unpack(router.signer, wire.pack(router.signer, request, stored.content, stored.buffers)))
         router.tasks.check(requests[-1])
     for request in requests:
-        router.tasks.submit(args["who"], request)
+        router.tasks.submit(args[Key.WHO], request)
     return None, []
 
 
 def _answer_resubmitted(router: "Router", args: dict, buffers: list) -> tuple[None, list]:
-    renames = args["renames"]
+    renames = args[Key.RENAMES]
     if not isinstance(renames, dict) or not all(isinstance(v, str) for v in renames.values()):
         raise TypeError(f"renames must map task ids to task ids, not {renames!r}")
     for old, new in renames.items():
@@ -251,7 +256,7 @@ def _answer_resubmitted(router: "Router", args: dict, buffers: list) -> tuple[No
 
 
 def _answer_abort(router: "Router", args: dict, buffers: list) -> tuple[dict, list]:
-    removed, running = router.abort(_ids(args["ids"]))
+    removed, running = router.abort(_ids(args[Key.IDS]))
     return {"removed": removed, "running": running}, []
 
 
@@ -263,9 +268,10 @@ def _answer_stats(router: "Router", args: dict, buffers: list) -> tuple[dict, li
 
 #: What one path answers to each op it may be asked: ``(result, frames)``.
 ANSWERS: dict[str, Callable[["Router", dict, list], tuple[Any, list]]] = {
-    "queue_status": lambda router, args, buffers: (router.hub.queue_status(args["targets"], args["verbose"]), []),
-    "db_query": lambda router, args, buffers: (router.lookup.query(args["query"], args["keys"]), []),
-    "purge": lambda router, args, buffers: (router.lookup.purge(args["ids"], args["targets"]), []),
+    "queue_status": lambda router, args, buffers: (router.hub.queue_status(args[Key.ENGINE_IDS],
+                                                                           args[Key.VERBOSE]), []),
+    "db_query": lambda router, args, buffers: (router.lookup.query(args[Key.RECORD_QUERY], args[Key.RECORD_KEYS]), []),
+    "purge": lambda router, args, buffers: (router.lookup.purge(args[Key.IDS], args[Key.ENGINE_IDS]), []),
     "result": _answer_result,
     "abort": _answer_abort,
     "requests": _answer_requests,
@@ -280,7 +286,7 @@ ANSWERS: dict[str, Callable[["Router", dict, list], tuple[Any, list]]] = {
 
 def start(desk: Desk, ident: bytes, header: dict) -> Any:
     """Begin the query ``header`` names: a conversation, or (asking no path) its result."""
-    op = header.get("op")
+    op = header.get(Key.OP)
     query = QUERIES.get(op) if isinstance(op, str) else None
     if query is None:
         raise UnknownQuery(f"unknown query {op!r}")
@@ -317,13 +323,13 @@ def answer(router: "Router", op: str, args: dict, buffers: list) -> tuple[Any, l
 def answer_here(router: "Router", desk: Desk, ident: bytes, header: dict) -> dict:
     """The reply to a query in the one-process controller, whose Router holds both
     paths: each Ask answered at once by that Router."""
-    reply = {"t": "query_reply", "rid": header.get("rid"), "ok": True}
+    reply = {Key.TYPE: Msg.QUERY_REPLY, Key.REQUEST_ID: header.get(Key.REQUEST_ID), Key.OK: True}
     try:
         conversation = start(desk, ident, header)
         ask, found = advance(conversation)
         while ask is not None:
             ask, found = advance(conversation, [Answer(*answer(router, ask.op, ask.args, list(ask.buffers)))])
-        reply["result"] = found
+        reply[Key.RESULT] = found
     except Exception as exc:  # noqa: BLE001 - a bug here must answer, not leave the client waiting
-        reply.update(ok=False, error=refusal(header.get("op"), exc))
+        reply.update({Key.OK: False, Key.ERROR: refusal(header.get(Key.OP), exc)})
     return reply

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..protocol import wire
+from ..protocol.schema import Key
 from .hub import Hub
 from .taskpath import TaskPath
 
@@ -45,7 +46,7 @@ class Rejoin:
     actions: list[Resend | Fail] = field(default_factory=list)
 
     def answer(self) -> dict[str, list[str]]:
-        return {"skip": self.skip, "replay": self.replay}
+        return {Key.SKIP: self.skip, Key.REPLAY: self.replay}
 
     def summary(self) -> str:
         resent = sum(isinstance(a, Resend) for a in self.actions)
@@ -64,7 +65,7 @@ def rejoin(hub: Hub, tasks: TaskPath | None, engine_id: int, report: dict) -> Re
     kept, else retried or failed; one it never received is sent again. A load-balanced
     task it has that the store still had as queued is taken back as its own first (its
     dispatch fell in the store's last commit window), so that none runs twice."""
-    held, answered, kept = (wire.task_ids(report.get(k)) for k in ("held", "answered", "kept"))
+    held, answered, kept = (wire.task_ids(report.get(k)) for k in (Key.HELD, Key.ANSWERED, Key.KEPT))
     record = hub.engines[engine_id]
     plan = Rejoin()
     for msg_id in sorted((held | answered) - record.tasks):
@@ -97,8 +98,9 @@ def retire(hub: Hub, tasks: TaskPath | None, engine_id: int) -> list[Fail]:
     """Near its job's end an engine takes no more load-balanced tasks: those that only it
     may run fail with EngineRetired. Direct requests still reach it."""
     hub.engines[engine_id].retired = True
+    stranded = tasks.remove_engine(engine_id) if tasks else []
     return [Fail(msg_id, None, "EngineRetired", f"engine {engine_id} retired before its batch job's end; "
-                 f"no other engine may run task {msg_id}") for msg_id in (tasks.remove_engine(engine_id) if tasks else [])]
+                 f"no other engine may run task {msg_id}") for msg_id in stranded]
 
 
 @dataclass

@@ -18,6 +18,7 @@ import zmq
 
 from .. import config
 from ..protocol import wire
+from ..protocol.schema import CONTROL_ABORT, CONTROL_SHUTDOWN, EVENT_REGISTERED, EVENT_UNREGISTERED, Key, Msg
 from . import restore
 from .clients import ClientPort
 from .connfiles import Where
@@ -91,9 +92,9 @@ class Registry:
 
     def from_engine(self, uuid: bytes, engine_id: int | None, msg: wire.Message) -> bool:
         """Handle a registration or a farewell; False for any other message."""
-        if msg.type == "register":
+        if msg.type == Msg.REGISTER:
             self.register(uuid, msg.header)
-        elif msg.type == "unregister" and engine_id is not None:
+        elif msg.type == Msg.UNREGISTER and engine_id is not None:
             self.engine_gone(engine_id, "unregistered")
         else:
             return False
@@ -102,17 +103,17 @@ class Registry:
     def register(self, uuid: bytes, header: dict) -> None:
         """Admit an engine, or take one back under its id (it says which tasks it holds
         and answered lately, so that none is lost or run twice)."""
-        info = header.get("info") or {}
+        info = header.get(Key.INFO) or {}
         if not isinstance(info, dict):
             raise TypeError("info must be a map")
-        requested = header.get("want_id")
+        requested = header.get(Key.WANT_ID)
         record, how = self.hub.register_engine(uuid, requested if isinstance(requested, int) else None, info,
                                                time.time())
         self.monitor.watch(uuid)
         settle = (self.events.engine_rejoined(record.id, header) if how == "rejoined" else {} if how == "again"
-                  else {"skip": sorted(wire.task_ids(header.get("held")))})
-        reply = {"t": "register_reply", "id": record.id, "hb_period": config.HEARTBEAT_PERIOD,
-                 "controller_timeout": config.ENGINE_CONTROLLER_TIMEOUT, **settle, **self.events.register_fields()}
+                  else {Key.SKIP: sorted(wire.task_ids(header.get(Key.HELD)))})
+        reply = {Key.TYPE: Msg.REGISTER_REPLY, Key.ID: record.id, Key.HEARTBEAT_PERIOD: config.HEARTBEAT_PERIOD,
+                 Key.CONTROLLER_TIMEOUT: config.ENGINE_CONTROLLER_TIMEOUT, **settle, **self.events.register_fields()}
         wire.send(self.engine_sock, [uuid, *wire.pack(self.loop.signer, reply)])
         if how == "again":
             return
@@ -121,14 +122,16 @@ class Registry:
         self.events.engine_joined(record.id)
 
     def announce(self, engine_id: int) -> None:
-        self.clients.notify({"t": "notify", "ev": "registered", "engine": self.hub.engines[engine_id].describe()})
+        self.clients.notify({Key.TYPE: Msg.NOTIFY, Key.EVENT: EVENT_REGISTERED,
+                             Key.ENGINE: self.hub.engines[engine_id].describe()})
 
     def engine_gone(self, engine_id: int, why: str) -> None:
         record = self.hub.engines.get(engine_id)
         if record is None:
             return
         self.monitor.forget(record.uuid)
-        self.clients.notify({"t": "notify", "ev": "unregistered", "id": engine_id})  # current when failures arrive
+        # before the failures of its tasks, so that clients' ids are current when they see them
+        self.clients.notify({Key.TYPE: Msg.NOTIFY, Key.EVENT: EVENT_UNREGISTERED, Key.ID: engine_id})
         self.events.engine_released(engine_id, why)
 
     def on_pipe(self, frames: list) -> None:
@@ -153,15 +156,16 @@ class Registry:
     def shutdown_engine(self, uuid: bytes) -> None:
         """Stop an engine now (heartbeat channel) and for certain (its task queue, which
         reaches even an engine whose heartbeat thread has not connected yet)."""
-        self.control(uuid, {"t": "control", "op": "shutdown"})
-        wire.send(self.engine_sock, [uuid, *wire.pack(self.loop.signer, {"t": "shutdown"})])
+        self.control(uuid, {Key.TYPE: Msg.CONTROL, Key.OP: CONTROL_SHUTDOWN})
+        wire.send(self.engine_sock, [uuid, *wire.pack(self.loop.signer, {Key.TYPE: Msg.SHUTDOWN})])
 
     def interrupt(self, by_engine: dict[int, list[str]], interrupt: bool) -> None:
         """Tell engines to skip these queued tasks, and with ``interrupt`` to stop them running."""
         for engine_id, ids in by_engine.items():
             record = self.hub.engines.get(engine_id)
             if record is not None:
-                self.control(record.uuid, {"t": "control", "op": "abort", "ids": ids, "interrupt": interrupt})
+                self.control(record.uuid, {Key.TYPE: Msg.CONTROL, Key.OP: CONTROL_ABORT, Key.IDS: ids,
+                                           Key.INTERRUPT: interrupt})
 
     def chosen(self, targets) -> list[int]:
         """The registered engines among ``targets`` (None: all), each once."""

@@ -21,6 +21,7 @@ import zmq
 
 from .. import config
 from ..protocol import wire
+from ..protocol.schema import Key, Msg
 from . import recovery
 from .clients import ClientPort
 from .dashboard import DashboardStats
@@ -93,8 +94,8 @@ class Router:
     def fail(self, msg_id: str, engine_id: int | None, status: str, ename: str, evalue: str) -> None:
         """Make up a reply for a task that will never run, and deliver it."""
         now = self.clock()
-        header = {"t": "reply", "id": msg_id, "eng": engine_id, "st": status, "ename": ename,
-                  "evalue": evalue, "tb": "", "started": None, "completed": now}
+        header = {Key.TYPE: Msg.REPLY, Key.ID: msg_id, Key.ENGINE_ID: engine_id, Key.STATUS: status, Key.ENAME: ename,
+                  Key.EVALUE: evalue, Key.TRACEBACK: "", Key.STARTED: None, Key.COMPLETED: now}
         frames = wire.pack(self.signer, header)
         if self.tasks:
             self.tasks.forget(msg_id)
@@ -116,7 +117,7 @@ class Router:
     # -- requests from clients ------------------------------------------------------
 
     def submit(self, ident: bytes, msg: wire.Message) -> None:
-        path = "task" if msg.header.get("lb") else "direct"
+        path = "task" if msg.header.get(Key.LOAD_BALANCED) else "direct"
         if path not in self.paths:
             raise ValueError(f"this controller process runs the {' and '.join(self.paths)} path, not the {path} path")
         if self.tombstones and self._aborted_early(ident, msg, path):
@@ -128,7 +129,7 @@ class Router:
 
     def _aborted_early(self, ident: bytes, msg: wire.Message, path: str) -> bool:
         """Abort at once a request whose ids were aborted before it came."""
-        ids = [msg.header["id"]] if path == "task" else msg.header["ids"]
+        ids = [msg.header[Key.ID]] if path == "task" else msg.header[Key.IDS]
         if not any(m in self.tombstones for m in ids):
             return False
         now = self.clock()
@@ -140,14 +141,14 @@ class Router:
         return True
 
     def _submit_direct(self, ident: bytes, msg: wire.Message) -> None:
-        targets, ids = msg.header["tg"], msg.header["ids"]
+        targets, ids = msg.header[Key.TARGETS], msg.header[Key.IDS]
         if not (isinstance(targets, list) and isinstance(ids, list) and len(targets) == len(ids) and targets):
             raise ValueError("tg and ids must be equal-length non-empty lists")
         if not all(isinstance(t, int) for t in targets) or not all(isinstance(i, str) for i in ids):
             raise TypeError("tg must hold ints and ids strings")
         now = self.clock()
         nbytes = sum(len(f) for f in msg.frames)
-        data_for = msg.header.get("bt")
+        data_for = msg.header.get(Key.BUFFERS_FOR)
         if data_for is not None and data_for not in targets:
             raise ValueError(f"bt {data_for!r} is not one of the targets")
         envelope_only = msg.frames[:1]
@@ -191,9 +192,9 @@ class Router:
         """Handle a reply or a task's live output; False for any other message."""
         if engine_id is None:
             return False
-        if msg.type == "reply":
+        if msg.type == Msg.REPLY:
             self._on_reply(engine_id, msg)
-        elif msg.type == "stream":
+        elif msg.type == Msg.STREAM:
             self._on_stream(engine_id, msg)
         else:
             return False
@@ -201,13 +202,13 @@ class Router:
 
     def _on_stream(self, engine_id: int, msg: wire.Message) -> None:
         """Output of a running task that asked for it as it comes: on to its client."""
-        record = self.hub.tasks.get(msg.header["id"])
+        record = self.hub.tasks.get(msg.header[Key.ID])
         if record is None or record.completed is not None or record.engine_id != engine_id:
             return self.drop(f"output of a task not running on engine {engine_id}")
         self._deliver(record.msg_id, msg.frames)
 
     def _on_reply(self, engine_id: int, msg: wire.Message) -> None:
-        msg_id = msg.header["id"]
+        msg_id = msg.header[Key.ID]
         record = self.hub.tasks.get(msg_id)
         if record is None or record.completed is not None:
             return self.drop(f"reply to unknown or finished task {msg_id!r}")

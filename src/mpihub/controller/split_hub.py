@@ -32,6 +32,7 @@ import zmq
 
 from .. import config
 from ..protocol import connection, wire
+from ..protocol.schema import Key, Msg
 from . import merge, queries
 from .clients import ClientPort
 from .connfiles import ConnectionFiles, Where, public_host
@@ -139,7 +140,7 @@ class SplitHub(Layout):
             self.dashboard.start()
             log.info("dashboard at %s", self._dashboard_url())
         self.hub_file = self._write_hub_file()
-        for kind in ("direct",) if self.remote_scheduler else PATHS:
+        for kind in ("direct", ) if self.remote_scheduler else PATHS:
             self.children.append(self._spawn(kind))
         log.info("controller %s: Hub listening on %s (split; pid %d), waiting for %s",
                  self.where.cluster_id or "(default)", self.where.ip, os.getpid(),
@@ -184,7 +185,7 @@ class SplitHub(Layout):
         self.files.remove()
         if not self.loop.context.closed:
             for link in self.links.values():
-                self._send_path(link, {"t": "stop"})
+                self._send_path(link, {Key.TYPE: Msg.STOP})
         deadline = time.monotonic() + 5
         for child in self.children:
             try:
@@ -237,8 +238,9 @@ class SplitHub(Layout):
             return
         now = time.time()
         status = merge.queue_status([part["status"] for part in parts])
-        self.dashboard.snapshot = snapshot(now, self.where.cluster_id, engine_states(self.hub.engines, now, self.joining),
-                                           status, merge_parts([part["stats"] for part in parts]))
+        engines = engine_states(self.hub.engines, now, self.joining)
+        self.dashboard.snapshot = snapshot(now, self.where.cluster_id, engines, status,
+                                           merge_parts([part["stats"] for part in parts]))
 
     # -- paths --------------------------------------------------------------------------
 
@@ -250,22 +252,22 @@ class SplitHub(Layout):
 
     def _from_path(self, ident: bytes, msg: wire.Message) -> None:
         link = next((li for li in self.links.values() if li.ident == ident), None)
-        if msg.type == "join":
+        if msg.type == Msg.JOIN:
             self._join(ident, msg.header)
         elif link is None:
             self._drop_path(f"{msg.type!r} from a path that has not joined")
-        elif msg.type == "ping":
+        elif msg.type == Msg.PING:
             link.last_seen = time.monotonic()
-            self._send_path(link, {"t": "pong"})
-        elif msg.type == "engine_ready":
-            self._engine_ready(link.kind, msg.header["id"])
-        elif msg.type == "answer":
+            self._send_path(link, {Key.TYPE: Msg.PONG})
+        elif msg.type == Msg.ENGINE_READY:
+            self._engine_ready(link.kind, msg.header[Key.ID])
+        elif msg.type == Msg.ANSWER:
             self._answered(link, msg)
         else:
             self._drop_path(f"unknown message type {msg.type!r}")
 
     def _join(self, ident: bytes, header: dict) -> None:
-        kind = header["path"]
+        kind = header[Key.PATH]
         refusal = None
         if kind not in self.expected:
             refusal = f"this controller takes no {kind!r} path (it expects {' and '.join(self.expected)})"
@@ -273,15 +275,15 @@ class SplitHub(Layout):
             refusal = f"a {kind} path has joined already"
         elif self.ready:
             refusal = "the controller is running; paths join only while it starts"
-        reply = {"t": "join_reply", "ok": refusal is None, "error": refusal}
+        reply = {Key.TYPE: Msg.JOIN_REPLY, Key.OK: refusal is None, Key.ERROR: refusal}
         wire.send(self.path_sock, [ident, *wire.pack(self.loop.signer, reply)])
         if refusal:
-            log.warning("refused a %r path from %s: %s", kind, header.get("host"), refusal)
+            log.warning("refused a %r path from %s: %s", kind, header.get(Key.HOST), refusal)
             return
-        link = PathLink(kind, ident, list(header["client"]), list(header["engine"]), header.get("scheduler"),
-                        header.get("pid"))
+        link = PathLink(kind, ident, list(header[Key.CLIENT_URLS]), list(header[Key.ENGINE]), header.get(Key.SCHEDULER),
+                        header.get(Key.PID))
         self.links[kind] = link
-        log.info("%s path joined from %s (pid %s)", kind, header.get("host"), header.get("pid"))
+        log.info("%s path joined from %s (pid %s)", kind, header.get(Key.HOST), header.get(Key.PID))
         if all(k in self.links for k in self.expected):
             self.ready = True
             self._write_hub_file()
@@ -296,7 +298,7 @@ class SplitHub(Layout):
             return
         del self.links[link.kind]
         log.error("the %s path is lost (%s); its unfinished tasks are lost with it", link.kind, why)
-        self.clients.notify({"t": "notify", "ev": "path_lost", "path": link.kind, "why": why})
+        self.clients.notify({Key.TYPE: Msg.NOTIFY, Key.EVENT: "path_lost", Key.PATH: link.kind, Key.WHY: why})
         for qid, question in list(self.questions.items()):
             if link.kind in question.waiting:
                 question.waiting.discard(link.kind)
@@ -331,7 +333,7 @@ class SplitHub(Layout):
         waiting = self.joining.get(engine_id)
         if waiting is None:
             if engine_id not in self.hub.engines and kind in self.links:  # it died while joining
-                self._send_path(self.links[kind], {"t": "engine_gone", "id": engine_id, "why": "is gone"})
+                self._send_path(self.links[kind], {Key.TYPE: Msg.ENGINE_GONE, Key.ID: engine_id, Key.WHY: "is gone"})
             return
         waiting.discard(kind)
         if not waiting:
@@ -342,7 +344,7 @@ class SplitHub(Layout):
         self.hub.remove_engine(engine_id)
         self.joining.pop(engine_id, None)
         for link in self.links.values():
-            self._send_path(link, {"t": "engine_gone", "id": engine_id, "why": why})
+            self._send_path(link, {Key.TYPE: Msg.ENGINE_GONE, Key.ID: engine_id, Key.WHY: why})
 
     # -- clients and their queries --------------------------------------------------------
 
@@ -354,19 +356,19 @@ class SplitHub(Layout):
                 "paths": {kind: link.client_urls for kind, link in self.links.items()}}
 
     def _from_client(self, ident: bytes, msg: wire.Message) -> None:
-        if msg.type != "query":
+        if msg.type != Msg.QUERY:
             return self.clients.drop(f"unexpected message type {msg.type!r}")
         header = msg.header
 
         def reply(ok: bool, found: Any) -> None:
-            self.clients.send(ident, {"t": "query_reply", "rid": header.get("rid"), "ok": ok,
-                                      **({"result": found} if ok else {"error": found})})
+            self.clients.send(ident, {Key.TYPE: Msg.QUERY_REPLY, Key.REQUEST_ID: header.get(Key.REQUEST_ID), Key.OK: ok,
+                                      **({Key.RESULT: found} if ok else {Key.ERROR: found})})
 
         try:
             conversation = queries.start(self, ident, header)
         except Exception as exc:  # noqa: BLE001 - a bug here must answer, not leave the client waiting
-            return reply(False, queries.refusal(header.get("op"), exc))
-        self._converse(header.get("op"), conversation, reply)
+            return reply(False, queries.refusal(header.get(Key.OP), exc))
+        self._converse(header.get(Key.OP), conversation, reply)
 
     def _converse(self, op: Any, conversation: Any, then: Callable[[bool, Any], None],
                   answers: list[queries.Answer] | None = None) -> None:
@@ -385,18 +387,21 @@ class SplitHub(Layout):
         qid = next(self._qids)
         self.questions[qid] = Question(op, conversation, then, set(kinds), time.monotonic() + ASK_TIMEOUT)
         for kind in kinds:
-            self._send_path(self.links[kind], {"t": "ask", "qid": qid, "op": ask.op, **ask.args}, ask.buffers)
+            self._send_path(self.links[kind], {Key.TYPE: Msg.ASK, Key.QUESTION_ID: qid, Key.OP: ask.op, **ask.args},
+                            ask.buffers)
 
     def _answered(self, link: PathLink, msg: wire.Message) -> None:
-        question = self.questions.get(msg.header["qid"])
+        question = self.questions.get(msg.header[Key.QUESTION_ID])
         if question is None or link.kind not in question.waiting:
             return  # late, after a timeout
         question.waiting.discard(link.kind)
-        if msg.header.get("ok"):
-            question.answers.append(queries.Answer(msg.header["result"], msg.buffers))
+        if not msg.header.get(Key.OK):
+            question.errors.append(str(msg.header.get(Key.ERROR)))
+        elif Key.RESULT not in msg.header:
+            question.errors.append(f"the {link.kind} path answered without a result")
         else:
-            question.errors.append(str(msg.header.get("error")))
-        self._settle(msg.header["qid"])
+            question.answers.append(queries.Answer(msg.header[Key.RESULT], msg.buffers))
+        self._settle(msg.header[Key.QUESTION_ID])
 
     def _settle(self, qid: int) -> None:
         """Once every path asked has answered (or failed to), move the conversation on."""

@@ -26,6 +26,7 @@ from .. import config
 from ..process import pid_alive
 from ..protocol import connection, wire
 from ..protocol.curve import Curve
+from ..protocol.schema import Key, Msg
 from . import queries
 from .clients import ClientPort
 from .dashboard import DashboardStats
@@ -92,9 +93,10 @@ class SplitPath(Layout):
         """Say who we are at each of the Hub's addresses in turn; the first to accept wins."""
         urls = self.hub_info.get("candidates", {}).get("hub") or [self.hub_info["hub"]]
         wait = max(timeout, 0.5) / len(urls)
-        join = {"t": "join", "path": self.path, "client": candidates["client"], "engine": candidates["engine"],
-                "scheduler": self.scheduler_name if self.path == "task" else None, "pid": os.getpid(),
-                "host": socket.gethostname()}
+        join = {Key.TYPE: Msg.JOIN, Key.PATH: self.path, Key.CLIENT_URLS: candidates["client"],
+                Key.ENGINE: candidates["engine"],
+                Key.SCHEDULER: self.scheduler_name if self.path == "task" else None, Key.PID: os.getpid(),
+                Key.HOST: socket.gethostname()}
         for url in urls:
             sock = self.loop.context.socket(zmq.DEALER)
             sock.hwm = 0
@@ -110,10 +112,11 @@ class SplitPath(Layout):
                     reply = wire.unpack(self.loop.signer, sock.recv_multipart())
                 except wire.ProtocolError:
                     continue
-                if reply.type == "join_reply":
-                    if not reply.header.get("ok"):
+                if reply.type == Msg.JOIN_REPLY:
+                    if not reply.header.get(Key.OK):
                         sock.close()
-                        raise RuntimeError(f"the Hub at {url} refused this {self.path} path: {reply.header.get('error')}")
+                        raise RuntimeError(f"the Hub at {url} refused this {self.path} path: "
+                                           f"{reply.header.get(Key.ERROR)}")
                     return sock
             sock.close()
         raise TimeoutError(f"no answer from a Hub at {', '.join(urls)} within {timeout:g} s")
@@ -130,7 +133,7 @@ class SplitPath(Layout):
 
     def wake(self) -> None:
         self._next_ping = time.time() + config.HEARTBEAT_PERIOD
-        wire.send(self.hub_sock, wire.pack(self.loop.signer, {"t": "ping"}))
+        wire.send(self.hub_sock, wire.pack(self.loop.signer, {Key.TYPE: Msg.PING}))
         if self.owner_pid is not None and not pid_alive(self.owner_pid):
             log.warning("the Hub's process %d is gone; the %s path stops", self.owner_pid, self.path)
             self.loop.stopping = True
@@ -142,7 +145,7 @@ class SplitPath(Layout):
     # -- clients and engines ---------------------------------------------------------------
 
     def _from_client(self, ident: bytes, msg: wire.Message) -> None:
-        if msg.type in ("apply", "execute"):
+        if msg.type in (Msg.APPLY, Msg.EXECUTE):
             self.router.submit(ident, msg)
         else:
             self.clients.drop(f"unexpected message type {msg.type!r}")
@@ -154,7 +157,7 @@ class SplitPath(Layout):
         engine_id = self.hub.by_uuid.get(uuid)
         if self.router.from_engine(engine_id, msg):
             return
-        if msg.type != "hello":
+        if msg.type != Msg.HELLO:
             return self.router.drop(f"unexpected {msg.type!r} from "
                                     f"{'unknown engine' if engine_id is None else engine_id}")
         self._hello(uuid, engine_id, msg.header)
@@ -162,24 +165,24 @@ class SplitPath(Layout):
     def _hello(self, uuid: bytes, engine_id: int | None, header: dict) -> None:
         """An engine that registered with the Hub greets this path: route to it from now
         on (after a restore, settle the tasks it had first) and tell the Hub."""
-        claimed = header["id"]
+        claimed = header[Key.ID]
         if not isinstance(claimed, int):
             raise TypeError(f"hello names engine {claimed!r}, not an id")
         record = self.hub.engines.get(engine_id) if engine_id is not None else None
         if record is None:  # new here, or back after a network cut: what it holds is no longer its own
-            settle = {"skip": sorted(wire.task_ids(header.get("held")))}
-            retire_at = header.get("retire_at")
-            info = {"retire_at": retire_at} if isinstance(retire_at, (int, float)) else {}
+            settle = {Key.SKIP: sorted(wire.task_ids(header.get(Key.HELD)))}
+            retire_at = header.get(Key.RETIRE_AT)
+            info = {Key.RETIRE_AT: retire_at} if isinstance(retire_at, (int, float)) else {}
             record = self.hub.mirror_engine(claimed, uuid, info, time.time())
         elif record.rejoining:  # back after this path was restored
             record.rejoining = False
             settle = self.router.engine_rejoined(engine_id, header)
         else:
             settle, record = {}, None  # a repeated hello
-        wire.send(self.router.engine_sock, [uuid, *wire.pack(self.loop.signer, {"t": "hello_reply", **settle})])
+        wire.send(self.router.engine_sock, [uuid, *wire.pack(self.loop.signer, {Key.TYPE: Msg.HELLO_REPLY, **settle})])
         if record is not None:
             self.router.engine_added(claimed)
-        wire.send(self.hub_sock, wire.pack(self.loop.signer, {"t": "engine_ready", "id": claimed}))
+        wire.send(self.hub_sock, wire.pack(self.loop.signer, {Key.TYPE: Msg.ENGINE_READY, Key.ID: claimed}))
 
     # -- the Hub --------------------------------------------------------------------------
 
@@ -188,13 +191,13 @@ class SplitPath(Layout):
 
     def _from_hub(self, _: bytes, msg: wire.Message) -> None:
         kind = msg.type
-        if kind == "pong":
+        if kind == Msg.PONG:
             self._last_pong = time.monotonic()
-        elif kind == "ask":
+        elif kind == Msg.ASK:
             self._answer(msg)
-        elif kind == "engine_gone":
-            self.router.engine_lost(msg.header["id"], str(msg.header.get("why", "is gone")))
-        elif kind == "stop":
+        elif kind == Msg.ENGINE_GONE:
+            self.router.engine_lost(msg.header[Key.ID], str(msg.header.get(Key.WHY, "is gone")))
+        elif kind == Msg.STOP:
             log.info("the Hub stops the %s path", self.path)
             self.loop.stopping = True
         else:
@@ -202,12 +205,12 @@ class SplitPath(Layout):
 
     def _answer(self, msg: wire.Message) -> None:
         header = msg.header
-        answer: dict = {"t": "answer", "qid": header.get("qid"), "ok": True}
+        answer: dict = {Key.TYPE: Msg.ANSWER, Key.QUESTION_ID: header.get(Key.QUESTION_ID), Key.OK: True}
         buffers: list = []
         try:
-            answer["result"], buffers = queries.answer(self.router, header["op"], header, msg.buffers)
+            answer[Key.RESULT], buffers = queries.answer(self.router, header[Key.OP], header, msg.buffers)
         except Exception as exc:  # noqa: BLE001 - a bug here must answer, not leave the client waiting
-            answer.update(ok=False, error=queries.refusal(header.get("op"), exc, f"the {self.path} path"))
+            answer.update({Key.OK: False, Key.ERROR: queries.refusal(header.get(Key.OP), exc, f"the {self.path} path")})
         wire.send(self.hub_sock, wire.pack(self.loop.signer, answer, b"", buffers))
 
 

@@ -386,8 +386,9 @@ class TaskDB:
     def engines(self) -> list[StoredEngine]:
         """The engine table as its controller left it."""
         self.flush()
-        return [StoredEngine(engine_id, bytes(uuid), msgpack.unpackb(info), registered) for engine_id, uuid, info, registered
-                in self._reader.execute("SELECT id, uuid, info, registered FROM engines ORDER BY id")]
+        rows = self._reader.execute("SELECT id, uuid, info, registered FROM engines ORDER BY id")
+        return [StoredEngine(engine_id, bytes(uuid), msgpack.unpackb(info), registered)
+                for engine_id, uuid, info, registered in rows]
 
     def close(self) -> None:
         """Commit what is queued and stop the writer."""

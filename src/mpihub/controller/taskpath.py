@@ -13,6 +13,7 @@ import time
 from typing import Callable, Iterable
 
 from ..protocol import wire
+from ..protocol.schema import Key
 from .dependency_book import Condition, Decision, DependencyBook
 from .hub import Hub
 from .retries import RetryBook
@@ -47,7 +48,8 @@ class TaskPath:
         """Refuse a malformed load-balanced request (ValueError/TypeError) before anything
         changes; returns its dependencies."""
         header = msg.header
-        msg_id, only, retries, timeout = header["id"], header.get("only"), header.get("re", 0), header.get("to")
+        msg_id, only = header[Key.ID], header.get(Key.ONLY)
+        retries, timeout = header.get(Key.RETRIES, 0), header.get(Key.DEPENDENCY_TIMEOUT)
         if not isinstance(msg_id, str) or msg_id in self.hub.tasks:
             raise ValueError(f"bad or duplicate task id {msg_id!r}")
         if only is not None and not (isinstance(only, list) and all(isinstance(t, int) for t in only)):
@@ -56,13 +58,14 @@ class TaskPath:
             raise TypeError(f"re must be a non-negative int, not {retries!r}")
         if timeout is not None and (not isinstance(timeout, (int, float)) or timeout <= 0):
             raise ValueError(f"to must be a positive number of seconds, not {timeout!r}")
-        return Condition.from_header(header.get("after")), Condition.from_header(header.get("follow"))
+        return Condition.from_header(header.get(Key.AFTER)), Condition.from_header(header.get(Key.FOLLOW))
 
     def submit(self, ident: bytes, msg: wire.Message) -> None:
         """A new load-balanced task (ValueError/TypeError for a malformed one)."""
         after, follow = self.check(msg)
         header = msg.header
-        msg_id, only, retries, timeout = header["id"], header.get("only"), header.get("re", 0), header.get("to")
+        msg_id, only = header[Key.ID], header.get(Key.ONLY)
+        retries, timeout = header.get(Key.RETRIES, 0), header.get(Key.DEPENDENCY_TIMEOUT)
         now = self.clock()
         self.hub.submit(msg_id, "task", ident, None, now, msg.frames, sum(len(f) for f in msg.frames))
         self.retries.track(msg_id, msg.frames, retries, only)
@@ -73,12 +76,13 @@ class TaskPath:
         again: queued anew if it had not gone to an engine, else awaiting that engine's
         return (its retries start afresh)."""
         header = msg.header
-        only = header.get("only")
-        self.retries.track(msg_id, msg.frames, header.get("re", 0), only)
+        only = header.get(Key.ONLY)
+        self.retries.track(msg_id, msg.frames, header.get(Key.RETRIES, 0), only)
         if self.hub.tasks[msg_id].engine_id is None:
-            timeout = header.get("to")
-            self._admit(msg_id, msg.frames, only, Condition.from_header(header.get("after")),
-                        Condition.from_header(header.get("follow")), None if timeout is None else self.clock() + timeout)
+            timeout = header.get(Key.DEPENDENCY_TIMEOUT)
+            self._admit(msg_id, msg.frames, only, Condition.from_header(header.get(Key.AFTER)),
+                        Condition.from_header(header.get(Key.FOLLOW)),
+                        None if timeout is None else self.clock() + timeout)
 
     def _admit(self, msg_id: str, frames: list, only: list | None, after: Condition | None,
                follow: Condition | None, deadline: float | None) -> None:
@@ -135,8 +139,8 @@ class TaskPath:
         """An engine answered a load-balanced task. True when the task goes on (passed on,
         or retried) and the reply must not be delivered."""
         freed = self.scheduler.finished(msg_id)
-        ename = header.get("ename")
-        going_on = header.get("st") == "error" and (
+        ename = header.get(Key.ENAME)
+        going_on = header.get(Key.STATUS) == "error" and (
             (ename == "UnmetDependency" and self._pass_on(msg_id, engine_id))
             or self.retry(msg_id, engine_id, f"raised {ename}"))
         if not going_on:
@@ -214,7 +218,7 @@ class TaskPath:
             return False  # released from the store: the engine's error stands
         refused = self._refused.setdefault(msg_id, set())
         refused.add(engine_id)
-        only = wire.unpack(self.signer, frames).header.get("only")
+        only = wire.unpack(self.signer, frames).header.get(Key.ONLY)
         candidates = [e for e in (self.hub.engines if only is None else only)
                       if e in self.hub.engines and e not in refused]
         self.hub.requeue(msg_id)

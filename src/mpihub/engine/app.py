@@ -31,6 +31,7 @@ import zmq
 from .. import config, process
 from ..protocol import connection, wire
 from ..protocol.curve import Curve
+from ..protocol.schema import Key, Msg
 from . import mpi_world
 from .datalink import BulkMissing, DataLink
 from .heartbeat import Heart
@@ -66,7 +67,7 @@ class Engine:
         self._rejoined_at = 0.0
         end = config.job_end()
         #: the batch job's end, and when to stop taking load-balanced tasks before it
-        self.retirement = {} if end is None else {"job_end": end, "retire_at": end - config.RETIRE_MARGIN}
+        self.retirement = {} if end is None else {Key.JOB_END: end, Key.RETIRE_AT: end - config.RETIRE_MARGIN}
 
     def register(self) -> dict:
         """Register at the first of the controller's addresses that answers (the
@@ -82,8 +83,8 @@ class Engine:
         wait = self.register_timeout / len(urls)
         for url in urls:
             self.sock = self._dealer(url)
-            self.sock.send_multipart(wire.pack(self.signer, {"t": "register", "want_id": self.want_id,
-                                                             "info": self.details}))
+            self.sock.send_multipart(wire.pack(self.signer, {Key.TYPE: Msg.REGISTER, Key.WANT_ID: self.want_id,
+                                                             Key.INFO: self.details}))
             if self.sock.poll(wait * 1000):
                 break
             log.info("no answer from the controller at %s within %.0f s", url, wait)
@@ -94,9 +95,9 @@ class Engine:
         host = url.rsplit(":", 1)[0]
         self.heart_url = next((h for h in hearts if h.rsplit(":", 1)[0] == host), self.info["heartbeat"])
         reply = wire.unpack(self.signer, self.sock.recv_multipart())
-        if reply.type != "register_reply":
+        if reply.type != Msg.REGISTER_REPLY:
             raise RuntimeError(f"unexpected {reply.type!r} while registering")
-        self.id = reply.header["id"]
+        self.id = reply.header[Key.ID]
         log.info("registered as engine %d at %s", self.id, url)
         return reply.header
 
@@ -119,10 +120,10 @@ class Engine:
             wait = max(self.register_timeout, 1.0) / max(len(urls), 1)
             for url in urls:
                 sock = self._dealer(url)
-                sock.send_multipart(wire.pack(self.signer, {"t": "hello", "id": self.id, **self.retirement}))
+                sock.send_multipart(wire.pack(self.signer, {Key.TYPE: Msg.HELLO, Key.ID: self.id, **self.retirement}))
                 if sock.poll(wait * 1000):
                     answer = wire.unpack(self.signer, sock.recv_multipart())
-                    if answer.type == "hello_reply":
+                    if answer.type == Msg.HELLO_REPLY:
                         socks.append(sock)
                         break
                 sock.close()
@@ -141,8 +142,8 @@ class Engine:
         rejoin = self.context.socket(zmq.PAIR)
         rejoin_url = f"inproc://mpihub-rejoin-{id(self)}"
         rejoin.bind(rejoin_url)
-        self.controller_timeout = registration.get("controller_timeout", config.ENGINE_CONTROLLER_TIMEOUT)
-        self.heart_period = registration["hb_period"]
+        self.controller_timeout = registration.get(Key.CONTROLLER_TIMEOUT, config.ENGINE_CONTROLLER_TIMEOUT)
+        self.heart_period = registration[Key.HEARTBEAT_PERIOD]
         heart = self.heart = Heart(self.context, self.heart_url, self.uuid, self.signer, self.curve,
                                    self.heart_period, self.controller_timeout, self.aborted, self._signal, rejoin_url)
         heart.start()
@@ -156,7 +157,7 @@ class Engine:
         wakeup = process.signal_wakeup()
         poller.register(wakeup, zmq.POLLIN)
         try:
-            self.paths = self.join_paths(registration.get("paths") or {})
+            self.paths = self.join_paths(registration.get(Key.PATHS) or {})
             for sock in self.paths:
                 poller.register(sock, zmq.POLLIN)
             requests = [*self.paths, self.sock]
@@ -182,7 +183,7 @@ class Engine:
         except EngineStop:
             log.info("engine %s stopping on SIGTERM", self.id)
             self.sock.linger = 500
-            self.sock.send_multipart(wire.pack(self.signer, {"t": "unregister"}))  # the controller still runs
+            self.sock.send_multipart(wire.pack(self.signer, {Key.TYPE: Msg.UNREGISTER}))  # the controller still runs
         finally:
             for sock in (*self.paths, self.sock, rejoin):
                 sock.close()
@@ -200,22 +201,22 @@ class Engine:
 
         def report(sock: zmq.Socket) -> dict:
             """What the controller settles this engine's tasks on that path by."""
-            return {"held": [i for s, msg in backlog if s is sock and (i := self._task_id(msg.header)) is not None],
-                    "answered": answered, "kept": self.replies.replayable(sock)}
+            return {Key.HELD: [i for s, msg in backlog if s is sock and (i := self._task_id(msg.header)) is not None],
+                    Key.ANSWERED: answered, Key.KEPT: self.replies.replayable(sock)}
 
         log.warning("engine %s: the controller no longer knows it (a network cut, or a restart); registering "
                     "again with %d requests queued", self.id, len(backlog))
-        reply = self._ask(self.sock, {"t": "register", "want_id": self.id, "info": self.details, **report(self.sock)},
-                          "register_reply", backlog)
+        reply = self._ask(self.sock, {Key.TYPE: Msg.REGISTER, Key.WANT_ID: self.id, Key.INFO: self.details,
+                                      **report(self.sock)}, Msg.REGISTER_REPLY, backlog)
         if reply is None:
             return backlog  # the heart asks again while the controller says it does not know us
-        if reply.header["id"] != self.id:
-            log.warning("engine %s registered again as engine %s", self.id, reply.header["id"])
-            self.id = self.runner.engine_id = reply.header["id"]
+        if reply.header[Key.ID] != self.id:
+            log.warning("engine %s registered again as engine %s", self.id, reply.header[Key.ID])
+            self.id = self.runner.engine_id = reply.header[Key.ID]
         self._settle(self.sock, reply.header)
         for sock in self.paths:
-            hello = self._ask(sock, {"t": "hello", "id": self.id, **report(sock), **self.retirement}, "hello_reply",
-                              backlog)
+            hello = self._ask(sock, {Key.TYPE: Msg.HELLO, Key.ID: self.id, **report(sock), **self.retirement},
+                              Msg.HELLO_REPLY, backlog)
             if hello is not None:
                 self._settle(sock, hello.header)
         self._rejoined_at = time.monotonic()
@@ -225,9 +226,9 @@ class Engine:
     def _settle(self, sock: zmq.Socket, answer: dict) -> None:
         """Take the controller's answer to a registration again: queued tasks to skip,
         and kept replies it is missing, which go out again now."""
-        self._skip.update(wire.task_ids(answer.get("skip")))
+        self._skip.update(wire.task_ids(answer.get(Key.SKIP)))
         sent = 0
-        for msg_id in wire.task_ids(answer.get("replay")):
+        for msg_id in wire.task_ids(answer.get(Key.REPLAY)):
             frames = self.replies.frames(msg_id, sock)
             if frames is None:
                 self._drop(f"the controller asked again for reply {msg_id!r}, which this engine did not keep")
@@ -279,12 +280,12 @@ class Engine:
         """Run every request of ``requests`` (``(socket, message)`` pairs) in order;
         False once told to shut down."""
         for sock, msg in requests:
-            if msg.type == "shutdown":
+            if msg.type == Msg.SHUTDOWN:
                 log.info("engine %s stopping: shutdown requested by the controller", self.id)
                 return False
-            if msg.type in ("register_reply", "hello_reply"):
+            if msg.type in (Msg.REGISTER_REPLY, Msg.HELLO_REPLY):
                 continue  # the answer to a registration that had timed out
-            if msg.type not in ("apply", "execute"):
+            if msg.type not in (Msg.APPLY, Msg.EXECUTE):
                 self._drop(f"unknown type {msg.type!r}")
                 continue
             msg_id = self._task_id(msg.header)
@@ -301,7 +302,7 @@ class Engine:
     def _task_id(self, header: dict) -> str | None:
         """This engine's task id in a request (one to several engines names one each)."""
         try:
-            msg_id = header["id"] if "id" in header else header["ids"][header["tg"].index(self.id)]
+            msg_id = header[Key.ID] if Key.ID in header else header[Key.IDS][header[Key.TARGETS].index(self.id)]
         except (KeyError, ValueError, TypeError, IndexError, AttributeError):
             return None
         return msg_id if isinstance(msg_id, str) else None
@@ -311,44 +312,46 @@ class Engine:
         if self._pending_send is not None:  # our last result's buffers may still be in flight
             self._pending_send.wait()
             self._pending_send = None
-        reply = {"t": "reply", "id": msg_id, "eng": self.id}
+        reply = {Key.TYPE: Msg.REPLY, Key.ID: msg_id, Key.ENGINE_ID: self.id}
         now = time.monotonic()
         self.replies.answering(msg_id, now, self.heart.alive_at if self.heart else now)  # every way out answers it
-        token = header.get("bulk")
-        if msg_id in self.aborted and "rk" in header:
+        token = header.get(Key.BULK_TOKEN)
+        if msg_id in self.aborted and Key.RANKS in header:
             self.aborted.discard(msg_id)  # one rank skipping a collective would hang the others
         if msg_id in self.aborted:
             self.aborted.discard(msg_id)
             if isinstance(token, str):
                 self.data.discard(token)
-            reply.update(st="aborted", ename="TaskAborted", evalue="task aborted before it started",
-                         tb="", started=None, completed=None, out="", err="")
+            reply.update({Key.STATUS: "aborted", Key.ENAME: "TaskAborted", Key.EVALUE: "task aborted before it started",
+                          Key.TRACEBACK: "", Key.STARTED: None, Key.COMPLETED: None, Key.STDOUT: "", Key.STDERR: ""})
             self._reply(sock, msg_id, wire.pack(self.signer, reply))
             return
         buffers = msg.buffers
-        if isinstance(token, str) and header.get("bt", self.id) == self.id:
+        if isinstance(token, str) and header.get(Key.BUFFERS_FOR, self.id) == self.id:
             try:
                 buffers = self.data.take(token, config.BULK_TIMEOUT)
             except BulkMissing as exc:
-                if "bt" not in header:
-                    reply.update(st="error", ename="BulkMissing", evalue=str(exc), tb="", started=None,
-                                 completed=None, out="", err="")
+                if Key.BUFFERS_FOR not in header:
+                    reply.update({Key.STATUS: "error", Key.ENAME: "BulkMissing", Key.EVALUE: str(exc),
+                                  Key.TRACEBACK: "", Key.STARTED: None, Key.COMPLETED: None, Key.STDOUT: "",
+                                  Key.STDERR: ""})
                     self._reply(sock, msg_id, wire.pack(self.signer, reply))
                     return
                 buffers = exc  # a collective still runs, so that the other ranks learn of it
-        self._running_collective = "rk" in header
+        self._running_collective = Key.RANKS in header
         sink = None
-        if header.get("so"):  # its output as it comes, on the socket the request came from
+        if header.get(Key.STREAM_OUTPUT):  # its output as it comes, on the socket the request came from
             def sink(name: str, text: str) -> None:
-                wire.send(sock, wire.pack(self.signer, {"t": "stream", "id": msg_id, "eng": self.id, "name": name,
-                                                        "text": text}))
+                wire.send(sock, wire.pack(self.signer, {Key.TYPE: Msg.STREAM, Key.ID: msg_id, Key.ENGINE_ID: self.id,
+                                                        Key.STREAM_NAME: name, Key.STREAM_TEXT: text}))
         fields, data, out_buffers = runner.run(header, msg.content, buffers, msg_id, sink)
         reply.update(fields)
-        client = header.get("rb")
-        if out_buffers and isinstance(client, bytes) and sum(memoryview(b).nbytes for b in out_buffers) >= config.BULK_THRESHOLD:
+        client = header.get(Key.RESULT_BACK)
+        if (out_buffers and isinstance(client, bytes)
+                and sum(memoryview(b).nbytes for b in out_buffers) >= config.BULK_THRESHOLD):
             tracker = self.data.try_send(client, msg_id, out_buffers)
             if tracker is not None:
-                reply["bulk"] = msg_id
+                reply[Key.BULK_TOKEN] = msg_id
                 self._pending_send = tracker
                 self._reply(sock, msg_id, wire.pack(self.signer, reply, data))
                 return

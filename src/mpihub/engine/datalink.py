@@ -16,6 +16,7 @@ import zmq
 from .. import config
 from ..protocol import connection, wire
 from ..protocol.curve import Curve
+from ..protocol.schema import Key, Msg
 
 log = logging.getLogger("mpihub.engine.datalink")
 
@@ -49,11 +50,11 @@ class DataLink:
                 self._drop(exc)
                 continue
             kind = msg.type
-            if kind == "bulk" and isinstance(msg.header.get("tok"), str):
-                self._stash[msg.header["tok"]] = (time.monotonic(), msg.buffers)
-            elif kind == "hello":
+            if kind == Msg.BULK and isinstance(msg.header.get(Key.TOKEN), str):
+                self._stash[msg.header[Key.TOKEN]] = (time.monotonic(), msg.buffers)
+            elif kind == Msg.HELLO:
                 try:
-                    self._send(ident, {"t": "hello_reply", "rid": msg.header.get("rid")})
+                    self._send(ident, {Key.TYPE: Msg.HELLO_REPLY, Key.REQUEST_ID: msg.header.get(Key.REQUEST_ID)})
                 except zmq.ZMQError as exc:  # the client left already
                     log.info("could not answer a data-link hello: %s", exc)
             else:
@@ -78,7 +79,7 @@ class DataLink:
         """Send result buffers straight to a linked client; None if it is not linked
         (or its queue is full), and the caller relays them through the controller."""
         try:
-            return self._send(ident, {"t": "bulk", "tok": token}, buffers, track=True)
+            return self._send(ident, {Key.TYPE: Msg.BULK, Key.TOKEN: token}, buffers, track=True)
         except zmq.ZMQError as exc:
             log.debug("direct link to %r unavailable (%s); relaying", ident, exc)
             return None

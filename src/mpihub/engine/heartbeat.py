@@ -20,6 +20,7 @@ import zmq
 
 from ..protocol import wire
 from ..protocol.curve import Curve
+from ..protocol.schema import CONTROL_ABORT, CONTROL_SHUTDOWN, CONTROL_SIGNAL, Key, Msg
 
 log = logging.getLogger("mpihub.engine.heartbeat")
 
@@ -66,7 +67,7 @@ class Heart(threading.Thread):
         self._rejoin = self.context.socket(zmq.PAIR)
         self._rejoin.linger = 0
         self._rejoin.connect(self.rejoin_url)
-        ping = wire.pack(self.signer, {"t": "ping"})
+        ping = wire.pack(self.signer, {Key.TYPE: Msg.PING})
         poller = zmq.Poller()
         poller.register(sock, zmq.POLLIN)
         poller.register(self._stop_in, zmq.POLLIN)
@@ -98,8 +99,8 @@ class Heart(threading.Thread):
             log.warning("dropped heartbeat-channel message: %s", exc)
             return
         header = msg.header
-        if header["t"] == "pong":
-            self.controller_knows = not header.get("unknown")
+        if header[Key.TYPE] == Msg.PONG:
+            self.controller_knows = not header.get(Key.UNKNOWN)
             if self.controller_knows:
                 self.alive_at = time.monotonic()
             else:
@@ -107,15 +108,15 @@ class Heart(threading.Thread):
                     self._rejoin.send(b"", zmq.NOBLOCK)  # a full pipe: the task thread is asked already
                 except zmq.Again:
                     pass
-        elif header["t"] == "control":
-            op = header.get("op")
-            if op == "abort":
-                self.aborted.update(i for i in header.get("ids", ()) if isinstance(i, str))
-                if header.get("interrupt"):
-                    self.on_signal(signal.SIGINT, list(header.get("ids", ())))
-            elif op == "signal" and isinstance(header.get("sig"), int):
-                self.on_signal(header["sig"], None)
-            elif op == "shutdown":
+        elif header[Key.TYPE] == Msg.CONTROL:
+            op = header.get(Key.OP)
+            if op == CONTROL_ABORT:
+                self.aborted.update(i for i in header.get(Key.IDS, ()) if isinstance(i, str))
+                if header.get(Key.INTERRUPT):
+                    self.on_signal(signal.SIGINT, list(header.get(Key.IDS, ())))
+            elif op == CONTROL_SIGNAL and isinstance(header.get(Key.SIGNAL), int):
+                self.on_signal(header[Key.SIGNAL], None)
+            elif op == CONTROL_SHUTDOWN:
                 self._exit(0, "shutdown requested by the controller")
             else:
                 log.warning("unknown control operation %r", op)

@@ -17,6 +17,7 @@ from typing import Any, Callable
 
 from ..collective_function import COLLECTIVE_ATTRIBUTE
 from ..protocol import serialize
+from ..protocol.schema import Key, Msg
 from . import mpi_world, ops
 
 _NOT_COLLECTIVE = object()
@@ -141,17 +142,18 @@ class Runner:
         started = time.time()
         try:
             self.running = task_id
-            if header["t"] == "execute":
-                result = self._execute(bytes(content).decode("utf-8"), bool(header.get("silent", True)))
+            if header[Key.TYPE] == Msg.EXECUTE:
+                result = self._execute(bytes(content).decode("utf-8"), bool(header.get(Key.SILENT, True)))
             else:
                 result = self._apply(header, content, buffers)
             data, out_buffers = serialize.serialize(result)
-            fields: dict = {"st": "ok"}
+            fields: dict = {Key.STATUS: "ok"}
         except EngineStop:
             raise
         except BaseException as exc:  # noqa: BLE001 - sys.exit() in a task is the task's error too
             data, out_buffers = b"", []
-            fields = {"st": "error", "ename": type(exc).__name__, "evalue": str(exc), "tb": _user_traceback(exc)}
+            fields = {Key.STATUS: "error", Key.ENAME: type(exc).__name__, Key.EVALUE: str(exc),
+                      Key.TRACEBACK: _user_traceback(exc)}
         finally:
             self.running = None
             sys.stdout, sys.stderr = saved
@@ -164,7 +166,7 @@ class Runner:
         return eval(last, self.namespace) if last is not None else None
 
     def _apply(self, header: dict, content, buffers) -> Any:
-        data_for = header.get("bt")
+        data_for = header.get(Key.BUFFERS_FOR)
         if data_for is not None:  # buffers are raw data for one target, handed to f as frames
             frames, buffers = (buffers if data_for == self.engine_id else None), []
         try:
@@ -179,6 +181,6 @@ class Runner:
             kwargs["frames"] = frames
         timeout = getattr(f, COLLECTIVE_ATTRIBUTE, _NOT_COLLECTIVE)
         if timeout is not _NOT_COLLECTIVE and timeout is not None:
-            engine_of = dict(zip(header.get("rk", ()), header.get("tg", ())))
-            mpi_world.arrival_gate(getattr(f, "__name__", "collective"), timeout, header["ids"][0], engine_of)
+            engine_of = dict(zip(header.get(Key.RANKS, ()), header.get(Key.TARGETS, ())))
+            mpi_world.arrival_gate(getattr(f, "__name__", "collective"), timeout, header[Key.IDS][0], engine_of)
         return f(*args, **kwargs)

@@ -14,6 +14,7 @@ import cloudpickle
 import numpy as np
 
 from .. import config
+from .schema import Key
 
 
 class Reference:
@@ -101,13 +102,14 @@ def serialize_call(f_payload: tuple[bytes, list], args: tuple, kwargs: dict) -> 
     """
     f_bytes, f_buffers = f_payload
     args_bytes, arg_buffers = serialize((args, kwargs))
-    return f_bytes + args_bytes, [*f_buffers, *arg_buffers], {"fl": len(f_bytes), "fb": len(f_buffers)}
+    fields = {Key.FUNCTION_BYTES: len(f_bytes), Key.FUNCTION_BUFFERS: len(f_buffers)}
+    return f_bytes + args_bytes, [*f_buffers, *arg_buffers], fields
 
 
 def deserialize_call(content, buffers: Sequence, header: dict) -> tuple[Callable, tuple, dict]:
     """Inverse of :func:`serialize_call`."""
     view = memoryview(content)
-    split, n_f = header["fl"], header["fb"]
+    split, n_f = header[Key.FUNCTION_BYTES], header[Key.FUNCTION_BUFFERS]
     f = deserialize(view[:split], buffers[:n_f])
     args, kwargs = deserialize(view[split:], buffers[n_f:])
     return f, args, kwargs

@@ -27,6 +27,7 @@ import msgpack
 import zmq
 
 from .. import config
+from .schema import Key
 
 PROTOCOL_VERSION = 1
 SIGNATURE_SCHEME = "hmac-sha256"
@@ -71,7 +72,7 @@ class Message:
 
     @property
     def type(self) -> str:
-        return self.header["t"]
+        return self.header[Key.TYPE]
 
     def __repr__(self) -> str:
         return f"Message({self.header!r}, {len(self.buffers)} buffers)"
@@ -79,8 +80,8 @@ class Message:
 
 def pack(signer: Signer, header: dict, content: bytes = b"", buffers: Sequence = ()) -> list:
     """Frames for a message: the signed envelope, then the buffers."""
-    header["v"] = PROTOCOL_VERSION
-    header["nb"] = len(buffers)
+    header[Key.VERSION] = PROTOCOL_VERSION
+    header[Key.BUFFER_COUNT] = len(buffers)
     header_bytes = msgpack.packb(header)
     body = b"".join((len(header_bytes).to_bytes(4, "big"), header_bytes, content))
     return [signer.sign(body) + body, *buffers]
@@ -107,12 +108,12 @@ def unpack(signer: Signer, frames: Sequence) -> Message:
         header = msgpack.unpackb(view[_PREFIX:header_end], strict_map_key=False)
     except Exception as exc:
         raise ProtocolError(f"undecodable header: {exc}") from None
-    if not isinstance(header, dict) or not isinstance(header.get("t"), str):
+    if not isinstance(header, dict) or not isinstance(header.get(Key.TYPE), str):
         raise ProtocolError("header is not a map with a message type")
-    if header.get("v") != PROTOCOL_VERSION:
+    if header.get(Key.VERSION) != PROTOCOL_VERSION:
         raise ProtocolError(f"protocol version {header.get('v')!r}, expected {PROTOCOL_VERSION}")
     buffers = list(frames[1:])
-    if header.get("nb") != len(buffers) and not (buffers == [] and "bt" in header):
+    if header.get(Key.BUFFER_COUNT) != len(buffers) and not (buffers == [] and Key.BUFFERS_FOR in header):
         raise ProtocolError(f"header announces {header.get('nb')!r} buffers, {len(buffers)} came")
     return Message(header, view[header_end:], buffers, list(frames))
 
