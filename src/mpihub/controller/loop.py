@@ -11,13 +11,17 @@ from __future__ import annotations
 import logging
 import signal
 import time
-from typing import Callable, Protocol
+from typing import TYPE_CHECKING, Callable, Protocol
 
 import zmq
 
 from .. import process
 from ..protocol import wire
 from ..protocol.curve import Curve
+
+if TYPE_CHECKING:
+    from .dashboard import DashboardServer
+    from .hub import Hub
 
 log = logging.getLogger("mpihub.controller")
 
@@ -144,7 +148,10 @@ class Layout:
     """What a controller process built around a :class:`Loop` shares: it runs the loop
     until told to stop, then closes what it assembled."""
 
+    name = "controller"  # for the log
     loop: Loop
+    hub: "Hub"
+    dashboard: "DashboardServer | None" = None
 
     def serve_forever(self) -> None:
         self.loop.serve_forever(self.close)
@@ -153,5 +160,14 @@ class Layout:
         """End the loop (after the message being handled)."""
         self.loop.stopping = True
 
+    def shut_down(self) -> None:
+        """What the layout stops first, while its sockets are still open."""
+
     def close(self) -> None:
-        raise NotImplementedError
+        self.shut_down()
+        if self.dashboard:
+            self.dashboard.stop()
+        self.loop.close()
+        if self.hub.db:
+            self.hub.db.close()
+        log.info("%s stopped", self.name)

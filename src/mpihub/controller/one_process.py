@@ -18,7 +18,7 @@ import zmq
 
 from .. import config
 from ..protocol import wire
-from ..protocol.schema import Msg
+from ..protocol.schema import Key, Msg
 from . import queries
 from .clients import ClientPort
 from .connfiles import ConnectionFiles, Where, public_host
@@ -87,20 +87,14 @@ class Controller(Layout):
                  self.router.tasks.scheduler.hwm, ", CURVE encryption" if self.loop.curve else "",
                  self.hub.db.path if self.hub.db else "in memory", os.getpid())
 
-    def close(self) -> None:
+    def shut_down(self) -> None:
         self.registry.stop()
         self.files.remove()
-        if self.dashboard:
-            self.dashboard.stop()
-        self.loop.close()
-        if self.hub.db:
-            self.hub.db.close()
-        log.info("controller stopped")
 
     # -- messages -----------------------------------------------------------------------
 
     def _connect_fields(self) -> dict:
-        return {"engines": list(self.hub.engine_table().values()), "scheduler": self.scheduler_name}
+        return {Key.ENGINES: list(self.hub.engine_table().values()), Key.SCHEDULER: self.scheduler_name}
 
     def _from_client(self, ident: bytes, msg: wire.Message) -> None:
         if msg.type in (Msg.APPLY, Msg.EXECUTE):

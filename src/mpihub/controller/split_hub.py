@@ -180,7 +180,7 @@ class SplitHub(Layout):
                 self._early.append((handle, frames))
         return held
 
-    def close(self) -> None:
+    def shut_down(self) -> None:
         self.registry.stop()
         self.files.remove()
         if not self.loop.context.closed:
@@ -194,12 +194,6 @@ class SplitHub(Layout):
                 log.warning("path process %d did not stop; killing it", child.pid)
                 child.kill()
                 child.wait(5)
-        if self.dashboard:
-            self.dashboard.stop()
-        self.loop.close()
-        if self.hub.db:
-            self.hub.db.close()
-        log.info("controller stopped")
 
     # -- timers (this Hub is a timer of its loop) ---------------------------------------------
 
@@ -321,7 +315,7 @@ class SplitHub(Layout):
         return {}
 
     def register_fields(self) -> dict:
-        return {"paths": {kind: link.engine_urls for kind, link in self.links.items()}}
+        return {Key.PATHS: {kind: link.engine_urls for kind, link in self.links.items()}}
 
     def engine_joined(self, engine_id: int) -> None:
         self.joining[engine_id] = set(self.links)
@@ -350,10 +344,10 @@ class SplitHub(Layout):
 
     def _connect_fields(self) -> dict:
         task = self.links.get("task")
-        return {"engines": [rec.describe() for eid, rec in sorted(self.hub.engines.items())
+        return {Key.ENGINES: [rec.describe() for eid, rec in sorted(self.hub.engines.items())
                             if eid not in self.joining],
-                "scheduler": task.scheduler if task else None,
-                "paths": {kind: link.client_urls for kind, link in self.links.items()}}
+                Key.SCHEDULER: task.scheduler if task else None,
+                Key.PATHS: {kind: link.client_urls for kind, link in self.links.items()}}
 
     def _from_client(self, ident: bytes, msg: wire.Message) -> None:
         if msg.type != Msg.QUERY:

@@ -52,6 +52,7 @@ class SplitPath(Layout):
                        open_db(kind, hub_info["key"], profile_dir, cluster_id, path))
         self.hub_info = hub_info
         self.path = path
+        self.name = f"the {path} path"
         self.ip = ip
         self.scheduler_name = scheduler
         self.hwm = hwm
@@ -120,11 +121,6 @@ class SplitPath(Layout):
                     return sock
             sock.close()
         raise TimeoutError(f"no answer from a Hub at {', '.join(urls)} within {timeout:g} s")
-
-    def close(self) -> None:
-        self.loop.close()
-        if self.hub.db:
-            self.hub.db.close()
 
     # -- pinging the Hub (a timer of the loop) --------------------------------------------
 
