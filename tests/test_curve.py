@@ -103,15 +103,3 @@ def test_a_peer_without_the_cluster_keys_is_refused(curve_cluster):
     with pytest.raises(mpihub.TimeoutError):
         mpihub.Client(info, timeout=1.5)
     assert curve_cluster.client[:].apply_sync(lambda: 2) == [2, 2]
-
-
-def test_keys_that_cannot_serve_are_refused():
-    keys = curve.ClusterKeys.new()
-    context = zmq.Context()
-    try:
-        with pytest.raises(RuntimeError, match="no server secret"):
-            keys.for_role("client").server(context.socket(zmq.ROUTER))
-        with pytest.raises(ValueError, match="unknown role"):
-            keys.for_role("login-node")
-    finally:
-        context.destroy(linger=0)

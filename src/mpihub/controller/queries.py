@@ -71,9 +71,9 @@ class Desk(Protocol):
 # -- the queries ------------------------------------------------------------------------
 
 
-def _ids(value: Any, name: str = "ids") -> list[str]:
+def _ids(value: Any) -> list[str]:
     if not isinstance(value, list) or not all(isinstance(m, str) for m in value):
-        raise TypeError(f"{name} must be a list of task ids, not {value!r}")
+        raise TypeError(f"ids must be a list of task ids, not {value!r}")
     return value
 
 
