@@ -37,12 +37,17 @@ def test_hwm_bounds_tasks_per_engine():
         LeastLoadScheduler(hwm=0)
 
 
-def test_restricted_tasks_skip_ahead_without_reordering_others():
+def two_busy_engines() -> LeastLoadScheduler:
+    """Engines 0 and 1, one task in flight at most, running "busy0" and "busy1"."""
     s = LeastLoadScheduler(hwm=1)
-    s.add_engine(0)
-    s.add_engine(1)
-    s.submit("busy0", [0])
-    s.submit("busy1", [1])
+    for engine in (0, 1):
+        s.add_engine(engine)
+        s.submit(f"busy{engine}", [engine])
+    return s
+
+
+def test_restricted_tasks_skip_ahead_without_reordering_others():
+    s = two_busy_engines()
     s.submit("only0", [0])
     s.submit("free")
     assert s.finished("busy1") == [("free", 1)]  # only0 cannot use engine 1; free may
@@ -57,17 +62,13 @@ def test_unknown_targets_are_refused():
 
 
 def test_removed_engine_returns_lost_and_stranded_tasks():
-    s = LeastLoadScheduler(hwm=1)
-    s.add_engine(0)
-    s.add_engine(1)
-    s.submit("run0", [0])
-    s.submit("run1", [1])
+    s = two_busy_engines()
     s.submit("wait0", [0])
     s.submit("anywhere")
     lost, stranded = s.remove_engine(0)
-    assert lost == ["run0"] and stranded == ["wait0"]
+    assert lost == ["busy0"] and stranded == ["wait0"]
     assert [t for t, _ in s.pending] == ["anywhere"]
-    assert s.finished("run1") == [("anywhere", 1)]
+    assert s.finished("busy1") == [("anywhere", 1)]
     assert s.remove_engine(0) == ([], [])
 
 

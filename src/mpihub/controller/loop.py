@@ -18,10 +18,13 @@ import zmq
 from .. import process
 from ..protocol import wire
 from ..protocol.curve import Curve
+from ..protocol.schema import Msg
 
 if TYPE_CHECKING:
+    from .clients import ClientPort
     from .dashboard import DashboardServer
     from .hub import Hub
+    from .router import Router
 
 log = logging.getLogger("mpihub.controller")
 
@@ -171,3 +174,34 @@ class Layout:
         if self.hub.db:
             self.hub.db.close()
         log.info("%s stopped", self.name)
+
+
+class RouterLayout(Layout):
+    """A layout whose requests go through its own :class:`~.router.Router` (the
+    one-process controller, a split path): requests from clients go to the router, and
+    so do replies and output from engines; each layout says what it does with the rest."""
+
+    router: "Router"
+    clients: "ClientPort"
+
+    def from_client(self, ident: bytes, msg: wire.Message) -> None:
+        if msg.type in (Msg.APPLY, Msg.EXECUTE):
+            self.router.submit(ident, msg)
+        elif not self.other_client_message(ident, msg):
+            self.clients.drop(f"unexpected message type {msg.type!r}")
+
+    def other_client_message(self, ident: bytes, msg: wire.Message) -> bool:
+        """Handle a client message that is not a request; False: it is not for this layout."""
+        return False
+
+    def on_engine(self, frames: list) -> None:
+        self.loop.routed(frames, self.router.drop, self._from_engine)
+
+    def _from_engine(self, uuid: bytes, msg: wire.Message) -> None:
+        engine_id = self.hub.by_uuid.get(uuid)
+        if not (self.router.from_engine(engine_id, msg) or self.other_engine_message(uuid, engine_id, msg)):
+            self.router.drop(f"unexpected {msg.type!r} from {'unknown engine' if engine_id is None else engine_id}")
+
+    def other_engine_message(self, uuid: bytes, engine_id: int | None, msg: wire.Message) -> bool:
+        """Handle an engine message that is not a reply or output; False: not for this layout."""
+        return False

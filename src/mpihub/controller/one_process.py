@@ -24,7 +24,7 @@ from .clients import ClientPort
 from .connfiles import ConnectionFiles, Where, public_host
 from .dashboard import DashboardServer, DashboardStats, engine_states, snapshot
 from .hub import Hub
-from .loop import Layout, Loop
+from .loop import Loop, RouterLayout
 from .registry import Registry
 from .restore import SavedController, identity, take_back_tasks
 from .router import Router
@@ -34,7 +34,7 @@ from .taskdb import open_db
 log = logging.getLogger("mpihub.controller")
 
 
-class Controller(Layout):
+class Controller(RouterLayout):
     def __init__(self, ip: str = "127.0.0.1", cluster_id: str | None = None, profile_dir=None,
                  scheduler: str = "leastload", key: str | None = None, owner_pid: int | None = None,
                  hwm: int | None = None, curve: bool = False, db: str = "memory", restore: bool = False,
@@ -53,7 +53,7 @@ class Controller(Layout):
 
     def assemble(self, sockets: dict[str, zmq.Socket]) -> None:
         """Build the parts around the ``client`` and ``engine`` sockets."""
-        self.clients = ClientPort(self.loop, sockets["client"], self._connect_fields, self._from_client)
+        self.clients = ClientPort(self.loop, sockets["client"], self._connect_fields, self.from_client)
         self.router = Router(self.loop, self.hub, self.clients, sockets["engine"], ("direct", "task"),
                              self.scheduler_name, self.hwm)
         self.registry = Registry(self.loop, self.hub, self.clients, sockets["engine"], self.where, self)
@@ -96,21 +96,14 @@ class Controller(Layout):
     def _connect_fields(self) -> dict:
         return {Key.ENGINES: list(self.hub.engine_table().values()), Key.SCHEDULER: self.scheduler_name}
 
-    def _from_client(self, ident: bytes, msg: wire.Message) -> None:
-        if msg.type in (Msg.APPLY, Msg.EXECUTE):
-            self.router.submit(ident, msg)
-        elif msg.type == Msg.QUERY:
-            self.clients.send(ident, queries.answer_here(self.router, self, ident, msg.header))
-        else:
-            self.clients.drop(f"unexpected message type {msg.type!r}")
+    def other_client_message(self, ident: bytes, msg: wire.Message) -> bool:
+        if msg.type != Msg.QUERY:
+            return False
+        self.clients.send(ident, queries.answer_here(self.router, self, ident, msg.header))
+        return True
 
-    def on_engine(self, frames: list) -> None:
-        self.loop.routed(frames, self.router.drop, self._from_engine)
-
-    def _from_engine(self, uuid: bytes, msg: wire.Message) -> None:
-        engine_id = self.hub.by_uuid.get(uuid)
-        if not (self.router.from_engine(engine_id, msg) or self.registry.from_engine(uuid, engine_id, msg)):
-            self.router.drop(f"unexpected {msg.type!r} from {'unknown engine' if engine_id is None else engine_id}")
+    def other_engine_message(self, uuid: bytes, engine_id: int | None, msg: wire.Message) -> bool:
+        return self.registry.from_engine(uuid, engine_id, msg)
 
     # -- engines coming and going (the registry's events) -------------------------------------
 

@@ -31,7 +31,7 @@ from . import queries
 from .clients import ClientPort
 from .dashboard import DashboardStats
 from .hub import Hub
-from .loop import Layout, Loop
+from .loop import Loop, RouterLayout
 from .restore import SavedController, load, reload_engines, take_back_tasks
 from .router import Router
 from .taskdb import db_path, open_db
@@ -39,7 +39,7 @@ from .taskdb import db_path, open_db
 log = logging.getLogger("mpihub.controller")
 
 
-class SplitPath(Layout):
+class SplitPath(RouterLayout):
     def __init__(self, hub_info: dict, path: str, ip: str = "127.0.0.1", scheduler: str = "leastload",
                  hwm: int | None = None, owner_pid: int | None = None, profile_dir=None, restore: bool = False):
         if path not in ("direct", "task"):
@@ -64,7 +64,7 @@ class SplitPath(Layout):
 
     def assemble(self, sockets: dict[str, zmq.Socket]) -> None:
         """Build the parts around the ``client`` and ``engine`` sockets."""
-        self.clients = ClientPort(self.loop, sockets["client"], lambda: {}, self._from_client)
+        self.clients = ClientPort(self.loop, sockets["client"], lambda: {}, self.from_client)
         self.router = Router(self.loop, self.hub, self.clients, sockets["engine"], (self.path,), self.scheduler_name,
                              self.hwm)
         if self.hub_info.get("dashboard"):
@@ -140,23 +140,11 @@ class SplitPath(Layout):
 
     # -- clients and engines ---------------------------------------------------------------
 
-    def _from_client(self, ident: bytes, msg: wire.Message) -> None:
-        if msg.type in (Msg.APPLY, Msg.EXECUTE):
-            self.router.submit(ident, msg)
-        else:
-            self.clients.drop(f"unexpected message type {msg.type!r}")
-
-    def on_engine(self, frames: list) -> None:
-        self.loop.routed(frames, self.router.drop, self._from_engine)
-
-    def _from_engine(self, uuid: bytes, msg: wire.Message) -> None:
-        engine_id = self.hub.by_uuid.get(uuid)
-        if self.router.from_engine(engine_id, msg):
-            return
+    def other_engine_message(self, uuid: bytes, engine_id: int | None, msg: wire.Message) -> bool:
         if msg.type != Msg.HELLO:
-            return self.router.drop(f"unexpected {msg.type!r} from "
-                                    f"{'unknown engine' if engine_id is None else engine_id}")
+            return False
         self._hello(uuid, engine_id, msg.header)
+        return True
 
     def _hello(self, uuid: bytes, engine_id: int | None, header: dict) -> None:
         """An engine that registered with the Hub greets this path: route to it from now
