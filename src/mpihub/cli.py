@@ -73,7 +73,8 @@ def _cmd_scheduler(args) -> int:
 def _cmd_engine(args) -> int:
     from .engine.app import main
 
-    return main(args.url_file, args.cluster_id, args.profile_dir, args.id, args.timeout, use_mpi=args.mpi)
+    return main(args.url_file, args.cluster_id, args.profile_dir, args.id, args.timeout, use_mpi=args.mpi,
+                many=args.many)
 
 
 def _cmd_cluster(args) -> int:
@@ -278,6 +279,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--url-file", default=None, help="engine connection file")
     p.add_argument("--id", type=int, default=None, help="ask for this engine id")
     p.add_argument("--mpi", action="store_true", help="one engine per MPI rank (run under mpiexec/srun)")
+    p.add_argument("--many", type=int, default=None, metavar="N",
+                   help="run N light engines in this process, to test or measure a controller at scale "
+                        "(short tasks only; no MPI)")
     p.add_argument("--timeout", type=float, default=30, help="seconds to wait for file and controller")
     common(p)
     p.set_defaults(func=_cmd_engine)

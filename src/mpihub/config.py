@@ -19,10 +19,16 @@ def _int(name: str, default: int) -> int:
     return int(value) if value else default
 
 
-#: Seconds between engine heartbeats.
+#: Seconds between engine heartbeats, at least (more with many engines: see ``HEARTBEAT_RATE``).
 HEARTBEAT_PERIOD = _float("MPIHUB_HEARTBEAT_PERIOD", 1.0)
-#: Seconds of silence after which the controller declares an engine dead.
+#: Seconds of silence after which the controller declares an engine dead, at least.
 HEARTBEAT_TIMEOUT = _float("MPIHUB_HEARTBEAT_TIMEOUT", 5.0)
+#: Heartbeats a second the controller takes from all its engines together, at most: the
+#: period grows with the number of engines to keep to it (as dask's does).
+HEARTBEAT_RATE = _float("MPIHUB_HEARTBEAT_RATE", 200.0)
+#: Heartbeat periods an engine may miss before it is declared dead (a busy node, a task
+#: that holds the GIL in C code for a while, a stalled file system).
+HEARTBEAT_MISSES = _float("MPIHUB_HEARTBEAT_MISSES", 3.0)
 #: Seconds without an answer from the controller after which an engine exits.
 ENGINE_CONTROLLER_TIMEOUT = _float("MPIHUB_ENGINE_CONTROLLER_TIMEOUT", 30.0)
 #: Bytes of request and result payload the Hub's result store keeps alive.
@@ -59,6 +65,16 @@ BULK_TIMEOUT = _float("MPIHUB_BULK_TIMEOUT", 60.0)
 MAX_DATA_LINKS = _int("MPIHUB_MAX_DATA_LINKS", 256)
 #: Seconds a client waits for an engine to answer on its direct link before relaying.
 LINK_TIMEOUT = _float("MPIHUB_LINK_TIMEOUT", 2.0)
+
+
+def heartbeat_period(engines: int) -> float:
+    """Seconds between the heartbeats of each of ``engines`` engines."""
+    return max(HEARTBEAT_PERIOD, round(engines / HEARTBEAT_RATE, 1))
+
+
+def heartbeat_timeout(period: float) -> float:
+    """Seconds of silence after which an engine told to beat every ``period`` is dead."""
+    return max(HEARTBEAT_TIMEOUT, HEARTBEAT_MISSES * period)
 
 
 def job_end() -> float | None:

@@ -1,7 +1,8 @@
-"""Process liveness, shared by the launchers and the controller's owner watch."""
+"""Process liveness (shared by the launchers and the controller's owner watch), and limits."""
 from __future__ import annotations
 
 import os
+import resource
 import signal
 import socket
 from pathlib import Path
@@ -47,3 +48,28 @@ def drain(reader: socket.socket) -> None:
             pass
     except BlockingIOError:
         pass
+
+
+def raise_fd_limit(needed: int = 0, what: str = "this process") -> int:
+    """Raise this process's file-descriptor limit to its hard limit (where allowed);
+    returns the limit now. A clear error names both limits when ``needed`` is more."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError):
+            pass
+    if needed > soft:
+        raise RuntimeError(fd_limit_message(needed, what, soft, hard))
+    return soft
+
+
+def fd_hard_limit() -> int:
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+
+
+def fd_limit_message(needed: int, what: str, soft: int, hard: int) -> str:
+    return (f"{what} needs about {needed} file descriptors, but may open only {soft} (`ulimit -n`; hard limit "
+            f"{'unlimited' if hard < 0 else hard}): raise the hard limit (/etc/security/limits.conf, or the "
+            "batch system's settings), or run fewer engines per process")

@@ -179,7 +179,7 @@ def in_process(server, *sockets: str):
     registry = getattr(server, "registry", None)
     if registry is not None:
         registry.pipe = Outbox(routed=False)
-        registry.monitor = HeartMonitor(server.loop.context, None, server.loop.signer, "inproc://unused", 1.0, 1.0)
+        registry.monitor = HeartMonitor(server.loop.context, None, server.loop.signer, "inproc://unused")
     return server
 
 

@@ -108,3 +108,66 @@ def test_the_schema_declares_every_key_once_and_the_docs_list_every_message():
         assert message.type in vars(schema.Msg).values()
     docs = (Path(__file__).resolve().parents[2] / "docs" / "architecture.md").read_text()
     assert all(f"| `{message.type}` | {message.channel} |" in docs for message in schema.MESSAGES)
+
+
+# -- many engines: batches, numbered ids, target runs ------------------------------------
+
+
+def test_a_batch_carries_messages_in_order_each_verified():
+    inner = [wire.pack(SIGNER, {"t": "reply", "id": f"m{i}"}, b"r", [b"x" * i] if i else []) for i in range(4)]
+    batch = wire.unpack(SIGNER, wire.batch(SIGNER, inner))
+    assert batch.type == schema.Msg.BATCH and batch.header[schema.Key.PARTS] == [1, 2, 2, 2]
+    out = list(wire.unbatch(SIGNER, batch))
+    assert [m.header["id"] for m in out] == ["m0", "m1", "m2", "m3"]
+    assert [bytes(b) for b in out[3].buffers] == [b"xxx"]
+
+
+def test_a_batch_that_lies_or_carries_a_forgery_is_refused():
+    good = wire.pack(SIGNER, {"t": "reply", "id": "ok"})
+    forged = wire.pack(wire.Signer("other-key"), {"t": "reply", "id": "evil"})
+    lying = wire.pack(SIGNER, {"t": schema.Msg.BATCH, schema.Key.PARTS: [5]}, b"", [good[0]])
+    with pytest.raises(wire.ProtocolError, match="do not add up"):
+        list(wire.unbatch(SIGNER, wire.unpack(SIGNER, lying)))
+    delivered = []
+    with pytest.raises(wire.ProtocolError, match="bad signature"):
+        for msg in wire.unbatch(SIGNER, wire.unpack(SIGNER, wire.batch(SIGNER, [good, forged]))):
+            delivered.append(msg.header["id"])
+    assert delivered == ["ok"]
+    nested = wire.batch(SIGNER, [wire.batch(SIGNER, [good, good])])
+    with pytest.raises(wire.ProtocolError, match="inside a batch"):
+        list(wire.unbatch(SIGNER, wire.unpack(SIGNER, nested)))
+
+
+def test_pending_hands_out_the_messages_of_a_batch_one_by_one():
+    ctx = zmq.Context.instance()
+    a, b = ctx.socket(zmq.PAIR), ctx.socket(zmq.PAIR)
+    a.bind("inproc://wire-batch")
+    b.connect("inproc://wire-batch")
+    try:
+        a.send_multipart(wire.batch(SIGNER, [wire.pack(SIGNER, {"t": "reply", "id": str(i)}) for i in range(3)]))
+        a.send_multipart(wire.pack(SIGNER, {"t": "reply", "id": "3"}))
+        assert b.poll(1000)
+        drops = []
+        assert [m.header["id"] for m in wire.pending(b, SIGNER, drops.append)] == ["0", "1", "2", "3"]
+        assert not drops
+    finally:
+        a.close()
+        b.close()
+
+
+@pytest.mark.parametrize("targets", [[0, 1, 2, 3], [5, 6, 7, 1, 2, 9], [3], list(range(4096))])
+def test_targets_as_runs_name_the_same_engines_and_ids(targets):
+    runs = wire.target_runs(targets)
+    header = {schema.Key.TARGET_RUNS: runs, schema.Key.ID_BASE: "c-7"}
+    assert wire.request_targets(header) == targets
+    assert wire.request_ids(header) == [f"c-7/{i}" for i in range(len(targets))]
+    assert [wire.target_index(header, t) for t in targets] == list(range(len(targets)))
+    with pytest.raises(ValueError):
+        wire.target_index(header, 10_000)
+    assert len(runs) <= 6
+
+
+@pytest.mark.parametrize("runs", [[0], [0, -1], "01", [0, 1.5], [0, wire.MAX_TARGETS + 1]])
+def test_malformed_target_runs_are_refused(runs):
+    with pytest.raises(ValueError):
+        wire.request_targets({schema.Key.TARGET_RUNS: runs})

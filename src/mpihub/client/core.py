@@ -147,6 +147,17 @@ class ClientCore:
         """A new task or request id, unique to this client."""
         return f"{self.session}-{next(self._counter)}"
 
+    def id_block(self, targets: list[int]) -> tuple[dict, list[str]]:
+        """Task ids for a request to ``targets``, and the header fields that name the
+        targets and ids: for several, as runs of engine ids and a base the engines number
+        their ids from, so that a request to thousands of engines stays small."""
+        if len(targets) == 1:
+            ids = [self.new_id()]
+            return {Key.TARGETS: targets, Key.IDS: ids}, ids
+        base, runs = self.new_id(), wire.target_runs(targets)
+        named = {Key.TARGET_RUNS: runs} if len(runs) < len(targets) else {Key.TARGETS: targets}
+        return {**named, Key.ID_BASE: base}, wire.numbered_ids(base, len(targets))
+
     def close(self) -> None:
         """Say goodbye to every front and stop the receiving thread."""
         if self.closed:
@@ -302,7 +313,7 @@ class ClientCore:
         come back (by then the controller has taken everything sent before).
         """
         pending, results = self.pending, self.results
-        ids = header[Key.IDS] if Key.IDS in header else (header[Key.ID],)
+        ids = (header[Key.ID],) if Key.ID in header else wire.request_ids(header)
         for index, msg_id in enumerate(ids):
             pending[msg_id] = (ar, offset + index)
             results[msg_id] = ar

@@ -302,7 +302,7 @@ class IOThread(threading.Thread):
             self._expire_parked()
 
     def _run_commands(self) -> None:
-        while self._wake_in.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+        while wire.readable(self._wake_in):
             self._wake_in.recv()
         while self._commands:
             command = self._commands.popleft()

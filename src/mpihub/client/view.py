@@ -165,9 +165,9 @@ class DirectView(View):
     def _send(self, kind: str, content: bytes, buffers: list, extra: dict, targets, track, fname: str,
               sync: bool, postprocess=None) -> AsyncResult:
         engines = self._target_list(targets)
-        ids = [self.client.core.new_id() for _ in engines]
+        named, ids = self.client.core.id_block(engines)
         ar = AsyncResult(self.client, ids, fname=fname, single=self._single(targets), postprocess=postprocess)
-        header = {Key.TYPE: kind, Key.TARGETS: engines, Key.IDS: ids, **extra}
+        header = {Key.TYPE: kind, **named, **extra}
         track = self.track if track is None else track
         self.client.core.submit(header, content, buffers, ar, track=track, sync=sync)
         return ar

@@ -4,6 +4,10 @@ A client has two sockets: it sends on one and receives on the other, and its
 ``connect`` (sent on the receiving socket) names the sending one, so every reply and
 notice is addressed to the receiving identity. ``connect`` and ``close`` are handled
 here; everything else goes to the layout's handler with the identity to answer.
+
+What goes to clients waits in an outbox until the loop's turn ends (:meth:`flush`):
+then each client gets what is its own in order, as one ``batch`` when there are several,
+so that the replies of a thousand engines reach it as a few messages.
 """
 from __future__ import annotations
 
@@ -29,6 +33,8 @@ class ClientPort:
         self._connect_fields = connect_fields  # what a connecting client is told besides its request id
         self._handle = handle
         self.drop = wire.DropLog(log, "the client socket")
+        self._outbox: dict[bytes, list[list]] = {}
+        loop.after_turn(self.flush)
 
     def on_frames(self, frames: list) -> None:
         self.loop.routed(frames, self.drop, self._from_client)
@@ -57,10 +63,27 @@ class ClientPort:
             self._handle(ident, msg)
 
     def send(self, ident: bytes, header: dict, content: bytes = b"") -> None:
-        wire.send(self.sock, [ident, *wire.pack(self.loop.signer, header, content)])
+        self.deliver(ident, wire.pack(self.loop.signer, header, content))
+
+    def deliver(self, ident: bytes, frames: list) -> None:
+        """Send a message (its frames, signed) to a client, at the end of this turn."""
+        queued = self._outbox.get(ident)
+        if queued is None:
+            self._outbox[ident] = [frames]
+        else:
+            queued.append(frames)
 
     def notify(self, header: dict) -> None:
         """One message to every connected client."""
         frames = wire.pack(self.loop.signer, header)
         for ident in self.clients:
+            self.deliver(ident, frames)
+
+    def flush(self) -> None:
+        """Send what the outbox holds: to each client its messages in order, one batch."""
+        if not self._outbox:
+            return
+        outbox, self._outbox = self._outbox, {}
+        for ident, messages in outbox.items():
+            frames = messages[0] if len(messages) == 1 else wire.batch(self.loop.signer, messages)
             wire.send(self.sock, [ident, *frames])

@@ -3,7 +3,8 @@
 Every controller process (the whole controller, or a split controller's Hub or one of
 its paths) is a :class:`Loop` and the parts it is built from. The loop reads each ready
 socket in turns of at most 256 messages and hands every message to that socket's
-handler; it wakes a part whose timer is due; it stops on a shutdown request, SIGTERM or
+handler; after each turn it runs what parts asked to run then (a client port sends
+what it gathered); it wakes a part whose timer is due; it stops on a shutdown request, SIGTERM or
 SIGINT, always through the layout's ``close``. Parts never poll or sleep themselves.
 """
 from __future__ import annotations
@@ -52,6 +53,7 @@ class Loop:
         self.stopping = False
         self._handlers: dict[zmq.Socket, Callable[[list], None]] = {}
         self._timers: list[Timer] = []
+        self._after_turn: list[Callable[[], None]] = []
 
     def bind_routers(self, ip: str, names: tuple[str, ...],
                      fixed: dict[str, int] | None = None) -> tuple[dict[str, zmq.Socket], dict[str, int]]:
@@ -84,6 +86,14 @@ class Loop:
 
     def add_timer(self, timer: Timer) -> None:
         self._timers.append(timer)
+
+    def after_turn(self, work: Callable[[], None]) -> None:
+        """Run ``work()`` after every turn of the loop (and once more when it closes)."""
+        self._after_turn.append(work)
+
+    def end_turn(self) -> None:
+        for work in self._after_turn:
+            work()
 
     def routed(self, frames: list, drop: wire.DropLog, handle: Callable[[bytes, wire.Message], None]) -> None:
         """Verify a ROUTER message ``[ident, envelope, *buffers]`` and pass it to
@@ -133,9 +143,10 @@ class Loop:
                         continue
                     handle = self._handlers[sock]
                     for _ in range(TURN):  # then let the other sockets have a turn
-                        if self.stopping or not sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+                        if self.stopping or not wire.readable(sock):
                             break
                         handle(wire.recv(sock))
+                self.end_turn()
         finally:
             close()
 
@@ -168,6 +179,7 @@ class Layout:
 
     def close(self) -> None:
         self.shut_down()
+        self.loop.end_turn()
         if self.dashboard:
             self.dashboard.stop()
         self.loop.close()

@@ -194,7 +194,7 @@ def _answer_result(router: "Router", args: dict, buffers: list) -> tuple[dict, l
         elif state == "stored" and Key.BULK_TOKEN in wire.unpack(router.signer, frames).header:
             state = "direct"
         elif state == "stored":
-            wire.send(router.clients.sock, [who, *frames])
+            router.clients.deliver(who, frames)
             hub.fetched(msg_id)
             continue
         outcome[state].append(msg_id)
@@ -236,7 +236,8 @@ def _answer_resubmit(router: "Router", args: dict, buffers: list) -> tuple[None,
     requests = []
     for new, frames in runs:
         stored = wire.unpack(router.signer, frames)
-        request = {k: v for k, v in stored.header.items() if k not in (Key.TARGETS, Key.IDS, Key.ONLY, Key.VERSION,
+        request = {k: v for k, v in stored.header.items() if k not in (Key.TARGETS, Key.TARGET_RUNS, Key.IDS,
+                                                                        Key.ID_BASE, Key.ONLY, Key.VERSION,
                                                                         Key.BUFFER_COUNT, Key.RESULT_BACK)}
         request.update({Key.ID: new, Key.LOAD_BALANCED: True})
         requests.append(wire.unpack(router.signer, wire.pack(router.signer, request, stored.content, stored.buffers)))

@@ -16,7 +16,7 @@ from typing import Protocol
 
 import zmq
 
-from .. import config
+from .. import config, process
 from ..protocol import wire
 from ..protocol.schema import CONTROL_ABORT, CONTROL_SHUTDOWN, EVENT_REGISTERED, EVENT_UNREGISTERED, Key, Msg
 from . import restore
@@ -27,6 +27,11 @@ from .hub import Hub
 from .loop import Loop
 
 log = logging.getLogger("mpihub.controller")
+
+#: File descriptors the controller uses per engine (its task and heartbeat connections),
+#: and those it keeps for everything else (clients, files, the database).
+FDS_PER_ENGINE = 2
+FDS_RESERVED = 256
 
 
 class EngineEvents(Protocol):
@@ -58,6 +63,7 @@ class Registry:
         self.pipe: zmq.Socket | None = None  # to the heartbeat thread: control messages out, deaths in
         self.monitor: HeartMonitor | None = None
         self.heart_sock: zmq.Socket | None = None
+        self.fd_limit = process.raise_fd_limit()
 
     def start_heartbeat(self, port: int | None = None) -> int:
         """Bind the heartbeat ROUTER (on ``port``, else any) and start its thread;
@@ -69,7 +75,7 @@ class Registry:
         self.pipe.bind(pipe_url)
         self.loop.on(self.pipe, self.on_pipe)
         self.monitor = HeartMonitor(self.loop.context, self.heart_sock, self.loop.signer, pipe_url,
-                                    config.HEARTBEAT_PERIOD, config.HEARTBEAT_TIMEOUT, self.where.owner_pid)
+                                    self.where.owner_pid)
         self.monitor.start()
         return ports["heart"]
 
@@ -107,12 +113,16 @@ class Registry:
         if not isinstance(info, dict):
             raise TypeError("info must be a map")
         requested = header.get(Key.WANT_ID)
+        if uuid not in self.hub.by_uuid and (refused := self._over_fd_limit()):
+            wire.send(self.engine_sock, [uuid, *wire.pack(self.loop.signer, {Key.TYPE: Msg.REGISTER_REPLY,
+                                                                              Key.ERROR: refused})])
+            return
         record, how = self.hub.register_engine(uuid, requested if isinstance(requested, int) else None, info,
                                                time.time())
-        self.monitor.watch(uuid)
+        period = self.monitor.watch(uuid)
         settle = (self.events.engine_rejoined(record.id, header) if how == "rejoined" else {} if how == "again"
                   else {Key.SKIP: sorted(wire.task_ids(header.get(Key.HELD)))})
-        reply = {Key.TYPE: Msg.REGISTER_REPLY, Key.ID: record.id, Key.HEARTBEAT_PERIOD: config.HEARTBEAT_PERIOD,
+        reply = {Key.TYPE: Msg.REGISTER_REPLY, Key.ID: record.id, Key.HEARTBEAT_PERIOD: period,
                  Key.CONTROLLER_TIMEOUT: config.ENGINE_CONTROLLER_TIMEOUT, **settle, **self.events.register_fields()}
         wire.send(self.engine_sock, [uuid, *wire.pack(self.loop.signer, reply)])
         if how == "again":
@@ -120,6 +130,16 @@ class Registry:
         log.info("engine %d %s (%s, pid %s)", record.id, "is back" if how == "rejoined" else "registered",
                  info.get("hostname"), info.get("pid"))
         self.events.engine_joined(record.id)
+
+    def _over_fd_limit(self) -> str | None:
+        """Why one more engine would take the controller past its file-descriptor limit."""
+        needed = FDS_PER_ENGINE * (len(self.hub.engines) + 1) + FDS_RESERVED
+        if needed <= self.fd_limit:
+            return None
+        why = process.fd_limit_message(needed, f"the controller, with {len(self.hub.engines) + 1} engines,",
+                                       self.fd_limit, process.fd_hard_limit())
+        log.error("engine refused: %s", why)
+        return why
 
     def announce(self, engine_id: int) -> None:
         self.clients.notify({Key.TYPE: Msg.NOTIFY, Key.EVENT: EVENT_REGISTERED,

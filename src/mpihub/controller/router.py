@@ -85,10 +85,10 @@ class Router:
         record = self.hub.tasks.get(msg_id)
         if record is None:
             return False
-        sock, connected = self.clients.sock, self.clients.clients
-        wire.send(sock, [record.client_ident, *frames])
+        deliver, connected = self.clients.deliver, self.clients.clients
+        deliver(record.client_ident, frames)
         for watcher in record.watchers:
-            wire.send(sock, [watcher, *frames])
+            deliver(watcher, frames)
         return record.client_ident in connected or any(w in connected for w in record.watchers)
 
     def fail(self, msg_id: str, engine_id: int | None, status: str, ename: str, evalue: str) -> None:
@@ -129,7 +129,7 @@ class Router:
 
     def _aborted_early(self, ident: bytes, msg: wire.Message, path: str) -> bool:
         """Abort at once a request whose ids were aborted before it came."""
-        ids = [msg.header[Key.ID]] if path == "task" else msg.header[Key.IDS]
+        ids = [msg.header[Key.ID]] if path == "task" else wire.request_ids(msg.header)
         if not any(m in self.tombstones for m in ids):
             return False
         now = self.clock()
@@ -141,7 +141,7 @@ class Router:
         return True
 
     def _submit_direct(self, ident: bytes, msg: wire.Message) -> None:
-        targets, ids = msg.header[Key.TARGETS], msg.header[Key.IDS]
+        targets, ids = wire.request_targets(msg.header), wire.request_ids(msg.header)
         if not (isinstance(targets, list) and isinstance(ids, list) and len(targets) == len(ids) and targets):
             raise ValueError("tg and ids must be equal-length non-empty lists")
         if not all(isinstance(t, int) for t in targets) or not all(isinstance(i, str) for i in ids):

@@ -32,11 +32,11 @@ from .. import config, process
 from ..protocol import connection, wire
 from ..protocol.curve import Curve
 from ..protocol.schema import Key, Msg
-from . import mpi_world
+from . import light, mpi_world, registration
 from .datalink import BulkMissing, DataLink
 from .heartbeat import Heart
 from .replies import SentReplies
-from .runner import EngineStop, Runner
+from .runner import ABORTED, EngineStop, Runner, task_id_for
 
 log = logging.getLogger("mpihub.engine")
 
@@ -83,9 +83,7 @@ class Engine:
         wait = self.register_timeout / len(urls)
         for url in urls:
             self.sock = self._dealer(url)
-            self.sock.send_multipart(wire.pack(self.signer, {Key.TYPE: Msg.REGISTER, Key.WANT_ID: self.want_id,
-                                                             Key.INFO: self.details}))
-            if self.sock.poll(wait * 1000):
+            if self._ask_to_register(wait):
                 break
             log.info("no answer from the controller at %s within %.0f s", url, wait)
             self.sock.close()
@@ -97,9 +95,24 @@ class Engine:
         reply = wire.unpack(self.signer, self.sock.recv_multipart())
         if reply.type != Msg.REGISTER_REPLY:
             raise RuntimeError(f"unexpected {reply.type!r} while registering")
+        if (why := registration.refusal(reply.header)) is not None:
+            raise RuntimeError(f"the controller refused this engine: {why}")
         self.id = reply.header[Key.ID]
         log.info("registered as engine %d at %s", self.id, url)
         return reply.header
+
+    def _ask_to_register(self, wait: float) -> bool:
+        """Ask on ``self.sock``, and ask again after growing pauses while the controller
+        is busy (see :mod:`.registration`); whether it answered within ``wait``."""
+        deadline = time.monotonic() + wait
+        for pause in registration.pauses():
+            self.sock.send_multipart(wire.pack(self.signer, {Key.TYPE: Msg.REGISTER, Key.WANT_ID: self.want_id,
+                                                             Key.INFO: self.details}))
+            left = deadline - time.monotonic()
+            if self.sock.poll(max(0.0, min(pause, left)) * 1000):
+                return True
+            if left <= pause:
+                return False
 
     def _dealer(self, url: str) -> zmq.Socket:
         """A socket to the controller at ``url`` under this engine's uuid."""
@@ -300,12 +313,7 @@ class Engine:
         return True
 
     def _task_id(self, header: dict) -> str | None:
-        """This engine's task id in a request (one to several engines names one each)."""
-        try:
-            msg_id = header[Key.ID] if Key.ID in header else header[Key.IDS][header[Key.TARGETS].index(self.id)]
-        except (KeyError, ValueError, TypeError, IndexError, AttributeError):
-            return None
-        return msg_id if isinstance(msg_id, str) else None
+        return task_id_for(header, self.id)
 
     def _run(self, runner: Runner, msg_id: str, msg: wire.Message, sock: zmq.Socket) -> None:
         header = msg.header
@@ -322,8 +330,7 @@ class Engine:
             self.aborted.discard(msg_id)
             if isinstance(token, str):
                 self.data.discard(token)
-            reply.update({Key.STATUS: "aborted", Key.ENAME: "TaskAborted", Key.EVALUE: "task aborted before it started",
-                          Key.TRACEBACK: "", Key.STARTED: None, Key.COMPLETED: None, Key.STDOUT: "", Key.STDERR: ""})
+            reply.update(ABORTED)
             self._reply(sock, msg_id, wire.pack(self.signer, reply))
             return
         buffers = msg.buffers
@@ -368,8 +375,9 @@ class Engine:
 
 
 def main(url_file: str | None, cluster_id: str | None, profile_dir: str | None, want_id: int | None,
-         timeout: float, use_mpi: bool = False) -> int:
-    """Entry point of ``mpihub engine``; connection info from a file or $MPIHUB_CONNECTION_INFO."""
+         timeout: float, use_mpi: bool = False, many: int | None = None) -> int:
+    """Entry point of ``mpihub engine``; connection info from a file or $MPIHUB_CONNECTION_INFO.
+    With ``many``, that many light engines in this process (:mod:`.light`)."""
     raw = os.environ.get("MPIHUB_CONNECTION_INFO")
     if raw and not url_file:
         info = connection.check(json.loads(raw), "$MPIHUB_CONNECTION_INFO")
@@ -377,6 +385,9 @@ def main(url_file: str | None, cluster_id: str | None, profile_dir: str | None, 
         path = url_file or connection.connection_file("engine", cluster_id, profile_dir)
         info = connection.read(path, timeout=timeout)
     try:
+        if many is not None:
+            light.main(info, many, timeout)
+            return 0
         world = mpi_world.init_world() if use_mpi else None
         Engine(info, want_id=want_id, mpi_world=world, register_timeout=timeout).serve_forever()
     except (TimeoutError, RuntimeError, wire.ProtocolError) as exc:

@@ -41,7 +41,7 @@ class DataLink:
 
     def receive_pending(self) -> None:
         """Take in whatever arrived: bulk buffers are stashed, hellos answered."""
-        while self.sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+        while wire.readable(self.sock):
             frames = self.sock.recv_multipart(copy=False)
             ident = frames[0].bytes
             try:

@@ -5,7 +5,10 @@ switches every few milliseconds). Signals for the running task (interrupts) come
 way too, since the task thread is busy. When the controller no longer knows this engine
 (it declared it dead after a network cut, or it was restarted) the heart asks the task
 thread to register again, over an inproc pair. It ends the process when the controller
-has been silent for ``controller_timeout`` seconds, or on a shutdown request.
+has been silent for ``controller_timeout`` seconds (or for as many heartbeat periods as
+the controller allows an engine, when that is longer), or on a shutdown request. Each
+answer names the period the controller wants now, which grows with the number of
+engines; the heart follows it.
 """
 from __future__ import annotations
 
@@ -18,11 +21,18 @@ from typing import Callable
 
 import zmq
 
+from .. import config
 from ..protocol import wire
 from ..protocol.curve import Curve
 from ..protocol.schema import CONTROL_ABORT, CONTROL_SHUTDOWN, CONTROL_SIGNAL, Key, Msg
 
 log = logging.getLogger("mpihub.engine.heartbeat")
+
+
+def silent_controller(period: float, controller_timeout: float) -> float:
+    """Seconds of silence after which an engine beating every ``period`` gives the
+    controller up: its own timeout, or as long as the controller waits for the engine."""
+    return max(controller_timeout, config.heartbeat_timeout(period))
 
 
 class Heart(threading.Thread):
@@ -85,8 +95,9 @@ class Heart(threading.Thread):
                 if sock in events:
                     last_answer = time.monotonic()
                     self._handle(sock.recv_multipart())
-                elif time.monotonic() - last_answer > self.controller_timeout:
-                    self._exit(1, f"controller silent for {self.controller_timeout:.0f} s; engine exits")
+                elif time.monotonic() - last_answer > (silence := silent_controller(self.period,
+                                                                                   self.controller_timeout)):
+                    self._exit(1, f"controller silent for {silence:.0f} s; engine exits")
         finally:
             sock.close()
             self._rejoin.close()
@@ -100,6 +111,9 @@ class Heart(threading.Thread):
             return
         header = msg.header
         if header[Key.TYPE] == Msg.PONG:
+            period = header.get(Key.HEARTBEAT_PERIOD)
+            if isinstance(period, (int, float)) and period > 0:
+                self.period = float(period)
             self.controller_knows = not header.get(Key.UNKNOWN)
             if self.controller_knows:
                 self.alive_at = time.monotonic()

@@ -16,7 +16,7 @@ from functools import lru_cache
 from typing import Any, Callable
 
 from ..collective_function import COLLECTIVE_ATTRIBUTE
-from ..protocol import serialize
+from ..protocol import serialize, wire
 from ..protocol.schema import Key, Msg
 from . import mpi_world, ops
 
@@ -121,6 +121,25 @@ def _user_traceback(exc: BaseException) -> str:
     return "".join(traceback.format_exception(type(exc), exc, tb))
 
 
+def task_id_for(header: dict, engine_id: int | None) -> str | None:
+    """This engine's task id in a request (one to several engines names one each)."""
+    try:
+        if Key.ID in header:
+            msg_id = header[Key.ID]
+        elif Key.ID_BASE in header:
+            msg_id = f"{header[Key.ID_BASE]}/{wire.target_index(header, engine_id)}"
+        else:
+            msg_id = header[Key.IDS][wire.target_index(header, engine_id)]
+    except (KeyError, ValueError, TypeError, IndexError, AttributeError):
+        return None
+    return msg_id if isinstance(msg_id, str) else None
+
+
+#: The reply fields of a task aborted before it started.
+ABORTED = {Key.STATUS: "aborted", Key.ENAME: "TaskAborted", Key.EVALUE: "task aborted before it started",
+           Key.TRACEBACK: "", Key.STARTED: None, Key.COMPLETED: None, Key.STDOUT: "", Key.STDERR: ""}
+
+
 class Runner:
     def __init__(self, engine_id: int):
         self.engine_id = engine_id
@@ -142,6 +161,7 @@ class Runner:
         started = time.time()
         try:
             self.running = task_id
+            ops.bind_namespace(self.namespace)  # light engines: several runners in one process
             if header[Key.TYPE] == Msg.EXECUTE:
                 result = self._execute(bytes(content).decode("utf-8"), bool(header.get(Key.SILENT, True)))
             else:
@@ -181,6 +201,8 @@ class Runner:
             kwargs["frames"] = frames
         timeout = getattr(f, COLLECTIVE_ATTRIBUTE, _NOT_COLLECTIVE)
         if timeout is not _NOT_COLLECTIVE and timeout is not None:
-            engine_of = dict(zip(header.get(Key.RANKS, ()), header.get(Key.TARGETS, ())))
-            mpi_world.arrival_gate(getattr(f, "__name__", "collective"), timeout, header[Key.IDS][0], engine_of)
+            targets = wire.request_targets(header)
+            engine_of = dict(zip(header.get(Key.RANKS, ()), targets))
+            mpi_world.arrival_gate(getattr(f, "__name__", "collective"), timeout, task_id_for(header, targets[0]),
+                                   engine_of)
         return f(*args, **kwargs)

@@ -32,6 +32,7 @@ class Msg:
     QUERY = "query"  # a question for the Hub (op)
     QUERY_REPLY = "query_reply"  # its answer
     NOTIFY = "notify"  # engines came or went, a path was lost (ev)
+    BATCH = "batch"  # several messages to one client in one (parts: frames of each)
     # engine channel
     REGISTER = "register"  # an engine asks for an id, or comes back under its id
     REGISTER_REPLY = "register_reply"
@@ -119,6 +120,9 @@ class Key:
     # queries, questions, answers
     OP = "op"
     ENGINE_IDS = "targets"
+    PARTS = "parts"
+    ID_BASE = "ib"  # a direct request to several engines: its task ids are ib/0, ib/1, ...
+    TARGET_RUNS = "tr"  # a direct request's targets as runs of consecutive ids: first, count, first, ...  # a batch: the number of frames of each message in it
     VERBOSE = "verbose"
     RECORD_QUERY = "query"
     RECORD_KEYS = "keys"
@@ -196,6 +200,9 @@ FIELDS: dict[str, Field] = {field.key: field for field in (
     Field(Key.STREAM_NAME, "str", "stdout or stderr"),
     Field(Key.STREAM_TEXT, "str", "streamed lines"),
     Field(Key.REQUEST_ID, "str", "a request id its answer echoes"),
+    Field(Key.ID_BASE, "task_id", "task ids of a request to several engines: this, a slash, the target's index"),
+    Field(Key.TARGET_RUNS, "any", "a request's targets as runs of consecutive engine ids: first, count, ..."),
+    Field(Key.PARTS, "any", "a batch: how many frames each of its messages has"),
     Field(Key.SEND_AS, "str", "the connecting client's sending identity"),
     Field(Key.REPLY_TO, "str", "the client's receiving identity"),
     Field(Key.ENGINES, "any", "the engine table (engine descriptions)"),
@@ -257,10 +264,10 @@ K = Key  # short, for the table below
 _REQUEST = (K.RANKS, K.BUFFERS_FOR, K.RESULT_BACK, K.BULK_TOKEN)
 MESSAGES: tuple[Message, ...] = (
     Message(Msg.APPLY, "client", "client", "controller, then engine", "call a function on engines",
-            (), (K.TARGETS, K.IDS, K.ID, K.LOAD_BALANCED, K.FUNCTION_BYTES, K.FUNCTION_BUFFERS, K.RETRIES,
+            (), (K.TARGETS, K.TARGET_RUNS, K.IDS, K.ID_BASE, K.ID, K.LOAD_BALANCED, K.FUNCTION_BYTES, K.FUNCTION_BUFFERS, K.RETRIES,
                  K.DEPENDENCY_TIMEOUT, K.ONLY, K.AFTER, K.FOLLOW, *_REQUEST)),
     Message(Msg.EXECUTE, "client", "client", "controller, then engine", "run code on engines",
-            (K.TARGETS, K.IDS), (K.SILENT, K.STREAM_OUTPUT, K.RESULT_BACK, K.LOAD_BALANCED)),
+            (), (K.TARGETS, K.TARGET_RUNS, K.IDS, K.ID_BASE, K.SILENT, K.STREAM_OUTPUT, K.RESULT_BACK, K.LOAD_BALANCED)),
     Message(Msg.REPLY, "engine", "engine (or the controller)", "controller, then client", "a task's result",
             (K.ID,), (K.ENGINE_ID, K.STATUS, K.ENAME, K.EVALUE, K.TRACEBACK, K.STARTED, K.COMPLETED, K.STDOUT,
                            K.STDERR, K.BULK_TOKEN)),
@@ -276,19 +283,22 @@ MESSAGES: tuple[Message, ...] = (
                       K.INTERRUPT, K.NEW_IDS, K.SIGNAL, K.STOP_HUB)),
     Message(Msg.QUERY_REPLY, "client", "controller or split Hub", "client", "its answer",
             (K.OK,), (K.REQUEST_ID, K.RESULT, K.ERROR)),
+    Message(Msg.BATCH, "client", "controller process", "client",
+            "the messages for one client from one turn of the loop, in order", (K.PARTS,)),
     Message(Msg.NOTIFY, "client", "controller or split Hub", "every client", "engines came or went, a path is lost",
             (K.EVENT,), (K.ENGINE, K.ID, K.PATH, K.WHY)),
     Message(Msg.REGISTER, "engine", "engine", "controller or split Hub", "ask for an id, or come back under one",
             (), (K.WANT_ID, K.INFO, K.HELD, K.ANSWERED, K.KEPT)),
     Message(Msg.REGISTER_REPLY, "engine", "controller or split Hub", "engine", "the engine's id and settings",
-            (K.ID, K.HEARTBEAT_PERIOD), (K.CONTROLLER_TIMEOUT, K.SKIP, K.REPLAY, K.PATHS)),
+            (), (K.ID, K.HEARTBEAT_PERIOD, K.ERROR, K.CONTROLLER_TIMEOUT, K.SKIP, K.REPLAY, K.PATHS)),
     Message(Msg.UNREGISTER, "engine", "engine", "controller or split Hub", "the engine leaves"),
     Message(Msg.SHUTDOWN, "engine", "controller or split Hub", "engine", "stop (on the task queue)"),
     Message(Msg.HELLO, "engine", "engine", "split path", "greet a path after registering",
             (K.ID,), (K.RETIRE_AT, K.JOB_END, K.HELD, K.ANSWERED, K.KEPT)),
     Message(Msg.HELLO_REPLY, "engine", "split path", "engine", "what to skip and send again", (), (K.SKIP, K.REPLAY)),
     Message(Msg.PING, "heartbeat", "engine heartbeat thread", "heartbeat monitor", "alive"),
-    Message(Msg.PONG, "heartbeat", "heartbeat monitor", "engine heartbeat thread", "alive too", (), (K.UNKNOWN,)),
+    Message(Msg.PONG, "heartbeat", "heartbeat monitor", "engine heartbeat thread", "alive too",
+            (), (K.UNKNOWN, K.HEARTBEAT_PERIOD)),
     Message(Msg.CONTROL, "heartbeat", "controller, through the monitor", "engine heartbeat thread",
             "abort, signal or shutdown while a task runs", (K.OP,), (K.IDS, K.INTERRUPT, K.SIGNAL)),
     Message(Msg.JOIN, "path", "split path", "split Hub", "join the controller",

@@ -15,6 +15,12 @@ makes the same trade). A request whose header names ``bt`` (an engine id) is fan
 out with its buffers to that engine only; the other targets get the envelope alone.
 One envelope frame instead of three saves a send and a receive
 per message in every process on the path.
+
+A controller sends the messages for one client from one turn of its loop as a single
+``batch`` (:func:`batch`): one envelope that says how many frames each message has,
+then the messages, each still signed by whoever made it. A reply from each of 1,000
+engines reaches the client as a few messages, not 1,000; :func:`pending` hands them
+out one by one again.
 """
 from __future__ import annotations
 
@@ -27,13 +33,14 @@ import msgpack
 import zmq
 
 from .. import config
-from .schema import Key
+from .schema import Key, Msg
 
 PROTOCOL_VERSION = 1
 SIGNATURE_SCHEME = "hmac-sha256"
 _SIG_LEN = hashlib.sha256().digest_size
 _PREFIX = _SIG_LEN + 4
 _SNDMORE = int(zmq.SNDMORE)
+_EVENTS, _POLLIN = int(zmq.EVENTS), int(zmq.POLLIN)  # plain ints: pyzmq's flag enums cost microseconds
 
 
 class ProtocolError(ValueError):
@@ -118,11 +125,40 @@ def unpack(signer: Signer, frames: Sequence) -> Message:
     return Message(header, view[header_end:], buffers, list(frames))
 
 
+def batch(signer: Signer, messages: Sequence[Sequence]) -> list:
+    """Frames of one ``batch`` message carrying ``messages`` (each its frames, signed)."""
+    frames = []
+    for message in messages:
+        frames.extend(message)
+    return pack(signer, {Key.TYPE: Msg.BATCH, Key.PARTS: [len(m) for m in messages]}, b"", frames)
+
+
+def unbatch(signer: Signer, msg: Message) -> Iterator[Message]:
+    """The messages of a verified ``batch``, each verified; a bad one raises
+    :class:`ProtocolError` when it is reached (those before it are good)."""
+    parts = msg.header.get(Key.PARTS)
+    if (not isinstance(parts, list) or not all(isinstance(n, int) and n > 0 for n in parts)
+            or sum(parts) != len(msg.buffers)):
+        raise ProtocolError(f"a batch whose parts {parts!r} do not add up to its {len(msg.buffers)} frames")
+    start = 0
+    for count in parts:
+        inner = unpack(signer, msg.buffers[start:start + count])
+        start += count
+        if inner.type == Msg.BATCH:
+            raise ProtocolError("a batch inside a batch")
+        yield inner
+
+
 def send(sock: zmq.Socket, frames: Sequence, copy: bool = True) -> None:
     """``send_multipart`` without its per-frame overhead, for small hot-path messages."""
     last = len(frames) - 1
     for i, frame in enumerate(frames):
         sock.send(frame, _SNDMORE if i < last else 0, copy=copy)
+
+
+def readable(sock: zmq.Socket) -> bool:
+    """Whether a message waits on ``sock``."""
+    return bool(sock.getsockopt(_EVENTS) & _POLLIN)
 
 
 def recv(sock: zmq.Socket, flags: int = 0) -> list:
@@ -156,15 +192,78 @@ class DropLog:
 
 
 def pending(sock: zmq.Socket, signer: Signer, drop: DropLog) -> Iterator[Message]:
-    """The verified messages waiting on ``sock`` (not a ROUTER); bad ones go to ``drop``."""
-    while sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+    """The verified messages waiting on ``sock`` (not a ROUTER), those of a batch one
+    by one; bad ones go to ``drop``."""
+    while readable(sock):
         frames = recv(sock)
         try:
             msg = unpack(signer, frames)
+            if msg.type == Msg.BATCH:
+                yield from unbatch(signer, msg)
+                continue
         except ProtocolError as exc:
             drop(exc)
             continue
         yield msg
+
+
+def request_ids(header: dict) -> list:
+    """The task ids of a direct request, one per target: listed (``ids``), or numbered
+    after a base (``ib``), which keeps a request to 4,000 engines small."""
+    base = header.get(Key.ID_BASE)
+    if base is None:
+        return header[Key.IDS]
+    if not isinstance(base, str):
+        raise TypeError(f"ib must be a task id, not {base!r}")
+    return numbered_ids(base, len(request_targets(header)))
+
+
+def numbered_ids(base: str, n: int) -> list[str]:
+    """The task ids of a request to ``n`` engines named by the base ``ib``."""
+    return [f"{base}/{index}" for index in range(n)]
+
+
+#: Most targets one request may name by runs (a bound on what a header can make us build).
+MAX_TARGETS = 1 << 20
+
+
+def target_runs(targets: Sequence[int]) -> list[int]:
+    """``targets`` as runs of consecutive ids, flat: first, count, first, count, ..."""
+    runs: list[int] = []
+    for target in targets:
+        if runs and target == runs[-2] + runs[-1]:
+            runs[-1] += 1
+        else:
+            runs += [target, 1]
+    return runs
+
+
+def _runs(header: dict) -> list[tuple[int, int]]:
+    runs = header[Key.TARGET_RUNS]
+    if (not isinstance(runs, list) or len(runs) % 2 or not all(isinstance(n, int) for n in runs)
+            or not all(count > 0 for count in runs[1::2]) or sum(runs[1::2]) > MAX_TARGETS):
+        raise ValueError(f"tr must be runs of engine ids (first, count, ...), not {runs!r}")
+    return list(zip(runs[::2], runs[1::2]))
+
+
+def request_targets(header: dict) -> list[int]:
+    """The target engines of a direct request: listed (``tg``) or as runs (``tr``)."""
+    if Key.TARGET_RUNS not in header:
+        return header[Key.TARGETS]
+    return [first + k for first, count in _runs(header) for k in range(count)]
+
+
+def target_index(header: dict, engine_id: int) -> int:
+    """Where ``engine_id`` is among a request's targets (ValueError: not there), without
+    building the list of thousands of them."""
+    if Key.TARGET_RUNS not in header:
+        return header[Key.TARGETS].index(engine_id)
+    offset = 0
+    for first, count in _runs(header):
+        if first <= engine_id < first + count:
+            return offset + engine_id - first
+        offset += count
+    raise ValueError(f"engine {engine_id} is not a target")
 
 
 def task_ids(value: object) -> set[str]:
