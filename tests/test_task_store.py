@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import sqlite3
 import time
+from pathlib import Path
 
 import pytest
 
@@ -90,6 +91,19 @@ def test_memory_only_says_a_result_was_evicted_unfetched(fresh_cluster, small_me
     with pytest.raises(KeyError, match="evicted .* before anyone fetched it"):
         rc.get_result(ar.msg_ids[0])
     assert rc.get_result(ar.msg_ids[-1]).get(timeout=10) == [7]
+
+
+@pytest.mark.layouts("one", "split")
+def test_the_results_of_blocking_calls_count_as_fetched(fresh_cluster, small_memory):
+    """A blocking call's reply comes back on the calling thread's own socket, which never
+    says connect: its results are fetched all the same, so the records forgotten to stay
+    within the limit are those, with no warning of a result lost unfetched."""
+    running = fresh_cluster(1)
+    rc = running.client
+    for i in range(20):
+        assert rc[:].apply_sync(shout, i) == [i * 10]
+    log = Path(running.cluster._controller_process.log_path).read_text()
+    assert "before anyone fetched it" not in log
 
 
 def test_batch_clusters_store_tasks_in_sqlite():

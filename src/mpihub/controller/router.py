@@ -85,11 +85,11 @@ class Router:
         record = self.hub.tasks.get(msg_id)
         if record is None:
             return False
-        deliver, connected = self.clients.deliver, self.clients.clients
+        deliver, reachable = self.clients.deliver, self.clients.reachable
         deliver(record.client_ident, frames)
         for watcher in record.watchers:
             deliver(watcher, frames)
-        return record.client_ident in connected or any(w in connected for w in record.watchers)
+        return reachable(record.client_ident) or any(reachable(w) for w in record.watchers)
 
     def fail(self, msg_id: str, engine_id: int | None, status: str, ename: str, evalue: str) -> None:
         """Make up a reply for a task that will never run, and deliver it."""

@@ -8,8 +8,12 @@ next task:
 - ``leastload``: the least-loaded engine, ties to the one that waited longest. Engines
   sit in buckets by load, so a choice is O(1) for an unrestricted task.
 - ``lru``: the engine that was given a task longest ago (round robin over those with room).
-- ``random``: any engine with room, uniformly.
-- ``weighted``: a random engine with room, weighted by how much room it has.
+- ``random``: any engine with room, uniformly (O(1): engines with room sit in a pool).
+- ``weighted``: a random engine with room, weighted by how much room it has (a pool per
+  load: O(hwm)).
+
+No policy looks at every engine to place an unrestricted task, so throughput holds at
+thousands of engines.
 
 A task may be restricted to some engines (a view's targets); it then skips ahead of
 tasks that cannot run yet, without reordering them.
@@ -127,13 +131,10 @@ class Scheduler:
         """An engine's load went from ``old`` to ``new`` (None: not registered)."""
 
     def _has_room(self) -> bool:
-        return any(load < self.hwm for e, load in self.load.items() if e not in self.paused)
+        """Whether any engine that is not paused has room."""
+        raise NotImplementedError
 
     # -- internals ------------------------------------------------------------------
-
-    def _with_room(self, allowed: frozenset[int] | None) -> list[int]:
-        return [e for e, load in self.load.items()
-                if load < self.hwm and (allowed is None or e in allowed) and e not in self.paused]
 
     def _assign(self, task_id: str, engine_id: int) -> None:
         load = self.load[engine_id]
@@ -212,27 +213,95 @@ class LRUScheduler(Scheduler):
         return None
 
 
+class _Pool:
+    """Engines in a list, and each one's place in it: add, remove and a uniform pick,
+    each O(1)."""
+
+    __slots__ = ("engines", "places")
+
+    def __init__(self):
+        self.engines: list[int] = []
+        self.places: dict[int, int] = {}
+
+    def __len__(self) -> int:
+        return len(self.engines)
+
+    def __contains__(self, engine_id: int) -> bool:
+        return engine_id in self.places
+
+    def add(self, engine_id: int) -> None:
+        if engine_id not in self.places:
+            self.places[engine_id] = len(self.engines)
+            self.engines.append(engine_id)
+
+    def discard(self, engine_id: int) -> None:
+        place = self.places.pop(engine_id, None)
+        if place is None:
+            return
+        last = self.engines.pop()
+        if place < len(self.engines):
+            self.engines[place] = last
+            self.places[last] = place
+
+    def pick(self, rng: random.Random) -> int:
+        return self.engines[rng.randrange(len(self.engines))]
+
+
 class RandomScheduler(Scheduler):
     """Any engine with room, uniformly at random (``seed`` makes runs repeatable)."""
 
     def __init__(self, hwm: int = 1, seed: int | None = None):
         super().__init__(hwm)
         self.random = random.Random(seed)
+        self._room = _Pool()
+
+    def _room_changed(self, engine_id: int, old: int | None, new: int | None) -> None:
+        if new is not None and new < self.hwm:
+            self._room.add(engine_id)
+        else:
+            self._room.discard(engine_id)
+
+    def _has_room(self) -> bool:
+        return bool(self._room)
 
     def _choose(self, allowed: frozenset[int] | None) -> int | None:
-        candidates = self._with_room(allowed)
+        if allowed is None:
+            return self._room.pick(self.random) if self._room else None
+        candidates = [e for e in sorted(allowed) if e in self._room]
         return self.random.choice(candidates) if candidates else None
 
 
-class WeightedScheduler(RandomScheduler):
+class WeightedScheduler(Scheduler):
     """A random engine with room, with odds proportional to the room it has."""
 
+    def __init__(self, hwm: int = 1, seed: int | None = None):
+        super().__init__(hwm)
+        self.random = random.Random(seed)
+        self._by_load: dict[int, _Pool] = {}  # loads below hwm that some engine has
+
+    def _room_changed(self, engine_id: int, old: int | None, new: int | None) -> None:
+        if old is not None and old < self.hwm:
+            pool = self._by_load[old]
+            pool.discard(engine_id)
+            if not pool:
+                del self._by_load[old]
+        if new is not None and new < self.hwm:
+            self._by_load.setdefault(new, _Pool()).add(engine_id)
+
+    def _has_room(self) -> bool:
+        return bool(self._by_load)
+
     def _choose(self, allowed: frozenset[int] | None) -> int | None:
-        candidates = self._with_room(allowed)
+        if allowed is None:
+            if not self._by_load:
+                return None
+            loads = sorted(self._by_load)
+            load = self.random.choices(loads, weights=[(self.hwm - n) * len(self._by_load[n]) for n in loads])[0]
+            return self._by_load[load].pick(self.random)
+        candidates = [e for e in sorted(allowed) if e in self._by_load.get(self.load.get(e, self.hwm), ())]
         if not candidates:
             return None
-        room = [self.hwm - self.load[e] for e in candidates]
-        return self.random.choices(candidates, weights=room)[0]
+        return self.random.choices(candidates, weights=[self.hwm - self.load[e] for e in candidates])[0]
 
 
 SCHEDULERS: dict[str, type[Scheduler]] = {

@@ -142,9 +142,8 @@ class LightHost:
         if engine.runner is None:
             engine.runner = Runner(engine.id)
         engine.runner.engine_id = engine.id
-        for kind, urls in (header.get(Key.PATHS) or {}).items():
-            if first:
-                engine.paths.append(self._dealer(engine, urls[0]))
+        if first:  # a split controller's paths, each at its first address
+            engine.paths = [self._dealer(engine, urls[0]) for urls in (header.get(Key.PATHS) or {}).values()]
         for sock in engine.paths:
             wire.send(sock, wire.pack(self.signer, {Key.TYPE: Msg.HELLO, Key.ID: engine.id}))
             self.sent_on.append(sock)
