@@ -234,7 +234,7 @@ def soak_cluster(request, monkeypatch) -> Iterator[RunningCluster]:
     monkeypatch.setenv("MPIHUB_HEARTBEAT_PERIOD", "0.2")
     monkeypatch.setenv("MPIHUB_HEARTBEAT_TIMEOUT", str(HEARTBEAT_TIMEOUT))
     monkeypatch.setenv("MPIHUB_MAX_RECORDS", str(10 ** 9))
-    running = RunningCluster(ENGINES, controller_args=request.param)
+    running = RunningCluster(ENGINES, controller_args=request.param, fork_engines=False)  # killed one by one
     try:
         yield running
     finally:

@@ -11,6 +11,7 @@ keeps the user API on top of it.
 from __future__ import annotations
 
 import itertools
+import logging
 import threading
 import time
 import uuid
@@ -26,6 +27,8 @@ from ..protocol.schema import EVENT_PATH_LOST, EVENT_REGISTERED, EVENT_UNREGISTE
 from .asyncresult import AsyncResult
 from .io import IOThread, LocalSender, Sender
 from .reconnect import Reconnector
+
+log = logging.getLogger("mpihub.client")
 
 
 class Front:
@@ -80,7 +83,7 @@ class ClientCore:
         urls = info.get("candidates", {}).get("client") or [info["client"]]
         if info["client"] in urls:
             urls = [info["client"]] + [u for u in urls if u != info["client"]]
-        receiving, hub, reply = self._connect("the controller", urls, timeout)
+        receiving, hub, reply, after_reply = self._connect("the controller", urls, timeout)
         self.fronts: dict[str, Front] = {"hub": hub, "direct": hub, "task": hub}
         self._thread_local = threading.local()
         self._local_senders: weakref.WeakSet[LocalSender] = weakref.WeakSet()  # gone with their threads
@@ -89,8 +92,9 @@ class ClientCore:
         self.io.watch(receiving, "hub", self.reconnector)
         try:
             for kind, path_urls in (reply.get(Key.PATHS) or {}).items():
-                path_receiving, self.fronts[kind], _ = self._connect(f"the controller's {kind} path", path_urls,
-                                                                     timeout, kind)
+                path_receiving, self.fronts[kind], _, path_after_reply = self._connect(
+                    f"the controller's {kind} path", path_urls, timeout, kind)
+                after_reply.extend(path_after_reply)
                 self.io.add_receiver(path_receiving)
                 self.io.watch(path_receiving, kind, self.reconnector)
         except errors.TimeoutError:
@@ -101,16 +105,21 @@ class ClientCore:
         for engine in reply[Key.ENGINES]:
             self.engines[engine["id"]] = engine
             self.link(engine)
+        for msg in after_reply:
+            self.on_message(msg)
         self.io.start()
 
     # -- connection -------------------------------------------------------------------
 
-    def _connect(self, what: str, urls: list[str], timeout: float, name: str = "hub") -> tuple[zmq.Socket, Front, dict]:
+    def _connect(self, what: str, urls: list[str], timeout: float,
+                 name: str = "hub") -> tuple[zmq.Socket, Front, dict, list[wire.Message]]:
         """Say hello on each candidate address in turn; the first that answers wins.
 
         The hello goes out on the receiving socket and names the sending socket's
         identity, so the controller routes replies to requests sent on the latter here.
-        Returns the receiving socket, the front to send to, and the controller's answer.
+        Returns the receiving socket, the front to send to, the controller's answer, and
+        what came after the answer in the same batch (an engine registered meanwhile:
+        it must not be lost).
         """
         wait = max(timeout, 0.5) / len(urls)
         for url in urls:
@@ -120,13 +129,11 @@ class ClientCore:
                                                         Key.SEND_AS: self.sending_identity}))
             deadline = time.monotonic() + wait
             while (left := deadline - time.monotonic()) > 0 and sock.poll(left * 1000):
-                try:
-                    msg = wire.unpack(self.signer, sock.recv_multipart())
-                except wire.ProtocolError:
-                    continue
-                if msg.type == Msg.CONNECT_REPLY and msg.header.get(Key.REQUEST_ID) == rid:
-                    sending = self._dealer(self.sending_identity, 1000, url)
-                    return sock, Front(name, url, Sender(sending)), msg.header
+                messages = list(wire.pending(sock, self.signer, wire.DropLog(log, f"the connect to {url}")))
+                for i, msg in enumerate(messages):
+                    if msg.type == Msg.CONNECT_REPLY and msg.header.get(Key.REQUEST_ID) == rid:
+                        sending = self._dealer(self.sending_identity, 1000, url)
+                        return sock, Front(name, url, Sender(sending)), msg.header, messages[i + 1:]
             sock.close()
         raise errors.TimeoutError(
             f"no answer from {what} at {', '.join(urls)} within {timeout:g} s. Is it running, "

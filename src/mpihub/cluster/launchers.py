@@ -68,23 +68,39 @@ class LocalLauncher:
     def __init__(self, log_dir: Path):
         self.log_dir = log_dir
         self.processes: list[subprocess.Popen] = []
+        self.forked: list[int] = []  # engines forked by a keeper among ``processes``
 
-    def start(self, args: list[str], name: str, env: dict | None = None, prefix: list[str] = ()) -> subprocess.Popen:
+    def start(self, args: list[str], name: str, env: dict | None = None, prefix: list[str] = (),
+              pass_fds: tuple[int, ...] = ()) -> subprocess.Popen:
         """Run ``mpihub ARGS`` (after ``prefix``, e.g. an mpiexec command line)."""
         self.log_dir.mkdir(parents=True, exist_ok=True)
         log_path = self.log_dir / f"{name}.log"
         with open(log_path, "ab") as log:
             process = subprocess.Popen(
                 [*prefix, *mpihub_command(*args)], stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                env={**os.environ, **(env or {})}, start_new_session=True,
+                env={**os.environ, **(env or {})}, start_new_session=True, pass_fds=pass_fds,
             )
         process.log_path = log_path
         self.processes.append(process)
         return process
 
+    def start_forks(self, args: list[str], n: int, name: str, env: dict | None = None) -> subprocess.Popen:
+        """Run ``mpihub ARGS --fork n``: one keeper that imports once and forks ``n``
+        engines (:mod:`mpihub.engine.forks`), each logging to ``<name>-<pid>.log``.
+        Returns the keeper once every engine is forked; their PIDs join ``pids``."""
+        read_end, write_end = os.pipe()
+        try:
+            keeper = self.start([*args, "--fork", str(n), "--fork-logs", str(self.log_dir / f"{name}-"),
+                                 "--fork-report-fd", str(write_end)], name, env, pass_fds=(write_end,))
+        finally:
+            os.close(write_end)
+        with os.fdopen(read_end) as report:  # ends when the keeper has forked them all (or exited)
+            self.forked.extend(int(line) for line in report)
+        return keeper
+
     @property
     def pids(self) -> list[int]:
-        return [p.pid for p in self.processes]
+        return [p.pid for p in self.processes] + self.forked
 
     def running(self) -> list[subprocess.Popen]:
         return [p for p in self.processes if p.poll() is None]
@@ -99,7 +115,10 @@ class LocalLauncher:
         return True
 
     def stop(self, grace: float = 5.0) -> None:
+        """Signal what still runs; a keeper passes it on to its engines, and any engine
+        that outlives its keeper is signalled itself."""
         stop_pids([p.pid for p in self.running()], grace)
+        stop_pids([pid for pid in self.forked if pid_alive(pid)], grace)
         for process in self.processes:
             try:
                 process.wait(1)
