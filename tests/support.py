@@ -38,6 +38,24 @@ def children_of(pid: int) -> list[int]:
     return children
 
 
+def free_run(n: int) -> int:
+    """The first of ``n`` consecutive ports that are free on 127.0.0.1 just now."""
+    for base in range(42000, 60000, 97):
+        probes = []
+        try:
+            for port in range(base, base + n):
+                probe = socket.socket()
+                probes.append(probe)
+                probe.bind(("127.0.0.1", port))
+            return base
+        except OSError:
+            continue
+        finally:
+            for probe in probes:
+                probe.close()
+    raise RuntimeError(f"no {n} consecutive free ports")
+
+
 #: The controller layouts end-to-end tests run on, and the controller options of each.
 LAYOUTS = {"one": [], "split": ["--split"]}
 

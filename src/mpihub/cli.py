@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 import time
@@ -23,14 +24,32 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _port_set(text: str) -> str:
+    """A port set like ``50000-50009,50020``, checked here; it travels in the environment."""
+    from .protocol import ports
+
+    try:
+        ports.parse(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+def _use_port_set(spec: str | None, name: str) -> None:
+    """Hand a port set to this process's sockets and to the processes it starts."""
+    if spec:
+        os.environ[name] = spec
+
+
 def _setup_logging(level: str) -> None:
     logging.basicConfig(level=getattr(logging, level.upper()), stream=sys.stderr,
                         format="%(asctime)s %(name)s %(levelname)s: %(message)s")
 
 
 def _cmd_controller(args) -> int:
-    from .protocol import connection
+    from .protocol import connection, ports
 
+    _use_port_set(args.ports, ports.CONTROLLER_PORTS_ENV)
     ip = connection.interface_ip(args.interface) if args.interface else args.ip
     options = dict(ip=ip, cluster_id=args.cluster_id, profile_dir=args.profile_dir, scheduler=args.scheduler,
                    owner_pid=args.owner_pid, hwm=args.hwm, curve=args.curve, db=args.db)
@@ -63,8 +82,9 @@ def _cmd_controller(args) -> int:
 
 def _cmd_scheduler(args) -> int:
     from .controller.split_path import main
-    from .protocol import connection
+    from .protocol import connection, ports
 
+    _use_port_set(args.ports, ports.CONTROLLER_PORTS_ENV)
     ip = connection.interface_ip(args.interface) if args.interface else args.ip
     return main(args.url_file, args.cluster_id, args.profile_dir, args.path, ip, args.scheduler, args.hwm,
                 args.owner_pid, args.timeout, args.restore)
@@ -72,7 +92,9 @@ def _cmd_scheduler(args) -> int:
 
 def _cmd_engine(args) -> int:
     from .engine.app import main
+    from .protocol import ports
 
+    _use_port_set(args.data_ports, ports.DATA_PORTS_ENV)
     if args.fork is None:
         return main(args.url_file, args.cluster_id, args.profile_dir, args.id, args.timeout, use_mpi=args.mpi,
                     many=args.many)
@@ -246,6 +268,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = commands.add_parser("controller", help="run a controller (Hub + schedulers)")
     p.add_argument("--ip", default="127.0.0.1", help="address to bind (0.0.0.0 for all interfaces)")
     p.add_argument("--interface", default=None, help="bind this interface: a name (ib0) or address (tcp://10.0.0.5)")
+    p.add_argument("--ports", type=_port_set, default=None, metavar="SET",
+                   help="bind only these ports, for a firewall: a list and/or ranges, e.g. 50000-50009 "
+                        "(3 needed, 8 with --split; default $MPIHUB_PORTS, else random free ports)")
     p.add_argument("--scheduler", default="leastload", choices=sorted(SCHEDULERS),
                    help="how load-balanced tasks pick an engine (default leastload)")
     p.add_argument("--hwm", type=_positive_int, default=None,
@@ -276,6 +301,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--path", default="task", choices=["task", "direct"], help="which path to run (default task)")
     p.add_argument("--ip", default="127.0.0.1", help="address to bind (0.0.0.0 for all interfaces)")
     p.add_argument("--interface", default=None, help="bind this interface: a name (ib0) or address")
+    p.add_argument("--ports", type=_port_set, default=None, metavar="SET",
+                   help="bind only these ports (shared with the Hub's --ports; default $MPIHUB_PORTS)")
     p.add_argument("--scheduler", default="leastload", choices=sorted(SCHEDULERS),
                    help="how load-balanced tasks pick an engine (default leastload)")
     p.add_argument("--hwm", type=_positive_int, default=None,
@@ -299,6 +326,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "(128 engines on 2 cores: about 2 s, not 16 s) and stays to pass signals on")
     p.add_argument("--fork-logs", default=None, metavar="PREFIX",
                    help="with --fork: each engine writes its output to PREFIX<pid>.log")
+    p.add_argument("--data-ports", type=_port_set, default=None, metavar="SET",
+                   help="bind the engine's data link (clients send large buffers there) on the first free port of "
+                        "this set, e.g. 51000-51063 (default $MPIHUB_DATA_PORTS, else a random free port)")
     p.add_argument("--fork-report-fd", type=int, default=None, help=argparse.SUPPRESS)
     p.add_argument("--timeout", type=float, default=30, help="seconds to wait for file and controller")
     common(p)

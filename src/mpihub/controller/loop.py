@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Callable, Protocol
 import zmq
 
 from .. import process
+from ..protocol import ports as port_sets
 from ..protocol import wire
 from ..protocol.curve import Curve
 from ..protocol.schema import Msg
@@ -55,11 +56,14 @@ class Loop:
         self._handlers: dict[zmq.Socket, Callable[[list], None]] = {}
         self._timers: list[Timer] = []
         self._after_turn: list[Callable[[], None]] = []
+        #: the ports a firewall lets through (``--ports``); None: any free port
+        self.port_set = port_sets.PortSet.from_env(port_sets.CONTROLLER_PORTS_ENV, "--ports")
 
     def bind_routers(self, ip: str, names: tuple[str, ...],
                      fixed: dict[str, int] | None = None) -> tuple[dict[str, zmq.Socket], dict[str, int]]:
         """A ROUTER per name, bound on ``ip``: on the port ``fixed`` names for it (a
-        restored controller's), else a random one. Returns the sockets and the ports."""
+        restored controller's), else the first free one of ``--ports``, else a random
+        one. Returns the sockets and the ports."""
         bind_ip = "*" if ip in ("0.0.0.0", "*") else ip
         sockets, ports = {}, {}
         for name in names:
@@ -70,6 +74,9 @@ class Loop:
             if self.curve:
                 self.curve.server(sock)
             port = (fixed or {}).get(name)
+            if port is None and self.port_set:
+                ports[name] = self.port_set.bind(sock, bind_ip, name)
+                continue
             if port is None:
                 ports[name] = sock.bind_to_random_port(f"tcp://{bind_ip}")
                 continue

@@ -14,7 +14,7 @@ import time
 import zmq
 
 from .. import config
-from ..protocol import connection, wire
+from ..protocol import connection, ports, wire
 from ..protocol.curve import Curve
 from ..protocol.schema import Key, Msg
 
@@ -34,7 +34,10 @@ class DataLink:
         self.sock.linger = 0
         self.sock.router_mandatory = True  # sending to a client that is not linked fails at once
         self.sock.router_handover = True  # a client that relinks takes its identity over
-        port = self.sock.bind_to_random_port("tcp://*" if bind_ip in ("*", "0.0.0.0") else f"tcp://{bind_ip}")
+        bind_to = "*" if bind_ip in ("*", "0.0.0.0") else bind_ip
+        data_ports = ports.PortSet.from_env(ports.DATA_PORTS_ENV, "--data-ports")  # a firewall's open ports
+        port = (data_ports.bind(self.sock, bind_to, "data link") if data_ports
+                else self.sock.bind_to_random_port(f"tcp://{bind_to}"))
         self.urls = connection.channel_urls(bind_ip, {"data": port})[1]["data"]
         self._stash: dict[str, tuple[float, list]] = {}
         self._drop = wire.DropLog(log, "the data link")
