@@ -21,7 +21,7 @@ from typing import Any, Iterable
 import zmq
 
 from .. import config, errors
-from ..protocol import wire
+from ..protocol import reach, wire
 from ..protocol.curve import Curve
 from ..protocol.schema import EVENT_PATH_LOST, EVENT_REGISTERED, EVENT_UNREGISTERED, Key, Msg
 from .asyncresult import AsyncResult
@@ -121,6 +121,7 @@ class ClientCore:
         what came after the answer in the same batch (an engine registered meanwhile:
         it must not be lost).
         """
+        urls = reach.reachable_first(urls, min(reach.PROBE_TIMEOUT, timeout / 4))
         wait = max(timeout, 0.5) / len(urls)
         for url in urls:
             sock = self._dealer(self.receiving_identity, 0, url)

@@ -29,7 +29,7 @@ import uuid as uuidlib
 import zmq
 
 from .. import config, process
-from ..protocol import connection, wire
+from ..protocol import connection, reach, wire
 from ..protocol.curve import Curve
 from ..protocol.schema import Key, Msg
 from . import light, mpi_world, registration
@@ -80,6 +80,7 @@ class Engine:
         hearts = candidates.get("heartbeat") or [self.info["heartbeat"]]
         self.details = {"hostname": socket.gethostname(), "pid": os.getpid(), "data": self.data.urls,
                         **self.mpi_world, **self.retirement}
+        urls = reach.reachable_first(urls, min(reach.PROBE_TIMEOUT, self.register_timeout / 4))
         wait = self.register_timeout / len(urls)
         for url in urls:
             self.sock = self._dealer(url)

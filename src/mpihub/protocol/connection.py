@@ -83,19 +83,43 @@ def interface_ip(interface: str) -> str:
         return name
     except OSError:
         pass
+    address = _interface_address(name)
+    if address is None:
+        raise ValueError(f"no IPv4 address for network interface {name!r}")
+    return address
+
+
+def _interface_address(name: str) -> str | None:
+    """The IPv4 address of network interface ``name``, or None when it has none (Linux)."""
     import fcntl
     import struct
 
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
         try:
             packed = fcntl.ioctl(probe.fileno(), 0x8915, struct.pack("256s", name.encode()[:15]))  # SIOCGIFADDR
-        except OSError as exc:
-            raise ValueError(f"no IPv4 address for network interface {name!r}: {exc}") from None
+        except OSError:
+            return None
     return socket.inet_ntoa(packed[20:24])
 
 
+def interface_ips() -> list[str]:
+    """The IPv4 addresses of this host's network interfaces, loopback left out."""
+    ips = []
+    try:
+        names = [name for _, name in socket.if_nameindex()]
+    except OSError:
+        return ips
+    for name in names:
+        ip = _interface_address(name)
+        if ip is not None and not ip.startswith("127.") and ip not in ips:
+            ips.append(ip)
+    return ips
+
+
 def candidate_ips(bind_ip: str) -> list[str]:
-    """Every address a peer might reach ``bind_ip`` at, best guess first."""
+    """Every address a peer might reach ``bind_ip`` at, best guess first: those the
+    host name resolves to, then every other interface's (a fabric the host name does
+    not name), then loopback."""
     if bind_ip not in ("0.0.0.0", "*"):
         return [bind_ip]
     ips: list[str] = []
@@ -106,6 +130,7 @@ def candidate_ips(bind_ip: str) -> list[str]:
                 ips.append(ip)
     except OSError:
         pass
+    ips += [ip for ip in interface_ips() if ip not in ips]
     ips.append("127.0.0.1")
     return ips
 
