@@ -20,12 +20,13 @@ $(STAMP): pyproject.toml | $(PY)
 demo: $(STAMP)
 	$(PY) -m mpihub.demo
 
-# a real one-node Slurm (tests/slurm/setup.sh, as root; stopped again on exit) and a
+# a real one-node Slurm (tests/slurm/setup.sh, as root; stopped again on exit; the
+# multi-node one of tests/multinode/ is started by its tests and stopped here too) and a
 # headless Chromium for the dashboard (tests/browser/setup.sh), the whole suite, then the
 # rank-level MPI tests alone (one rank) and as one 2-rank MPI job. Not root: the setups
 # exit 3 and those tests skip (under CI=true they fail instead).
 test: $(STAMP)
-	@set -e; trap 'bash tests/slurm/teardown.sh' EXIT; \
+	@set -e; trap 'bash tests/multinode/teardown.sh; bash tests/slurm/teardown.sh' EXIT; \
 	bash tests/slurm/setup.sh || [ $$? -eq 3 ]; \
 	bash tests/browser/setup.sh || [ $$? -eq 3 ]; \
 	$(PY) -m pytest tests -q -p no:cacheprovider --timeout=300; \

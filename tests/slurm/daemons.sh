@@ -1,5 +1,6 @@
-# tests/slurm/daemons.sh -- sourced by setup.sh and teardown.sh: the daemons they started,
-# found by pid file only (never by name). The sourcing script defines log().
+# tests/slurm/daemons.sh -- sourced by the set-up and teardown scripts of the one-node and
+# the multi-node Slurm: the daemons they started, found by pid file only (never by name),
+# and munged, which both share. The sourcing script defines log().
 
 RUN=/run/mpihub-slurm              # <daemon>.pid, only for the daemons setup.sh started
 
@@ -30,4 +31,25 @@ stop_ours() {
     log "$1 ($pid) stopped"
   fi
   rm -f "$RUN/$1.pid"
+}
+
+munge_ok() { munge -n 2>/dev/null | unmunge >/dev/null 2>&1; }
+
+# start_munged: munged answering (started as user munge, with a key, when it is not); its pid
+# file goes to $RUN. Returns 1 when it does not answer within 20 s.
+start_munged() {
+  local i
+  if munge_ok; then log "munged answering"; return 0; fi
+  if [ ! -s /etc/munge/munge.key ]; then
+    mungekey --create --keyfile=/etc/munge/munge.key
+    chown munge:munge /etc/munge/munge.key; chmod 0400 /etc/munge/munge.key
+  fi
+  install -d -o munge -g munge -m 0755 /run/munge
+  rm -f /run/munge/munged.pid
+  runuser -u munge -- /usr/sbin/munged 9>&-
+  for i in $(seq 200); do munge_ok && [ -s /run/munge/munged.pid ] && break; sleep 0.1; done
+  munge_ok || return 1
+  mkdir -p "$RUN"
+  cp /run/munge/munged.pid "$RUN/munged.pid"   # munged (user munge) cannot write into $RUN
+  log "munged started (pid $(pid_of munged))"
 }

@@ -207,23 +207,7 @@ else
 fi
 
 # ------------------------------------------------------------------ 4. daemons
-munge_ok() { munge -n 2>/dev/null | unmunge >/dev/null 2>&1; }
-if munge_ok; then
-  log "munged answering"
-else
-  if [ ! -s /etc/munge/munge.key ]; then
-    mungekey --create --keyfile=/etc/munge/munge.key
-    chown munge:munge /etc/munge/munge.key; chmod 0400 /etc/munge/munge.key
-  fi
-  install -d -o munge -g munge -m 0755 /run/munge
-  rm -f /run/munge/munged.pid
-  runuser -u munge -- /usr/sbin/munged 9>&-
-  wait_until 20 munged munge_ok
-  wait_until 5 "munged pid file" test -s /run/munge/munged.pid
-  cp /run/munge/munged.pid "$RUN/munged.pid"   # munged (user munge) cannot write into $RUN
-  log "munged started (pid $(pid_of munged))"
-fi
-
+start_munged || die "munged did not start"
 if ours slurmctld; then
   log "slurmctld running (pid $(pid_of slurmctld))"
 else
