@@ -1,7 +1,10 @@
 """MPI engines: one mpiexec job of N ranks, engine ids in rank order, comm/rank/size."""
 import json
+import os
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pytest
 
@@ -103,3 +106,24 @@ def test_cli_mpi_cluster(profile_dir):
                                  text=True, timeout=60)
     assert stopped.returncode == 0, stopped.stderr
     assert_gone([state["controller_pid"], *state["engine_pids"], *engine_pids])
+
+
+def test_a_rank_that_never_starts_ends_the_job_at_the_mpi_init_timeout(tmp_path):
+    """MPI_Init waits for every rank, holding the GIL: rank 1 starting 60 s late would hold
+    rank 0 (and a batch job) that long. Past MPIHUB_MPI_INIT_TIMEOUT rank 0 exits with a
+    traceback at init_world, and mpiexec ends the late rank too."""
+    ranks = ("import os, time\n"
+             "if os.environ.get('PMI_RANK') == '1': time.sleep(60)\n"
+             "from mpihub.engine import mpi_world\n"
+             "mpi_world.init_world()\n"
+             "print('initialised', flush=True)\n")
+    script = tmp_path / "late_rank.py"
+    script.write_text(ranks)
+    mpiexec = str(Path(sys.executable).with_name("mpiexec"))
+    env = {**os.environ, "MPIHUB_MPI_INIT_TIMEOUT": "2"}
+    started = time.monotonic()
+    step = subprocess.run([mpiexec, "-n", "2", sys.executable, str(script)], capture_output=True, text=True,
+                          timeout=50, env=env)
+    assert time.monotonic() - started < 30
+    assert step.returncode != 0 and "initialised" not in step.stdout
+    assert "Timeout (0:00:02)" in step.stderr and "init_world" in step.stderr, step.stderr

@@ -49,6 +49,10 @@ REPLAY_BYTES = _int("MPIHUB_ENGINE_REPLAY_BYTES", 64 << 20)
 RETIRE_MARGIN = _float("MPIHUB_RETIRE_MARGIN", 60.0)
 #: Load-balanced tasks in flight per engine (1 keeps uneven tasks balanced).
 SCHEDULER_HWM = _int("MPIHUB_SCHEDULER_HWM", 2)
+#: Seconds an MPI engine may take to initialise MPI and meet its world. Past them it
+#: exits, so that a rank that failed to start (or an MPI bug at MPI_Init) ends the job
+#: step instead of holding its batch job until the walltime.
+MPI_INIT_TIMEOUT = _float("MPIHUB_MPI_INIT_TIMEOUT", 300.0)
 #: Numpy arrays of at least this many bytes use MPI collectives with via="auto".
 MPI_THRESHOLD = _int("MPIHUB_MPI_THRESHOLD", 1 << 20)
 #: Largest message of mpihub's pipelined MPI reductions (chunks overlap along the ranks).

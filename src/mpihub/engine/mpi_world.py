@@ -8,10 +8,13 @@ duplicate of ``COMM_WORLD``, so they never match messages of the user's code on 
 """
 from __future__ import annotations
 
+import faulthandler
+import sys
 import time
 import uuid
 import zlib
 
+from .. import config
 from .. import engine as engine_module
 
 #: Seconds a rank waits past its own timeout for the coordinator's verdict, so a verdict
@@ -30,8 +33,14 @@ class CollectiveTimeout(RuntimeError):
     """Not every rank started a collective function within its timeout."""
 
 
-def init_world() -> dict:
-    """Initialise MPI; set ``mpihub.engine.comm/rank/size``; describe the world."""
+def init_world(timeout: float | None = None) -> dict:
+    """Initialise MPI; set ``mpihub.engine.comm/rank/size``; describe the world.
+
+    MPI_Init holds the GIL and waits for every rank, so a rank that never starts would
+    hold this one (and its batch job) forever: a watchdog outside Python
+    (:func:`faulthandler.dump_traceback_later`) ends the process after ``timeout``
+    seconds (``MPIHUB_MPI_INIT_TIMEOUT``), and the launcher then ends the others.
+    """
     global _internal
     try:
         import mpi4py
@@ -40,12 +49,20 @@ def init_world() -> dict:
         # engine may leave at once (os._exit on the controller's shutdown, a kill), so a
         # rank that ends normally would wait forever and hold its batch job.
         mpi4py.rc.finalize = False
+        mpi4py.rc.initialize = False
         from mpi4py import MPI
     except ImportError as exc:
         raise MPIUnavailable(f"`mpihub engine --mpi` needs mpi4py: pip install 'mpihub[mpi]' ({exc})") from None
-    comm = MPI.COMM_WORLD
-    world = comm.bcast(uuid.uuid4().hex if comm.rank == 0 else None, root=0)
-    _internal = comm.Dup()
+    limit = config.MPI_INIT_TIMEOUT if timeout is None else timeout
+    faulthandler.dump_traceback_later(limit, exit=True, file=sys.stderr)
+    try:
+        if not MPI.Is_initialized():
+            MPI.Init_thread(MPI.THREAD_MULTIPLE)
+        comm = MPI.COMM_WORLD
+        world = comm.bcast(uuid.uuid4().hex if comm.rank == 0 else None, root=0)
+        _internal = comm.Dup()
+    finally:
+        faulthandler.cancel_dump_traceback_later()
     engine_module.comm, engine_module.rank, engine_module.size = comm, comm.rank, comm.size
     return {"mpi_rank": comm.rank, "mpi_size": comm.size, "mpi_world": world}
 
