@@ -315,6 +315,33 @@ def test_restore_says_why_it_cannot(processes, tmp_path):
 
 
 @pytest.mark.layouts("one", "split")
+def test_engines_follow_a_controller_restored_at_another_address(processes, layout):
+    """The controller's node is lost; a new controller restores it on another node, at
+    another address (here 127.0.0.2) with the same key and ports, and rewrites the
+    connection file. The engines, their controller silent, read the file, point their
+    sockets at the new address and register again under their ids."""
+    processes.start_controller("--db", "sqlite", *LAYOUTS[layout])
+    engines = [processes.start_engine() for _ in range(2)]
+    rc = client_through(processes)
+    rc.wait_for_engines(2, timeout=30, interactive=False)
+    pids = {e: rc[e].apply_sync(pid) for e in rc.ids}
+    done = rc[:].apply_async(nap, 7, 0.1)
+    assert [i for i, _ in done.get(10)] == [7, 7]
+    rc.close()
+    processes.kill_controller()
+    processes.start_controller("--db", "sqlite", "--restore", "--ip", "127.0.0.2", *LAYOUTS[layout])
+    assert json.loads(processes.file("engine").read_text())["engine"].startswith("tcp://127.0.0.2:")
+    with client_through(processes) as rc:
+        rc.wait_for_engines(2, timeout=HEARTBEAT_TIMEOUT + 20, interactive=False)
+        assert {e: rc[e].apply_sync(pid) for e in rc.ids} == pids  # the same processes, under their ids
+        assert [i for i, _ in rc.get_result(done.msg_ids).get(10)] == [7, 7]
+        assert rc.load_balanced_view().map_sync(lambda x: x + 1, range(6)) == list(range(1, 7))
+    assert all(engine.poll() is None for engine in engines)
+    logs = processes.stop()
+    assert "the controller moved" in "".join(logs)
+
+
+@pytest.mark.layouts("one", "split")
 def test_an_engine_cut_off_comes_back_under_its_id(processes, tmp_path, layout):
     runs = tmp_path / "runs"
     runs.mkdir()

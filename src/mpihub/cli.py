@@ -266,7 +266,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--profile-dir", default=None, help=f"profile directory (default {config.default_profile_dir()})")
 
     p = commands.add_parser("controller", help="run a controller (Hub + schedulers)")
-    p.add_argument("--ip", default="127.0.0.1", help="address to bind (0.0.0.0 for all interfaces)")
+    p.add_argument("--ip", default=None,
+                   help="address to bind (0.0.0.0 for all interfaces; default 127.0.0.1, or with --restore "
+                        "the address it had: give one to restore it on another node)")
     p.add_argument("--interface", default=None, help="bind this interface: a name (ib0) or address (tcp://10.0.0.5)")
     p.add_argument("--ports", type=_port_set, default=None, metavar="SET",
                    help="bind only these ports, for a firewall: a list and/or ranges, e.g. 50000-50009 "

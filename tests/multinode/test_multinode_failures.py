@@ -33,3 +33,16 @@ def test_a_node_unplugged_fails_its_work_in_the_bound_and_its_engines_rejoin(mul
     # the plug back in: the same processes, under the same ids
     assert seen["same_ids"] and seen["same_pids"], seen
     assert seen["lb_after"] == [2 * x for x in range(8)]
+
+
+def test_a_controller_lost_with_its_node_is_restored_on_another_and_takes_its_engines_back(multinode, shared_dir):
+    seen = on_login_json(multinode, "restore_session.py", str(shared_dir))
+    assert seen["restored_on"] != seen["lost_node"] and seen["restored_on"] in seen["engine_hosts"], seen
+    # the restored controller lists the new node's addresses; the engines dial its fabric one
+    assert seen["engines_dial"].startswith("tcp://10.78.0.1" + seen["restored_on"][-1] + ":"), seen
+    assert any(c.startswith("tcp://10.77.0.1" + seen["restored_on"][-1] + ":") for c in seen["client_candidates"])
+    # every engine is back under its id, the same process, with the results of before
+    assert seen["same_ids"] and seen["same_pids"] and seen["before_kept"], seen
+    assert seen["lb_after"] == [x * x for x in range(8)]
+    assert seen["restored_exit"] == 0 and "4 engines expected back" in seen["restored_log"], seen["restored_log"]
+    assert seen["restored_log"].count("is back (") == 4, seen["restored_log"]

@@ -66,15 +66,17 @@ def load(path: Path) -> SavedController:
 
 
 def identity(restore: bool, db: str, profile_dir, cluster_id: str | None, part: str = "", key: str | None = None,
-             ip: str = "127.0.0.1", curve: bool = False) -> tuple[SavedController | None, str, str, ClusterKeys | None]:
+             ip: str | None = None, curve: bool = False) -> tuple[SavedController | None, str, str, ClusterKeys | None]:
     """``(saved, key, ip, cluster_keys)`` of a controller process starting: those it had
-    before when it restores (RestoreError if it cannot), else new ones."""
+    before when it restores (RestoreError if it cannot), else new ones. A restore binds
+    the address it had unless given another (a restore on another node), and the same
+    ports either way; ``ip`` defaults to 127.0.0.1."""
     if restore:
         if db != "sqlite":
             raise RestoreError("--restore takes back what the task store kept: it needs --db sqlite")
         saved = load(db_path(profile_dir, cluster_id, part))
-        return saved, saved.key, saved.ip, saved.curve
-    return None, key or secrets.token_hex(32), ip, ClusterKeys.new() if curve else None
+        return saved, saved.key, ip or saved.ip, saved.curve
+    return None, key or secrets.token_hex(32), ip or "127.0.0.1", ClusterKeys.new() if curve else None
 
 
 def reload_engines(hub: "Hub", expect: Callable[[bytes], None] | None = None) -> int:

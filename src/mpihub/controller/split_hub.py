@@ -80,7 +80,7 @@ class Question:
 
 
 class SplitHub(Layout):
-    def __init__(self, ip: str = "127.0.0.1", cluster_id: str | None = None, profile_dir=None,
+    def __init__(self, ip: str | None = None, cluster_id: str | None = None, profile_dir=None,
                  scheduler: str = "leastload", key: str | None = None, owner_pid: int | None = None,
                  hwm: int | None = None, remote_scheduler: bool = False, curve: bool = False,
                  db: str = "memory", restore: bool = False, dashboard: int | None = None):

@@ -13,7 +13,9 @@ engine dead, or it was restarted with ``--restore``), the engine registers again
 its id and uuid, between two tasks: it first takes every request already queued for
 it, and reports their ids and those it answered lately (saying which replies it kept,
 :mod:`.replies`), so that the controller sends again what never arrived, asks for the
-replies it is missing, and tells it what to skip.
+replies it is missing, and tells it what to skip. An engine started from a connection
+file follows a controller restored on another node (:mod:`.follow`): its sockets are
+pointed at the new addresses and it registers again the same way.
 """
 from __future__ import annotations
 
@@ -32,7 +34,7 @@ from .. import config, process
 from ..protocol import connection, reach, wire
 from ..protocol.curve import Curve
 from ..protocol.schema import Key, Msg
-from . import light, mpi_world, registration
+from . import follow, light, mpi_world, registration
 from .datalink import BulkMissing, DataLink
 from .heartbeat import Heart
 from .replies import SentReplies
@@ -46,8 +48,10 @@ ANSWERED = 1000
 
 class Engine:
     def __init__(self, info: dict, want_id: int | None = None, mpi_world: dict | None = None,
-                 register_timeout: float = 30.0):
+                 register_timeout: float = 30.0, info_path: str | os.PathLike | None = None):
         self.info = connection.check(info)
+        #: The connection file watched for a controller that moved (None: not watched).
+        self.info_path = info_path
         self.signer = wire.Signer(info["key"])
         self.curve = Curve.from_info(info)
         self.uuid = uuidlib.uuid4().hex.encode()
@@ -65,6 +69,9 @@ class Engine:
         self.heart: Heart | None = None  # started by serve_forever
         self._skip: set[str] = set()  # held when it registered again, and no longer its own
         self._rejoined_at = 0.0
+        self.engine_url = ""
+        self.path_urls: dict[zmq.Socket, str] = {}
+        self._paths_moved = False
         end = config.job_end()
         #: the batch job's end, and when to stop taking load-balanced tasks before it
         self.retirement = {} if end is None else {Key.JOB_END: end, Key.RETIRE_AT: end - config.RETIRE_MARGIN}
@@ -73,11 +80,7 @@ class Engine:
         """Register at the first of the controller's addresses that answers (the
         connection file lists every candidate); the heartbeat goes to the same host."""
         self.data = DataLink(self.context, self.signer, self.info.get("engine_bind_ip", "127.0.0.1"), self.curve)
-        candidates = self.info.get("candidates", {})
-        urls = candidates.get("engine") or [self.info["engine"]]
-        if self.info["engine"] in urls:
-            urls = [self.info["engine"]] + [u for u in urls if u != self.info["engine"]]
-        hearts = candidates.get("heartbeat") or [self.info["heartbeat"]]
+        urls = follow.addresses(self.info)[0]
         self.details = {"hostname": socket.gethostname(), "pid": os.getpid(), "data": self.data.urls,
                         **self.mpi_world, **self.retirement}
         urls = reach.reachable_first(urls, min(reach.PROBE_TIMEOUT, self.register_timeout / 4))
@@ -91,14 +94,14 @@ class Engine:
         else:
             raise TimeoutError(f"no answer from the controller at {', '.join(urls)} "
                                f"within {self.register_timeout:.0f} s")
-        host = url.rsplit(":", 1)[0]
-        self.heart_url = next((h for h in hearts if h.rsplit(":", 1)[0] == host), self.info["heartbeat"])
+        self.heart_url = follow.heartbeat_beside(url, self.info)
         reply = wire.unpack(self.signer, self.sock.recv_multipart())
         if reply.type != Msg.REGISTER_REPLY:
             raise RuntimeError(f"unexpected {reply.type!r} while registering")
         if (why := registration.refusal(reply.header)) is not None:
             raise RuntimeError(f"the controller refused this engine: {why}")
         self.id = reply.header[Key.ID]
+        self.engine_url = url
         log.info("registered as engine %d at %s", self.id, url)
         return reply.header
 
@@ -139,6 +142,7 @@ class Engine:
                     answer = wire.unpack(self.signer, sock.recv_multipart())
                     if answer.type == Msg.HELLO_REPLY:
                         socks.append(sock)
+                        self.path_urls[sock] = url
                         break
                 sock.close()
             else:
@@ -158,8 +162,10 @@ class Engine:
         rejoin.bind(rejoin_url)
         self.controller_timeout = registration.get(Key.CONTROLLER_TIMEOUT, config.ENGINE_CONTROLLER_TIMEOUT)
         self.heart_period = registration[Key.HEARTBEAT_PERIOD]
+        watched = None if self.info_path is None else follow.ControllerFile(self.info_path, self.info)
         heart = self.heart = Heart(self.context, self.heart_url, self.uuid, self.signer, self.curve,
-                                   self.heart_period, self.controller_timeout, self.aborted, self._signal, rejoin_url)
+                                   self.heart_period, self.controller_timeout, self.aborted, self._signal, rejoin_url,
+                                   watched)
         heart.start()
         self.paths: list[zmq.Socket] = []
         if self.mpi_world.get("mpi_world"):
@@ -186,8 +192,12 @@ class Engine:
                 if rejoin in events:
                     while rejoin.poll(0):
                         rejoin.recv()
+                    moved = heart.take_move()
+                    if moved is not None:
+                        self._follow(moved)
                     # act only if the last pong still says so, and not on stale ones just after a rejoin
-                    if not heart.controller_knows and time.monotonic() - self._rejoined_at > 2 * self.heart_period:
+                    if moved is not None or (not heart.controller_knows
+                                             and time.monotonic() - self._rejoined_at > 2 * self.heart_period):
                         backlog = self._rejoin(requests)
                 running = self._handle_requests(runner, backlog)
                 for sock in requests:
@@ -206,6 +216,25 @@ class Engine:
             if self.curve:
                 self.curve.stop()
             self.context.term()
+
+    def _follow(self, move: follow.Move) -> None:
+        """Point the task socket at the controller's new address (the same socket, so the
+        requests queued on it and the replies kept for it stay valid); the paths of a
+        split controller follow when it answers the registration."""
+        self.sock.disconnect(self.engine_url)
+        self.sock.connect(move.engine_url)
+        self.engine_url = move.engine_url
+        self.info = move.info
+        self._paths_moved = True
+
+    def _repoint_paths(self, paths: dict[str, list[str]]) -> None:
+        """After a move: each path socket to the first reachable address of its path."""
+        for sock, urls in zip(self.paths, paths.values()):
+            url = reach.reachable_first(urls)[0]
+            sock.disconnect(self.path_urls[sock])
+            sock.connect(url)
+            self.path_urls[sock] = url
+        self._paths_moved = False
 
     def _rejoin(self, requests: list[zmq.Socket]) -> list[tuple[zmq.Socket, wire.Message]]:
         """Register again under this id and uuid, then greet each path again; returns
@@ -228,6 +257,8 @@ class Engine:
             log.warning("engine %s registered again as engine %s", self.id, reply.header[Key.ID])
             self.id = self.runner.engine_id = reply.header[Key.ID]
         self._settle(self.sock, reply.header)
+        if self._paths_moved:
+            self._repoint_paths(reply.header.get(Key.PATHS) or {})
         for sock in self.paths:
             hello = self._ask(sock, {Key.TYPE: Msg.HELLO, Key.ID: self.id, **report(sock), **self.retirement},
                               Msg.HELLO_REPLY, backlog)
@@ -390,7 +421,8 @@ def main(url_file: str | None, cluster_id: str | None, profile_dir: str | None, 
             light.main(info, many, timeout)
             return 0
         world = mpi_world.init_world() if use_mpi else None
-        Engine(info, want_id=want_id, mpi_world=world, register_timeout=timeout).serve_forever()
+        Engine(info, want_id=want_id, mpi_world=world, register_timeout=timeout,
+               info_path=None if raw and not url_file else path).serve_forever()
     except (TimeoutError, RuntimeError, wire.ProtocolError) as exc:
         print(f"mpihub engine: {exc}", file=sys.stderr)
         return 1

@@ -8,7 +8,9 @@ thread to register again, over an inproc pair. It ends the process when the cont
 has been silent for ``controller_timeout`` seconds (or for as many heartbeat periods as
 the controller allows an engine, when that is longer), or on a shutdown request. Each
 answer names the period the controller wants now, which grows with the number of
-engines; the heart follows it.
+engines; the heart follows it. While the controller is silent it watches the connection
+file (:mod:`.follow`): when a restored controller names other addresses there, the heart
+beats to the new one and hands the move to the task thread.
 """
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ from .. import config
 from ..protocol import wire
 from ..protocol.curve import Curve
 from ..protocol.schema import CONTROL_ABORT, CONTROL_SHUTDOWN, CONTROL_SIGNAL, Key, Msg
+from .follow import ControllerFile, Move
 
 log = logging.getLogger("mpihub.engine.heartbeat")
 
@@ -38,7 +41,8 @@ def silent_controller(period: float, controller_timeout: float) -> float:
 class Heart(threading.Thread):
     def __init__(self, context: zmq.Context, url: str, uuid: bytes, signer: wire.Signer, curve: Curve | None,
                  period: float, controller_timeout: float, aborted: set,
-                 on_signal: Callable[[int, list | None], None], rejoin_url: str):
+                 on_signal: Callable[[int, list | None], None], rejoin_url: str,
+                 follow: ControllerFile | None = None):
         super().__init__(name="mpihub-heart", daemon=True)
         self.context = context
         self.url = url
@@ -50,6 +54,9 @@ class Heart(threading.Thread):
         self.aborted = aborted
         self.on_signal = on_signal
         self.rejoin_url = rejoin_url
+        self.follow = follow
+        #: Where the controller moved, for the task thread to take (:meth:`take_move`).
+        self._move: Move | None = None
         #: What the last pong said; the task thread asked to register again checks it,
         #: so that "unknown" pongs that queued up while it ran a task are not acted on.
         self.controller_knows = True
@@ -58,6 +65,11 @@ class Heart(threading.Thread):
         self._stop_url = f"inproc://mpihub-heart-stop-{id(self)}"
         self._stop_in = context.socket(zmq.PAIR)
         self._stop_in.bind(self._stop_url)
+
+    def take_move(self) -> Move | None:
+        """The controller's move the heart saw last, once (None if none since)."""
+        move, self._move = self._move, None
+        return move
 
     def stop(self) -> None:
         """Ask the thread to end and wait for it (it is polling, so at once)."""
@@ -95,6 +107,15 @@ class Heart(threading.Thread):
                 if sock in events:
                     last_answer = time.monotonic()
                     self._handle(sock.recv_multipart())
+                elif (self.follow is not None and time.monotonic() - last_answer > 2 * self.period
+                      and (move := self.follow.moved()) is not None):
+                    sock.disconnect(self.url)
+                    self.url = move.heartbeat_url
+                    sock.connect(self.url)
+                    last_answer = time.monotonic()  # the new controller gets the whole silence allowed
+                    self._move = move
+                    self.controller_knows = False
+                    self._ask_to_rejoin()
                 elif time.monotonic() - last_answer > (silence := silent_controller(self.period,
                                                                                    self.controller_timeout)):
                     self._exit(1, f"controller silent for {silence:.0f} s; engine exits")
@@ -118,10 +139,7 @@ class Heart(threading.Thread):
             if self.controller_knows:
                 self.alive_at = time.monotonic()
             else:
-                try:
-                    self._rejoin.send(b"", zmq.NOBLOCK)  # a full pipe: the task thread is asked already
-                except zmq.Again:
-                    pass
+                self._ask_to_rejoin()
         elif header[Key.TYPE] == Msg.CONTROL:
             op = header.get(Key.OP)
             if op == CONTROL_ABORT:
@@ -134,6 +152,12 @@ class Heart(threading.Thread):
                 self._exit(0, "shutdown requested by the controller")
             else:
                 log.warning("unknown control operation %r", op)
+
+    def _ask_to_rejoin(self) -> None:
+        try:
+            self._rejoin.send(b"", zmq.NOBLOCK)
+        except zmq.Again:
+            pass  # a full pipe: the task thread is asked already
 
     def _exit(self, code: int, why: str) -> None:
         (log.info if code == 0 else log.error)(why)
