@@ -1,6 +1,7 @@
 """Direct data links: large buffers skip the controller; everything still works when
 a link is missing, and the engines' data ports withstand garbage."""
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -10,6 +11,7 @@ import pytest
 import zmq
 
 import mpihub
+from mpihub import config
 from mpihub.protocol import wire
 
 pytestmark = [pytest.mark.timeout(120), pytest.mark.layouts("one", "split")]
@@ -85,6 +87,28 @@ def test_unreachable_link_falls_back_to_relay(cluster):
         data = np.random.rand(BIG)
         other[0].push({"fallback": data}, block=True)
         assert np.array_equal(other[0].pull("fallback", block=True), data)
+
+
+def test_a_link_takes_the_address_that_answers_without_waiting_on_a_silent_one(cluster):
+    """Every candidate is dialled at once: a first address that takes the TCP connection
+    but never answers (a fabric the client's node does not route) costs no LINK_TIMEOUT."""
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen()
+    try:
+        with mpihub.Client(cluster.cluster.client_file) as other:
+            real = list(other.engines[0].data_urls)
+            other.core.io.unlink(0)
+            time.sleep(0.1)
+            started = time.monotonic()
+            other.core.io.link(0, [f"tcp://127.0.0.1:{silent.getsockname()[1]}", *real])
+            assert other.core.io.linked(0, wait=True)
+            assert time.monotonic() - started < config.LINK_TIMEOUT / 2
+            data = np.random.rand(BIG)
+            other[0].push({"raced": data}, block=True)
+            assert np.array_equal(other[0].pull("raced", block=True), data)
+    finally:
+        silent.close()
 
 
 def test_garbage_on_engine_data_ports(rc, cluster):

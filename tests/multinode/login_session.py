@@ -48,6 +48,9 @@ def main(profile_dir: str, launch: str, megabytes: float) -> dict:
         for via in ("mpi", "zmq"):
             out[f"identical_{via}"], out[f"scatter_gather_{via}_s"] = scatter_gather(rc, x, via)
         dv = rc[:]
+        dv.bcast("y", x, via="mpi", block=True)
+        out["bcast_identical"] = all(bool(np.array_equal(y, x)) for y in dv.pull("y", block=True))
+        dv.execute("del y", block=True)
         dv.push({"ones": np.ones(3)}, block=True)
         dv.allreduce("ones", op="sum", dest="total", via="mpi", block=True)
         out["allreduce"] = [a.tolist() for a in dv.pull("total", block=True)]

@@ -27,9 +27,29 @@ def test_a_login_node_session_across_three_nodes(multinode, shared_dir, launch):
     candidates = seen["client_candidates"]
     assert candidates[0].startswith("tcp://10.78.") and any(c.startswith("tcp://10.77.") for c in candidates)
     assert seen["client_connected_to"].startswith("tcp://10.77.")
-    assert seen["identical_mpi"] and seen["identical_zmq"]
+    assert seen["identical_mpi"] and seen["identical_zmq"] and seen["bcast_identical"]
     assert seen["allreduce"] == [[4.0, 4.0, 4.0]] * 4
     assert not list(shared_dir.glob("**/security/*.json")), "connection files left after a clean stop"
     for job_id in seen["job_ids"]:
         state = multinode.on_login("squeue", "-h", "-j", job_id, "-o", "%T", check=False).stdout.strip()
         assert state in ("", "COMPLETING", "COMPLETED"), f"job {job_id} still {state}"
+
+
+def test_engines_started_before_the_controller_wait_for_it_within_their_bound(multinode, shared_dir):
+    done = multinode.on_login(sys.executable, str(SESSION.with_name("early_engines_session.py")), str(shared_dir),
+                              timeout=200, check=False)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    seen = json.loads(done.stdout.strip().splitlines()[-1])
+    # with no controller at all, the job gives up at its bound and says what it waited for
+    assert seen["alone_state"] == "FAILED" and seen["alone_s"] < 30, seen
+    assert "waiting up to 3s for the controller's connection file" in seen["alone_log"]
+    assert "no controller connection file" in seen["alone_log"] and "after 3s" in seen["alone_log"]
+    # started first, the engines waited, then registered with the controller's job
+    assert seen["early_state"] == "RUNNING"
+    assert "waiting up to 120s" in seen["early_log"], seen["early_log"]
+    assert seen["ids"] == [0, 1, 2, 3]
+    assert len(seen["engine_hosts"]) == 2 and seen["controller_host"] not in seen["engine_hosts"], seen
+    # the node names resolve to the fabric, which the engines reach: they register there
+    assert seen["early_log"].count("registered as engine") == 4
+    assert all("at tcp://10.78." in line for line in seen["early_log"].splitlines() if "registered as engine" in line)
+    assert seen["jobs_after"] == ["COMPLETED", "COMPLETED"], seen

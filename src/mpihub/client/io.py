@@ -87,14 +87,17 @@ class DeferredTracker:
 
 
 class Link:
-    """The state of one engine's data link."""
+    """The state of one engine's data link: every candidate address is dialled at once
+    (``trying``), and the first that answers is kept (``sock``), so an address that is
+    unreachable from here (a fabric only the compute nodes see) costs no wait."""
 
-    __slots__ = ("engine_id", "sock", "state", "ready", "deadline", "urls")
+    __slots__ = ("engine_id", "sock", "state", "ready", "deadline", "urls", "trying")
 
     def __init__(self, engine_id: int, urls: list[str]):
         self.engine_id = engine_id
         self.urls = list(urls)
         self.sock: zmq.Socket | None = None
+        self.trying: list[zmq.Socket] = []
         self.state = "pending"
         self.ready = threading.Event()
         self.deadline = 0.0
@@ -195,7 +198,7 @@ class IOThread(threading.Thread):
         if link is None:
             return False
         if wait:
-            link.ready.wait(config.LINK_TIMEOUT * (len(link.urls) + 1))
+            link.ready.wait(config.LINK_TIMEOUT + 1)
         return link.state == "up"
 
     def send_bulk(self, engine_id: int, token: str, buffers: list) -> DeferredTracker:
@@ -263,8 +266,9 @@ class IOThread(threading.Thread):
         finally:
             with self._owner:
                 for link in self.links.values():
-                    if link.sock is not None:
-                        link.sock.close(linger=0)
+                    for sock in (link.sock, *link.trying):
+                        if sock is not None:
+                            sock.close(linger=0)
                 self._wake_in.close(linger=0)
                 self._stop_monitors()
                 for sock in self.receivers:
@@ -292,7 +296,7 @@ class IOThread(threading.Thread):
             if sock in events:
                 self._receive_replies(sock)
         for sock in [s for s in events if s in self._by_socket]:
-            self._receive_data(self._by_socket[sock])
+            self._receive_data(self._by_socket[sock], sock)
         for monitor in [s for s in events if s in self._monitors]:
             self._connection_events(monitor)
         if self._wake_in in events:
@@ -323,40 +327,55 @@ class IOThread(threading.Thread):
                 self._running = False
 
     def _connect(self, link: Link) -> None:
-        """Dial the next candidate address and say hello; the answer brings it up."""
+        """Dial every candidate address at once and say hello on each; the first answer
+        brings the link up (:meth:`_receive_data`), none within LINK_TIMEOUT takes it down."""
         if not link.urls:
-            link.state = "down"
-            link.ready.set()
-            self._pending.discard(link)
+            self._down(link)
             return
-        sock = self.context.socket(zmq.DEALER)
-        sock.routing_id = self.data_identity
-        sock.linger = 0
-        if self.curve:
-            self.curve.client(sock)
-        sock.connect(link.urls.pop(0))
-        sock.send_multipart(wire.pack(self.signer, {Key.TYPE: Msg.HELLO, Key.REQUEST_ID: str(link.engine_id)}))
-        link.sock = sock
+        for url in link.urls:
+            sock = self.context.socket(zmq.DEALER)
+            sock.routing_id = self.data_identity
+            sock.linger = 0
+            if self.curve:
+                self.curve.client(sock)
+            sock.connect(url)
+            sock.send_multipart(wire.pack(self.signer, {Key.TYPE: Msg.HELLO, Key.REQUEST_ID: str(link.engine_id)}))
+            link.trying.append(sock)
+            self._by_socket[sock] = link
+            self._poller.register(sock, zmq.POLLIN)
+        link.urls = []
         link.deadline = time.monotonic() + config.LINK_TIMEOUT
-        self._by_socket[sock] = link
         self._pending.add(link)
-        self._poller.register(sock, zmq.POLLIN)
+
+    def _drop_socket(self, sock: zmq.Socket) -> None:
+        self._poller.unregister(sock)
+        del self._by_socket[sock]
+        sock.close(linger=0)
 
     def _close(self, link: Link | None) -> None:
-        if link is None or link.sock is None:
+        if link is None:
             return
         self._pending.discard(link)
-        self._poller.unregister(link.sock)
-        del self._by_socket[link.sock]
-        link.sock.close(linger=0)
-        link.sock = None
+        for sock in link.trying:
+            self._drop_socket(sock)
+        link.trying = []
+        if link.sock is not None:
+            self._drop_socket(link.sock)
+            link.sock = None
+
+    def _down(self, link: Link) -> None:
+        """No candidate answered: large buffers to this engine relay through the controller."""
+        self._close(link)
+        link.state = "down"
+        link.ready.set()
 
     def _expire_links(self) -> None:
         now = time.monotonic()
         for link in list(self._pending):
             if link.deadline <= now:
-                self._close(link)
-                self._connect(link)  # the next candidate, or down when none is left
+                log.info("no data link to engine %s: none of its addresses answered within %.1f s; its large "
+                         "buffers go through the controller", link.engine_id, config.LINK_TIMEOUT)
+                self._down(link)
 
     def complete_bulk(self, reply: wire.Message, token: str) -> wire.Message:
         """The reply with its direct-link buffers, for a reply read by a blocking caller."""
@@ -401,9 +420,16 @@ class IOThread(threading.Thread):
                 except Exception:  # noqa: BLE001 - the IO thread must survive
                     log.exception("could not resume after a reconnect")
 
-    def _receive_data(self, link: Link) -> None:
-        for msg in wire.pending(link.sock, self.signer, self.drop):
+    def _receive_data(self, link: Link, sock: zmq.Socket) -> None:
+        for msg in wire.pending(sock, self.signer, self.drop):
             if msg.type == Msg.HELLO_REPLY:
+                if sock not in link.trying:
+                    continue
+                link.trying.remove(sock)
+                for other in link.trying:  # slower routes to the same engine
+                    self._drop_socket(other)
+                link.trying = []
+                link.sock = sock
                 link.state = "up"
                 link.ready.set()
                 self._pending.discard(link)

@@ -57,6 +57,7 @@ class Heart(threading.Thread):
         self.follow = follow
         #: Where the controller moved, for the task thread to take (:meth:`take_move`).
         self._move: Move | None = None
+        self._move_lock = threading.Lock()
         #: What the last pong said; the task thread asked to register again checks it,
         #: so that "unknown" pongs that queued up while it ran a task are not acted on.
         self.controller_knows = True
@@ -68,7 +69,8 @@ class Heart(threading.Thread):
 
     def take_move(self) -> Move | None:
         """The controller's move the heart saw last, once (None if none since)."""
-        move, self._move = self._move, None
+        with self._move_lock:
+            move, self._move = self._move, None
         return move
 
     def stop(self) -> None:
@@ -113,7 +115,8 @@ class Heart(threading.Thread):
                     self.url = move.heartbeat_url
                     sock.connect(self.url)
                     last_answer = time.monotonic()  # the new controller gets the whole silence allowed
-                    self._move = move
+                    with self._move_lock:
+                        self._move = move
                     self.controller_knows = False
                     self._ask_to_rejoin()
                 elif time.monotonic() - last_answer > (silence := silent_controller(self.period,
