@@ -4,7 +4,10 @@ compute across the nodes, stop. Prints one JSON object of what it saw and how lo
 each step took.
 
     tests/multinode/on-login.sh .venv/bin/python tests/multinode/login_session.py \\
-        PROFILE_DIR {srun|mpiexec} MEGABYTES
+        PROFILE_DIR {srun|mpiexec} MEGABYTES [INTERFACE]
+
+With INTERFACE (a compute node's interface name), the controller binds that interface
+alone (``--interface``) instead of every one.
 """
 from __future__ import annotations
 
@@ -30,10 +33,11 @@ def scatter_gather(rc: mpihub.Client, x: np.ndarray, via: str) -> tuple[bool, fl
     return bool(np.array_equal(back, x)) and back.dtype == x.dtype, took
 
 
-def main(profile_dir: str, launch: str, megabytes: float) -> dict:
+def main(profile_dir: str, launch: str, megabytes: float, interface: str | None = None) -> dict:
     cluster = mpihub.Cluster(n=4, nodes=2, engines="slurm", controller="slurm", separate_jobs=True,
                              engine_launch=launch, profile_dir=profile_dir, walltime="00:10:00",
-                             start_timeout=120, poll_interval=0.2, extra_directives=["--exclusive"])
+                             start_timeout=120, poll_interval=0.2, extra_directives=["--exclusive"],
+                             controller_args=["--interface", interface] if interface else None)
     started = time.perf_counter()
     rc = cluster.start_and_connect_sync()
     out: dict = {"ready_s": time.perf_counter() - started, "login": socket.gethostname()}
@@ -61,4 +65,4 @@ def main(profile_dir: str, launch: str, megabytes: float) -> dict:
 
 
 if __name__ == "__main__":
-    print(json.dumps(main(sys.argv[1], sys.argv[2], float(sys.argv[3]))), flush=True)
+    print(json.dumps(main(sys.argv[1], sys.argv[2], float(sys.argv[3]), *sys.argv[4:5])), flush=True)

@@ -4,6 +4,7 @@ two others; the client and the engines each find an address they can reach; MPI 
 ZeroMQ scatter/gather come back bit-identical."""
 import json
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -34,6 +35,31 @@ def test_a_login_node_session_across_three_nodes(multinode, shared_dir, launch):
         state = multinode.on_login("squeue", "-h", "-j", job_id, "-o", "%T", check=False).stdout.strip()
         assert state in ("", "COMPLETING", "COMPLETED"), f"job {job_id} still {state}"
 
+
+def test_a_controller_bound_to_the_management_interface_is_reached_by_everyone(multinode, shared_dir):
+    done = multinode.on_login(sys.executable, str(SESSION), str(shared_dir), "srun", "8", "eth0", timeout=200,
+                              check=False)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    seen = json.loads(done.stdout.strip().splitlines()[-1])
+    assert len(seen["client_candidates"]) == 1 and seen["client_candidates"][0].startswith("tcp://10.77."), seen
+    assert seen["identical_mpi"] and seen["identical_zmq"] and seen["allreduce"] == [[4.0, 4.0, 4.0]] * 4
+
+
+def test_a_controller_bound_to_the_fabric_alone_is_refused_at_once_from_the_login_node(multinode, shared_dir):
+    """The classic mistake: the controller binds the fast fabric, which only the compute
+    nodes are on. The login node has no route there: it says so at once, not after the
+    connect timeout, and the cluster's jobs are cancelled."""
+    started = time.monotonic()
+    done = multinode.on_login(sys.executable, str(SESSION), str(shared_dir), "srun", "8", "fab0", timeout=200,
+                              check=False)
+    assert done.returncode != 0 and time.monotonic() - started < 60
+    assert "cannot be reached from this host (mh-login): it has no route to any of tcp://10.78." in done.stderr, \
+        done.stderr[-3000:]
+    assert "--interface" in done.stderr
+    deadline = time.monotonic() + 30
+    while (left := multinode.on_login("squeue", "-h", "-o", "%i %T").stdout.strip()) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert left == "", f"jobs left behind: {left}"
 
 def test_engines_started_before_the_controller_wait_for_it_within_their_bound(multinode, shared_dir):
     done = multinode.on_login(sys.executable, str(SESSION.with_name("early_engines_session.py")), str(shared_dir),

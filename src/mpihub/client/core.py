@@ -121,7 +121,10 @@ class ClientCore:
         what came after the answer in the same batch (an engine registered meanwhile:
         it must not be lost).
         """
-        urls = reach.reachable_first(urls, min(reach.PROBE_TIMEOUT, timeout / 4))
+        probed = reach.probe(urls, min(reach.PROBE_TIMEOUT, timeout / 4))
+        if probed.none_routable:
+            raise errors.TimeoutError(reach.no_route_error(what.capitalize(), urls))
+        urls = probed.order
         wait = max(timeout, 0.5) / len(urls)
         for url in urls:
             sock = self._dealer(self.receiving_identity, 0, url)

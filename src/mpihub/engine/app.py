@@ -83,7 +83,10 @@ class Engine:
         urls = follow.addresses(self.info)[0]
         self.details = {"hostname": socket.gethostname(), "pid": os.getpid(), "data": self.data.urls,
                         **self.mpi_world, **self.retirement}
-        urls = reach.reachable_first(urls, min(reach.PROBE_TIMEOUT, self.register_timeout / 4))
+        probed = reach.probe(urls, min(reach.PROBE_TIMEOUT, self.register_timeout / 4))
+        if probed.none_routable:
+            raise TimeoutError(reach.no_route_error("The controller", urls))
+        urls = probed.order
         wait = self.register_timeout / len(urls)
         for url in urls:
             self.sock = self._dealer(url)

@@ -13,6 +13,7 @@ import errno
 import selectors
 import socket
 import time
+from dataclasses import dataclass
 
 #: Seconds to wait for the candidates' TCP handshakes (a dropped SYN answers never).
 PROBE_TIMEOUT = 2.0
@@ -29,13 +30,30 @@ def _host_port(url: str) -> tuple[str, int] | None:
         return None
 
 
-def reachable_first(urls: list[str], timeout: float = PROBE_TIMEOUT) -> list[str]:
-    """``urls`` reordered: those that accept a TCP connection from here first, then
-    those still silent at ``timeout``, then those refused or unroutable; each group in
-    the given order. Returns at once when the first URL given accepts."""
-    if len(urls) < 2:
-        return list(urls)
-    accepted, failed = set(), set()
+#: Connect errors that say this host has no way to the address at all (no route, no
+#: such local address), as opposed to a peer that refused or has not answered yet.
+NO_ROUTE = frozenset({errno.ENETUNREACH, errno.EHOSTUNREACH, errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT})
+
+
+@dataclass(frozen=True)
+class Probed:
+    """What a probe found: the URLs in the order to try them, and those this host has
+    no route to."""
+
+    order: list[str]
+    no_route: frozenset[str]
+
+    @property
+    def none_routable(self) -> bool:
+        """Every URL is one this host has no route to: waiting for an answer is futile."""
+        return bool(self.order) and set(self.order) <= self.no_route
+
+
+def probe(urls: list[str], timeout: float = PROBE_TIMEOUT) -> Probed:
+    """Open a TCP connection to every URL at once. ``order``: those that accepted first,
+    then those still silent at ``timeout``, then those refused or unroutable, each group
+    in the given order. Returns at once when the first URL given accepts."""
+    accepted, failed, no_route = set(), set(), set()
     pending: dict[socket.socket, str] = {}
     with selectors.DefaultSelector() as selector:
         for url in urls:
@@ -54,6 +72,8 @@ def reachable_first(urls: list[str], timeout: float = PROBE_TIMEOUT) -> list[str
                 selector.register(sock, selectors.EVENT_WRITE)
             else:
                 failed.add(url)
+                if code in NO_ROUTE:
+                    no_route.add(url)
                 sock.close()
         deadline = time.monotonic() + timeout
         try:
@@ -62,10 +82,28 @@ def reachable_first(urls: list[str], timeout: float = PROBE_TIMEOUT) -> list[str
                     sock = key.fileobj
                     url = pending.pop(sock)
                     selector.unregister(sock)
-                    (failed if sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) else accepted).add(url)
+                    code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+                    (failed if code else accepted).add(url)
+                    if code in NO_ROUTE:
+                        no_route.add(url)
                     sock.close()
         finally:
             for sock in pending:
                 sock.close()
-    return ([u for u in urls if u in accepted] + [u for u in urls if u not in accepted and u not in failed]
-            + [u for u in urls if u in failed])
+    order = ([u for u in urls if u in accepted] + [u for u in urls if u not in accepted and u not in failed]
+             + [u for u in urls if u in failed])
+    return Probed(order, frozenset(no_route))
+
+
+def reachable_first(urls: list[str], timeout: float = PROBE_TIMEOUT) -> list[str]:
+    """``urls`` in the order of :func:`probe` (a single URL is not probed)."""
+    if len(urls) < 2:
+        return list(urls)
+    return probe(urls, timeout).order
+
+
+def no_route_error(what: str, urls: list[str]) -> str:
+    """The message for a peer none of whose addresses this host can route to."""
+    return (f"{what} cannot be reached from this host ({socket.gethostname()}): it has no route to any of "
+            f"{', '.join(urls)}. The controller listens only on networks this host is not on: bind it where "
+            "this host can reach it (--ip 0.0.0.0 for every interface, or --interface NAME)")
