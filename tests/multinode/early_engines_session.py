@@ -44,13 +44,15 @@ def main(profile_dir: str) -> dict:
     cluster_id = f"early{secrets.token_hex(3)}"
     profile = Path(profile_dir)
     env = {**os.environ, "MPIHUB_PYTHON": sys.executable, "MPIHUB_DIR": profile_dir, "MPIHUB_CLUSTER_ID": cluster_id}
-    engines = f"bash {LAUNCHER} -n 4 --timeout {{}}"
 
-    alone = sbatch(env, profile / "alone.out", "-N2", "-n4", "--wrap", engines.format(3))
+    def engines(timeout: int) -> str:
+        return f"bash {LAUNCHER} -n 4 --timeout {timeout}"
+
+    alone = sbatch(env, profile / "alone.out", "-N2", "-n4", "--wrap", engines(3))
     out["alone_state"], out["alone_s"] = wait_for_state(alone, {"FAILED", "COMPLETED", "CANCELLED", "GONE"}, 60)
     out["alone_log"] = (profile / "alone.out").read_text()
 
-    early = sbatch(env, profile / "early.out", "-N2", "-n4", "--exclusive", "--wrap", engines.format(120))
+    early = sbatch(env, profile / "early.out", "-N2", "-n4", "--exclusive", "--wrap", engines(120))
     out["early_state"], _ = wait_for_state(early, {"RUNNING"}, 60)
     time.sleep(3)  # the engines' job waits for the controller meanwhile
     controller = sbatch(env, profile / "controller.out", "-N1", "--exclusive", "--wrap",
