@@ -20,19 +20,22 @@ $(STAMP): pyproject.toml | $(PY)
 demo: $(STAMP)
 	$(PY) -m mpihub.demo
 
-# a real one-node Slurm (tests/slurm/setup.sh, as root; stopped again on exit; the
-# multi-node one of tests/multinode/ is started by its tests and stopped here too) and a
-# headless Chromium for the dashboard (tests/browser/setup.sh), the whole suite, then the
-# rank-level MPI tests alone (one rank) and as one 2-rank MPI job. Not root: the setups
-# exit 3 and those tests skip (under CI=true they fail instead).
+# a real one-node Slurm (tests/slurm/setup.sh, as root; stopped again on exit) and a
+# headless Chromium for the dashboard (tests/browser/setup.sh), the whole suite, the
+# rank-level MPI tests alone (one rank) and as one 2-rank MPI job, and last the
+# multi-node tests: their namespaces, bridges and veths (started by their tests, stopped
+# here) are then not up while the one-node MPI tests run in the root namespace (MPICH's
+# UCX failed intermittently at MPI_Init there, "invalid bandwidth", only in runs where they
+# were). Not root: the setups exit 3 and those tests skip (under CI=true they fail instead).
 test: $(STAMP)
 	@set -e; trap 'bash tests/multinode/teardown.sh; bash tests/slurm/teardown.sh' EXIT; \
 	bash tests/slurm/setup.sh || [ $$? -eq 3 ]; \
 	bash tests/browser/setup.sh || [ $$? -eq 3 ]; \
-	$(PY) -m pytest tests -q -p no:cacheprovider --timeout=300; \
+	$(PY) -m pytest tests -q -p no:cacheprovider --timeout=300 --ignore=tests/multinode; \
 	$(PY) -m pytest tests/ranks -q -p no:cacheprovider --with-mpi --timeout=300; \
 	timeout 900 $(VENV)/bin/mpiexec -n 2 $(PY) -m pytest tests/ranks -q -p no:cacheprovider --with-mpi \
-		--timeout=300 --timeout-method=thread
+		--timeout=300 --timeout-method=thread; \
+	$(PY) -m pytest tests/multinode -q -p no:cacheprovider --timeout=300
 
 bench: $(STAMP)
 	bash bench/run.sh
