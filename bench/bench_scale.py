@@ -7,7 +7,11 @@ gathered, the engine table. Thousands of engine processes do not fit a 2-core ma
 so the first part uses **light engines** (``mpihub engine --many K``: K engines in one
 process, each with its own sockets, registration, heartbeats and runner over the real
 protocol; the controller cannot tell them from full engines), 512 to a host process by
-default. For every N (2 first, as the baseline, then ``--sizes``), one cluster at a time:
+default. Each size runs in two modes (``--modes``): ``direct``, every engine on task
+and heartbeat connections of its own, and ``relay``, the task traffic of each host
+process through one relay in it (``--relay``: one message per request to all its
+engines, one per turn of their replies; heartbeats stay per engine). For every N (2
+first, as the baseline, then ``--sizes``), one cluster at a time:
 
   registered     seconds from starting the host processes until all N engines are registered
   apply on all   ``rc[:].apply_sync(noop)``, median of at least ``--calls`` calls and 2 s; with the CPU ms
@@ -31,7 +35,7 @@ map of ``--real-tasks`` no-ops, stop; and how many times better mpihub is on eac
 Every wait is bounded by ``--timeout``; one that runs out shows as ``timeout`` and the
 run goes on. ``--plot PATH`` writes an SVG of apply-on-all and push against N.
 
-Usage: python bench/bench_scale.py [--sizes 256,1024,4096] [--real 128] [--quick] [--no-ipp]
+Usage: python bench/bench_scale.py [--sizes 256,1024,4096] [--modes direct,relay] [--real 128] [--quick] [--no-ipp]
                                    [--plot docs/img/scale.svg]
 """
 from __future__ import annotations
@@ -135,9 +139,9 @@ class LightCluster(Procs):
     """An mpihub controller (``Cluster(n=0)``) and ``n`` light engines in host processes;
     ``registered()`` counts from the start of the hosts."""
 
-    def __init__(self, n: int, per_process: int, timeout: float):
-        super().__init__(f"mpihub, {n} light", "mpihub", n)
-        self.per_process, self.timeout = per_process, timeout
+    def __init__(self, n: int, per_process: int, timeout: float, relay: bool = False):
+        super().__init__(f"mpihub, {n} light{' behind relays' if relay else ''}", "mpihub", n)
+        self.per_process, self.timeout, self.relay = per_process, timeout, relay
         self.hosts: list[subprocess.Popen] = []
         self.host_logs: list[Path] = []
         self.controller_pid = 0
@@ -152,7 +156,8 @@ class LightCluster(Procs):
             with open(path, "wb") as out:
                 self.hosts.append(subprocess.Popen(
                     [sys.executable, "-m", "mpihub", "engine", "--many", str(count), "--url-file",
-                     str(self.cluster.engine_file), "--timeout", str(self.timeout)],
+                     str(self.cluster.engine_file), "--timeout", str(self.timeout),
+                     *(["--relay"] if self.relay else [])],
                     stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL))
             self.host_logs.append(path)
 
@@ -274,12 +279,14 @@ def all_registered(figures: Figures, system: Procs, timeout: float) -> bool:
     return isinstance(figures.values.get("start"), float)
 
 
-def run_light(n: int, args: argparse.Namespace) -> Figures:
-    """Start ``n`` light engines on a fresh controller, measure, stop."""
+def run_light(n: int, args: argparse.Namespace, relay: bool) -> Figures:
+    """Start ``n`` light engines on a fresh controller (behind a relay per host process
+    with ``relay``), measure, stop."""
     figures = Figures(n)
-    system = LightCluster(n, args.per_process, args.timeout)
+    system = LightCluster(n, args.per_process, args.timeout, relay)
     hosts = len(host_sizes(n, args.per_process))
-    log(f"\nN={n}: {hosts} host process{'es' if hosts > 1 else ''} of light engines")
+    log(f"\nN={n}: {hosts} host process{'es' if hosts > 1 else ''} of light engines"
+        f"{', each behind its relay' if relay else ''}")
     bench = Bench([system])
     with bench.running():
         if all_registered(figures, system, args.timeout):
@@ -300,6 +307,8 @@ def run_real(name: str, n: int, tasks: int, args: argparse.Namespace) -> Figures
     figures = Figures(n)
     if name == "mpihub":
         system = Procs("mpihub", "mpihub", n)
+    elif name == "relay":
+        system = Procs("mpihub, relay", "mpihub", n, relay=True)
     else:
         system = Procs("ipp", "ipyparallel", n, log_level=40)
     log(f"\n{name}: {n} engine processes")
@@ -403,16 +412,18 @@ REAL_ROWS = [  # key, label, unit, lower is better
 ]
 
 
-def real_table(mpihub: Figures, ipp: Figures | None) -> list[str]:
-    """mpihub beside ipyparallel; ``better`` is how many times better mpihub is."""
-    header = ["measure", "unit", "mpihub", "ipp", "better", "target", "result"]
+def real_table(mpihub: Figures, ipp: Figures | None, relayed: Figures | None) -> list[str]:
+    """mpihub (and its engines behind their keeper's relay) beside ipyparallel;
+    ``better`` is how many times better mpihub is (without the relay)."""
+    header = ["measure", "unit", "mpihub", "relay", "ipp", "better", "target", "result"]
     rows = []
     for key, label, unit, lower in REAL_ROWS:
         a, b = mpihub.number(key), ipp.number(key) if ipp else None
         better = (b / a if lower else a / b) if a and b else None
         targeted = key != "stop"
-        rows.append([label, unit, fmt(mpihub.values.get(key)), fmt(ipp.values.get(key)) if ipp else "-",
-                     f"{better:.2f}x" if better is not None else "-", ">= 5x" if targeted else "(info)",
+        rows.append([label, unit, fmt(mpihub.values.get(key)), fmt(relayed.values.get(key)) if relayed else "-",
+                     fmt(ipp.values.get(key)) if ipp else "-", f"{better:.2f}x" if better is not None else "-",
+                     ">= 5x" if targeted else "(info)",
                      ("PASS" if better >= 5 else "MISS") if targeted and better is not None else ""])
     return pipe_table(header, rows)
 
@@ -420,15 +431,21 @@ def real_table(mpihub: Figures, ipp: Figures | None) -> list[str]:
 # --------------------------------------------------------------------------- plot
 
 
-SERIES = {"apply": ("#1f5fbf", "mpihub rc[:].apply_sync, light"), "push": ("#2a9d3a", "mpihub rc[:].push 1 kB, light")}
-MARK_COLORS = {"mpihub": "#0b2f6b", "ipp": "#e07b00", "published": "#8a3ab9"}
+SERIES = {("direct", "apply"): ("#1f5fbf", "mpihub apply_sync, light"),
+          ("direct", "push"): ("#2a9d3a", "mpihub push 1 kB, light"),
+          ("relay", "apply"): ("#7aa7ef", "apply_sync, light, relays"),
+          ("relay", "push"): ("#8fd19a", "push 1 kB, light, relays")}
+MARK_COLORS = {"mpihub": "#0b2f6b", "relay": "#5b8fd9", "ipp": "#e07b00", "published": "#8a3ab9"}
 
 
-def plot_svg(light: list[Figures], real: dict[str, Figures], path: Path, title: str) -> None:
-    """Apply on all and push (ms) against N, log-log, as a hand-written SVG; the apply of
-    the engine processes and ipyparallel's published 1,024-engine figure as marks."""
-    series = {key: [(f.n, f.number(key)) for f in light if f.number(key)] for key in SERIES}
-    marks = [(f.n, f.number("apply"), MARK_COLORS[name], f"{name} rc[:].apply_sync, {f.n} processes")
+def plot_svg(light: dict[str, list[Figures]], real: dict[str, Figures], path: Path, title: str) -> None:
+    """Apply on all and push (ms) against N, log-log, as a hand-written SVG, for each
+    mode of the light engines; the apply of the engine processes and ipyparallel's
+    published 1,024-engine figure as marks."""
+    series = {(mode, key): [(f.n, f.number(key)) for f in light.get(mode, []) if f.number(key)]
+              for mode, key in SERIES}
+    names = {"relay": "mpihub, relay,"}
+    marks = [(f.n, f.number("apply"), MARK_COLORS[name], f"{names.get(name, name)} apply_sync, {f.n} processes")
              for name, f in real.items() if f.number("apply")]
     marks.append((1024, IPP_PUBLISHED_APPLY_1024_MS, MARK_COLORS["published"],
                   "ipyparallel, published (1,024 engines)"))
@@ -477,7 +494,7 @@ def plot_svg(light: list[Figures], real: dict[str, Figures], path: Path, title: 
             out.append(f'<circle cx="{sx(n):.1f}" cy="{sy(v):.1f}" r="3.5" fill="{color}"/>')
             # the upper value's label above and to the left of its point (off the rising lines, but
             # right of the first point, by the axis), the lower one's below and to the right
-            if all(v > p or (v == p and key == "apply") for p in others):
+            if all(v > p or (v == p and key[1] == "apply") for p in others):
                 place = (sx(n) + 6, sy(v) - 7, "") if i == 0 else (sx(n) - 6, sy(v) - 7, ' text-anchor="end"')
             else:
                 place = (sx(n) + 6, sy(v) + 15, "")
@@ -508,6 +525,9 @@ def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sizes", default=None, help="light-engine cluster sizes, comma separated "
                                                  "(default 256,1024,4096; quick 256,1024)")
+    p.add_argument("--modes", default="direct,relay",
+                   help="light-engine modes to run, comma separated: direct (each engine its own connections), "
+                        "relay (one relay per host process) (default both)")
     p.add_argument("--per-process", type=int, default=512, help="light engines per host process (default 512)")
     p.add_argument("--real", type=int, default=None,
                    help="engine processes per system in the side-by-side part, 0 to skip (default 128; quick 32)")
@@ -535,6 +555,9 @@ def parse_args() -> argparse.Namespace:
         args.sizes = sorted({int(s) for s in args.sizes.split(",") if s.strip()})
     except ValueError:
         p.error(f"--sizes takes numbers separated by commas, not {args.sizes!r}")
+    args.modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    if not args.modes or not set(args.modes) <= {"direct", "relay"}:
+        p.error(f"--modes takes direct and/or relay, not {','.join(args.modes)!r}")
     if any(n < 1 for n in args.sizes) or args.per_process < 1:
         p.error("sizes and --per-process must be at least 1")
     return args
@@ -546,32 +569,38 @@ def main() -> int:
     log(f"bench_scale: {os.cpu_count()} cores, Python {platform.python_version()}, "
         f"load average {os.getloadavg()[0]:.2f} at the start")
     procs = run_real("mpihub", 2, args.tasks, args)  # the load-balanced baseline of 2 engine processes
-    light: list[Figures] = []
-    for n in [2] + [n for n in args.sizes if n != 2]:
-        if INTERRUPTED.is_set():
-            break
-        light.append(run_light(n, args))
+    light: dict[str, list[Figures]] = {}
+    for mode in args.modes:
+        runs = light[mode] = []
+        for n in [2] + [n for n in args.sizes if n != 2]:
+            if INTERRUPTED.is_set():
+                break
+            runs.append(run_light(n, args, relay=mode == "relay"))
     real: dict[str, Figures] = {}
-    for name in (["mpihub"] + ([] if args.no_ipp else ["ipp"])) if args.real else []:
+    for name in (["mpihub", "relay"] + ([] if args.no_ipp else ["ipp"])) if args.real else []:
         if INTERRUPTED.is_set():
             break
         real[name] = run_real(name, args.real, args.real_tasks, args)
 
-    print(f"\nLIGHT ENGINES: one controller, N engines in host processes of up to {args.per_process}, one N "
-          f"at a time;\nlatencies are medians of {args.calls} calls, load-balanced maps of {args.tasks} tasks "
-          f"(median of {args.lb_reps}), idle CPU over {args.idle:g} s")
-    if light:
-        print("\n".join(light_table(light, args.sizes, procs)))
+    for mode, runs in light.items():
+        how = ("each engine on connections of its own" if mode == "direct"
+               else "the task traffic of each host process through its relay (--relay)")
+        print(f"\nLIGHT ENGINES, {how}: one controller, N engines in host processes of up to "
+              f"{args.per_process}, one N at a time;\nlatencies are medians of {args.calls} calls, load-balanced "
+              f"maps of {args.tasks} tasks (median of {args.lb_reps}), idle CPU over {args.idle:g} s")
+        if runs:
+            print("\n".join(light_table(runs, args.sizes, procs)))
     print(f"apply: median of at least {args.calls} calls and 2 s; controller/client CPU: per apply on all, from "
           "/proc/<pid>/stat over those calls\n(the light engines share the cores with both); 2 engine processes "
           f"(mpihub.Cluster(n=2)): {fmt(procs.values.get('lb'))} tasks/s")
     if "mpihub" in real:
         then = "" if args.no_ipp else ", then ipyparallel"
         print(f"\nREAL ENGINE PROCESSES: {args.real} each, one system at a time (mpihub started, measured and "
-              f"stopped{then});\napply median of {args.calls} calls, load-balanced map of "
+              f"stopped, then mpihub with its engines behind their keeper's relay{then});\n"
+              f"apply median of {args.calls} calls, load-balanced map of "
               f"{args.real_tasks} no-op tasks (median of {args.lb_reps}); better = ipp/mpihub for times, "
               "mpihub/ipp for rates")
-        print("\n".join(real_table(real["mpihub"], real.get("ipp"))))
+        print("\n".join(real_table(real["mpihub"], real.get("ipp"), real.get("relay"))))
     if args.plot:
         plot_svg(light, real, args.plot,
                  f"mpihub, apply and push on all N light engines ({os.cpu_count()}-core VM)")

@@ -3,6 +3,9 @@ and a peer without the cluster's keys is refused before any message is read."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
@@ -103,3 +106,25 @@ def test_a_peer_without_the_cluster_keys_is_refused(curve_cluster):
     with pytest.raises(mpihub.TimeoutError):
         mpihub.Client(info, timeout=1.5)
     assert curve_cluster.client[:].apply_sync(lambda: 2) == [2, 2]
+
+
+def test_light_engines_behind_a_relay_work_encrypted(curve_cluster):
+    """The relay encrypts what leaves its process, as each engine would (its engines
+    reach it in process, so they reach the cluster through it or not at all)."""
+    rc = curve_cluster.client
+    host = subprocess.Popen([sys.executable, "-m", "mpihub", "engine", "--many", "4", "--relay", "--url-file",
+                             str(curve_cluster.cluster.engine_file)])
+    try:
+        rc.wait_for_engines(6, timeout=30, interactive=False)
+        relayed = [e for e, info in rc.engines.items() if info.pid == host.pid]
+        assert len(relayed) == 4
+        assert rc[relayed].apply_sync(lambda x: x + 1, 41) == [42] * 4
+        rc[relayed].push({"secret": MARKER}, block=True)
+        assert rc[relayed].pull("secret", block=True) == [MARKER] * 4
+    finally:
+        host.terminate()
+        host.wait(timeout=10)
+    deadline = time.monotonic() + 10
+    while len(rc.ids) > 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert len(rc.ids) == 2, "the relayed engines said goodbye as their host stopped"

@@ -1,10 +1,13 @@
 """Engines forked by one keeper (``mpihub engine --fork N``): each is an engine of its
 own, the keeper passes signals on, and no engine outlives it."""
 import os
+import re
 import signal
 import subprocess
 import sys
+import time
 
+import numpy as np
 import pytest
 
 import mpihub
@@ -58,3 +61,41 @@ def test_fork_needs_at_least_one_engine():
     done = subprocess.run([sys.executable, "-m", "mpihub", "engine", "--fork", "0"],
                           capture_output=True, text=True, timeout=30)
     assert done.returncode != 0 and "at least one engine" in done.stderr
+
+
+def test_forked_engines_behind_their_keepers_relay():
+    """``relay=True``: the keeper carries its engines' task traffic on one connection
+    (they reach the controller only through it); large data still takes each engine's
+    own data link; an engine that dies is still found by its heartbeat; the relay's
+    private directory goes when the keeper exits."""
+    cluster = mpihub.Cluster(n=4, relay=True)
+    with cluster as rc:
+        keeper = cluster.launcher.processes[1]
+        relay_dir = re.search(r"relay for the engines at ipc://(\S+)/relay", keeper.log_path.read_text()).group(1)
+        assert os.stat(relay_dir).st_mode & 0o777 == 0o700
+        pids, parents, _ = zip(*rc[:].apply_sync(draw))
+        assert set(parents) == {keeper.pid}
+        big = np.arange(1 << 20, dtype=np.float64)  # 8 MiB: the data links
+        rc[:].scatter("part", big, block=True)
+        assert np.array_equal(rc[:].gather("part", block=True), big)
+        rc[:].push({"small": "x" * 100}, block=True)
+        assert rc[:].pull("small", block=True) == ["x" * 100] * 4
+        assert rc.load_balanced_view().map_sync(lambda x: x + 1, range(100)) == list(range(1, 101))
+
+        os.kill(pids[0], signal.SIGKILL)
+        deadline = time.monotonic() + 15
+        while len(rc.ids) == 4 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert len(rc.ids) == 3, "the dead engine behind the relay was not found"
+        assert sorted(rc[:].apply_sync(os.getpid)) == sorted(pids[1:])
+        all_pids = cluster.launcher.pids
+    assert_gone(all_pids)
+    assert not os.path.exists(relay_dir)
+
+
+def test_relay_goes_with_fork_or_many():
+    done = subprocess.run([sys.executable, "-m", "mpihub", "engine", "--relay"], capture_output=True, text=True,
+                          timeout=30)
+    assert done.returncode == 2 and "--relay goes with --fork or --many" in done.stderr
+    with pytest.raises(ValueError, match="relay=True is for local engines forked"):
+        mpihub.Cluster(n=2, relay=True, fork_engines=False)

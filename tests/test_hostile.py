@@ -5,6 +5,7 @@ import os
 import socket
 import time
 
+import msgpack
 import pytest
 import zmq
 
@@ -41,6 +42,11 @@ GARBAGE = [
     [os.urandom(32), b"\x81\xa1t\xa5apply", b"x"],  # random signature, msgpack-ish header
     [os.urandom(32)] * 40,
     [b"\xff" * 100_000],
+    # as if from a relay: undecodable routing, routing that does not match its frames,
+    # and well-framed messages whose envelopes are not signed
+    [b"", b"\xc1", b"x"],
+    [b"", msgpack.packb([b"u" * 32, 5]), b"x"],
+    [b"", msgpack.packb([b"u" * 32, 1, b"v" * 32, 1]), os.urandom(64), os.urandom(32) + b"\x81\xa1t\xa5apply"],
 ]
 
 

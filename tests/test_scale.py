@@ -25,28 +25,34 @@ from mpihub.protocol.schema import Key, Msg
 pytestmark = [pytest.mark.timeout(120), pytest.mark.layouts("one", "split")]
 
 HOSTS, PER_HOST = 3, 100
+#: The last two hosts' engines reach the controller through a relay (in process: they
+#: cannot reach it any other way); the first host's each on connections of their own.
+RELAYED_HOSTS = 2
 ENGINES = HOSTS * PER_HOST
 #: Heartbeats a second the controller takes: with 300 engines, a period of 3 s.
 RATE = 100
 PERIOD = 3.0
 
 
-def start_hosts(engine_file, hosts: int, per_host: int, **popen) -> list[subprocess.Popen]:
+def start_hosts(engine_file, hosts: int, per_host: int, relayed: int = 0, **popen) -> list[subprocess.Popen]:
+    """``hosts`` light-engine hosts, the last ``relayed`` of them through a relay."""
     return [subprocess.Popen([sys.executable, "-m", "mpihub", "engine", "--many", str(per_host), "--url-file",
-                              str(engine_file)], **popen) for _ in range(hosts)]
+                              str(engine_file), *(["--relay"] if i >= hosts - relayed else [])], **popen)
+            for i in range(hosts)]
 
 
 @pytest.fixture(scope="module")
 def crowd(layout):
     """A controller (``layout``) and 300 light engines in 3 processes, all started at
-    the same instant; the controller's heartbeat rate is capped so that the period grows."""
+    the same instant, those of the last two through a relay each; the controller's
+    heartbeat rate is capped so that the period grows."""
     saved = os.environ.get("MPIHUB_HEARTBEAT_RATE")
     os.environ["MPIHUB_HEARTBEAT_RATE"] = str(RATE)
     try:
         running = RunningCluster(0, layout)
     finally:
         os.environ.pop("MPIHUB_HEARTBEAT_RATE") if saved is None else os.environ.update(MPIHUB_HEARTBEAT_RATE=saved)
-    hosts = start_hosts(running.cluster.engine_file, HOSTS, PER_HOST)
+    hosts = start_hosts(running.cluster.engine_file, HOSTS, PER_HOST, relayed=RELAYED_HOSTS)
     running.pids += [host.pid for host in hosts]
     started = time.monotonic()
     try:
@@ -134,8 +140,8 @@ def test_the_heartbeat_period_grows_with_the_engines(crowd):
 
 
 def test_a_dead_host_is_found_and_the_others_are_not(crowd):
-    """Its 100 engines are reported dead within the timeout of a 3 s period (9 s); the
-    200 others, beating every 3 s, stay."""
+    """Its 100 engines (behind its relay) are reported dead within the timeout of a 3 s
+    period (9 s); the 200 others, beating every 3 s, stay."""
     rc = crowd.client
     victim = crowd.hosts[-1]
     os.kill(victim.pid, signal.SIGKILL)

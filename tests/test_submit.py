@@ -86,3 +86,10 @@ def test_a_bad_template_is_refused_on_the_command_line(tmp_path):
     out = subprocess.run([sys.executable, "-m", "mpihub", "submit", "slurm", "-n", "2", "--template", str(bad),
                           "--dry-run"], capture_output=True, text=True, timeout=60)
     assert out.returncode == 1 and "never uses" in out.stderr
+
+
+def test_the_relay_launch_needs_engines_that_divide_over_the_nodes(profile_dir):
+    launcher = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "launchers", "mpihub-engines")
+    done = subprocess.run(["bash", launcher, "-n", "5", "--launch", "relay"], capture_output=True, text=True,
+                          timeout=30, env={**os.environ, "MPIHUB_CLUSTER_ID": "x", "SLURM_JOB_NUM_NODES": "2"})
+    assert done.returncode == 2 and "5 is not a multiple of 2" in done.stderr

@@ -95,9 +95,13 @@ def _cmd_engine(args) -> int:
     from .protocol import ports
 
     _use_port_set(args.data_ports, ports.DATA_PORTS_ENV)
+    if args.relay and args.many is None and args.fork is None:
+        print("mpihub engine: --relay goes with --fork or --many (a relay for the engines it starts)",
+              file=sys.stderr)
+        return 2
     if args.fork is None:
         return main(args.url_file, args.cluster_id, args.profile_dir, args.id, args.timeout, use_mpi=args.mpi,
-                    many=args.many)
+                    many=args.many, relay=args.relay)
     clashing = [flag for flag, given in (("--id", args.id is not None), ("--mpi", args.mpi),
                                          ("--many", args.many is not None)) if given]
     if clashing:
@@ -106,8 +110,23 @@ def _cmd_engine(args) -> int:
         return 2
     from .engine import forks
 
-    return forks.run(args.fork, lambda: main(args.url_file, args.cluster_id, args.profile_dir, None, args.timeout),
-                     args.fork_logs, args.fork_report_fd)
+    relay_to = _relay_info(args) if args.relay else None
+    if args.relay and relay_to is None:
+        return 1
+    return forks.run(args.fork, lambda relay_url: main(args.url_file, args.cluster_id, args.profile_dir, None,
+                                                       args.timeout, relay_url=relay_url),
+                     args.fork_logs, args.fork_report_fd, relay_to)
+
+
+def _relay_info(args) -> dict | None:
+    """The connection info a keeper's relay needs, read before the forks (None: said why)."""
+    from .engine.app import load_info
+
+    try:
+        return load_info(args.url_file, args.cluster_id, args.profile_dir, args.timeout)[0]
+    except (TimeoutError, OSError, ValueError) as exc:
+        print(f"mpihub engine --relay: {exc}", file=sys.stderr)
+        return None
 
 
 def _cmd_cluster(args) -> int:
@@ -323,6 +342,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--many", type=int, default=None, metavar="N",
                    help="run N light engines in this process, to test or measure a controller at scale "
                         "(short tasks only; no MPI)")
+    p.add_argument("--relay", action="store_true",
+                   help="with --fork or --many: the engines' task traffic goes through one relay in this process, "
+                        "on one connection to the controller (one message per request to all of them, one per "
+                        "turn of their replies); heartbeats stay per engine")
     p.add_argument("--fork", type=int, default=None, metavar="N",
                    help="start N full engines as forks of this process, which imports everything once "
                         "(128 engines on 2 cores: about 2 s, not 16 s) and stays to pass signals on")
@@ -361,8 +384,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--nodes", type=_positive_int, default=None, help="number of nodes")
     p.add_argument("--job-name", default=None, help="job name (default mpihub-<cluster id>)")
     p.add_argument("--prologue", default="", help="shell lines run first in the job, e.g. 'module load mpi'")
-    p.add_argument("--launch", choices=["srun", "mpiexec"], default=None,
-                   help="how engines start (default srun on Slurm, mpiexec on PBS)")
+    p.add_argument("--launch", choices=["srun", "mpiexec", "relay"], default=None,
+                   help="how engines start (default srun on Slurm, mpiexec on PBS); relay (Slurm): a keeper per "
+                        "node forks its engines and carries their task traffic on one connection (no MPI)")
     p.add_argument("--template", default=None, help="your own template for the first job")
     p.add_argument("--engines-template", default=None, help="your own template for the engines job")
     p.add_argument("--directive", action="append", default=[], help="an extra directive (repeatable)")

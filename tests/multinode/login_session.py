@@ -4,14 +4,17 @@ compute across the nodes, stop. Prints one JSON object of what it saw and how lo
 each step took.
 
     tests/multinode/on-login.sh .venv/bin/python tests/multinode/login_session.py \\
-        PROFILE_DIR {srun|mpiexec} MEGABYTES [INTERFACE]
+        PROFILE_DIR {srun|mpiexec|relay} MEGABYTES [INTERFACE]
 
 With INTERFACE (a compute node's interface name), the controller binds that interface
-alone (``--interface``) instead of every one.
+alone (``--interface``) instead of every one. With ``relay`` the engines are no MPI
+ranks: a keeper on each node forks them and relays their task traffic, so the session
+moves data by ZeroMQ only and reports each engine's parent (its keeper) instead.
 """
 from __future__ import annotations
 
 import json
+import os
 import socket
 import sys
 import time
@@ -47,11 +50,18 @@ def main(profile_dir: str, launch: str, megabytes: float, interface: str | None 
         out["client_connected_to"] = rc.core.fronts["hub"].url
         out["controller_host"] = info["location"]
         out["engine_hosts"] = sorted(rc[:].apply_sync(socket.gethostname))
-        out["mpi_ranks"] = sorted(e.mpi_rank for e in rc.engines.values())
+        out["mpi_ranks"] = sorted(e.mpi_rank for e in rc.engines.values() if e.mpi_rank is not None)
         x = np.random.default_rng(7).standard_normal(int(megabytes * 2 ** 20 / 8))
-        for via in ("mpi", "zmq"):
+        for via in ("zmq",) if launch == "relay" else ("mpi", "zmq"):
             out[f"identical_{via}"], out[f"scatter_gather_{via}_s"] = scatter_gather(rc, x, via)
         dv = rc[:]
+        if launch == "relay":
+            out["keepers"] = rc[:].apply_sync(lambda: (socket.gethostname(), os.getppid()))
+            dv.push({"small": "x" * 100}, block=True)
+            out["pulled"] = dv.pull("small", block=True)
+            out["lb"] = rc.load_balanced_view().map_sync(lambda k: k * k, range(50))
+            out["job_ids"] = [job.job_id for job in cluster.batch.jobs]
+            return out
         dv.bcast("y", x, via="mpi", block=True)
         out["bcast_identical"] = all(bool(np.array_equal(y, x)) for y in dv.pull("y", block=True))
         dv.execute("del y", block=True)

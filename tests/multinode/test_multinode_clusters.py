@@ -36,6 +36,27 @@ def test_a_login_node_session_across_three_nodes(multinode, shared_dir, launch):
         assert state in ("", "COMPLETING", "COMPLETED"), f"job {job_id} still {state}"
 
 
+def test_engines_behind_a_relay_on_each_node(multinode, shared_dir):
+    """``engine_launch="relay"``: one keeper per engine node forks its 2 engines and
+    carries their task traffic to the controller on the third node; they reach the
+    login node's client, take data and load-balanced work; the jobs end with the stop."""
+    done = multinode.on_login(sys.executable, str(SESSION), str(shared_dir), "relay", "8", timeout=200, check=False)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    seen = json.loads(done.stdout.strip().splitlines()[-1])
+    controller = seen["controller_host"]
+    engine_nodes = sorted(set(multinode.nodes) - {controller})
+    assert sorted(set(seen["engine_hosts"])) == engine_nodes and seen["mpi_ranks"] == []
+    assert len(seen["keepers"]) == 4, f"4 engines, not {len(seen['keepers'])}"
+    keepers = {tuple(pair) for pair in seen["keepers"]}
+    assert sorted(host for host, _ in keepers) == engine_nodes, f"one keeper per node: {seen['keepers']}"
+    assert seen["identical_zmq"] and seen["pulled"] == ["x" * 100] * 4
+    assert seen["lb"] == [k * k for k in range(50)]
+    assert not list(shared_dir.glob("**/security/*.json")), "connection files left after a clean stop"
+    for job_id in seen["job_ids"]:
+        state = multinode.on_login("squeue", "-h", "-j", job_id, "-o", "%T", check=False).stdout.strip()
+        assert state in ("", "COMPLETING", "COMPLETED"), f"job {job_id} still {state}"
+
+
 def test_a_controller_bound_to_the_management_interface_is_reached_by_everyone(multinode, shared_dir):
     done = multinode.on_login(sys.executable, str(SESSION), str(shared_dir), "srun", "8", "eth0", timeout=200,
                               check=False)

@@ -187,7 +187,7 @@ def outboxes(server) -> dict[str, Outbox]:
     """Every outbox of an object made by :func:`in_process`, by the socket it stands for."""
     found = {"client": server.clients.sock, "hub": getattr(server, "hub_sock", None),
              "path": getattr(server, "path_sock", None),
-             "engine": server.router.engine_sock if hasattr(server, "router") else server.registry.engine_sock,
+             "engine": (server.router if hasattr(server, "router") else server.registry).engine_port.sock,
              "pipe": server.registry.pipe if hasattr(server, "registry") else None}
     return {name: box for name, box in found.items() if isinstance(box, Outbox)}
 

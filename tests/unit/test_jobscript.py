@@ -55,6 +55,14 @@ def test_slurm_directives_follow_the_options():
     assert "--launch mpiexec" in separate.job_script("engines")
 
 
+def test_engines_behind_a_relay_per_node_are_a_slurm_launch():
+    assert "--launch relay" in cluster(nodes=2, engine_launch="relay", separate_jobs=True).job_script("engines")
+    with pytest.raises(ValueError, match="engine_launch='relay' starts a keeper per node with srun"):
+        cluster("pbs", engine_launch="relay")
+    with pytest.raises(ValueError, match="'srun', 'mpiexec' or 'relay'"):
+        cluster(engine_launch="ssh")
+
+
 def test_extra_and_skipped_directives():
     script = cluster(walltime="00:10:00", account="a1", extra_directives=["--mem=2G", "#SBATCH --exclusive"],
                      skip_directives=["--account", "--output"]).job_script()

@@ -31,13 +31,6 @@ def test_bad_specs_say_what_is_wrong(spec, says):
         ports.parse(spec)
 
 
-@pytest.fixture
-def context():
-    ctx = zmq.Context()
-    yield ctx
-    ctx.destroy(linger=0)
-
-
 def test_sockets_take_the_first_free_ports_and_skip_those_held_elsewhere(context):
     base = free_run(4)
     held = socket.socket()  # another process's listener on the second port

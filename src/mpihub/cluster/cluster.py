@@ -48,7 +48,8 @@ class Cluster:
                  engine_launch: str | None = None, separate_jobs: bool = False,
                  templates: dict[str, str] | None = None, extra_directives: list[str] | None = None,
                  skip_directives: list[str] | None = None, pbs_flavor: str = "pro", python: str | None = None,
-                 poll_interval: float = 2.0, retire_margin: float | None = None, fork_engines: bool = True):
+                 poll_interval: float = 2.0, retire_margin: float | None = None, fork_engines: bool = True,
+                 relay: bool = False):
         """``detach=True`` leaves the cluster running after this process exits (as
         ``mpihub cluster start --daemonize`` does); otherwise it stops with it.
         ``engines="mpi"`` starts the engines as one ``mpiexec -n N`` job (``mpiexec``
@@ -56,7 +57,8 @@ class Cluster:
         as a batch job; with ``controller`` on the same system the controller runs in
         that job too (or, ``separate_jobs=True``, in a job of its own). The batch
         options (``walltime``, ``queue``, ``account``, ``nodes``, ``job_name``,
-        ``prologue``, ``engine_launch`` srun|mpiexec, ``templates`` per role,
+        ``prologue``, ``engine_launch`` srun|mpiexec|relay (Slurm: one keeper per node,
+        forking its engines and relaying for them; no MPI), ``templates`` per role,
         ``extra_directives``, ``skip_directives``, ``pbs_flavor`` pro|torque) fill the
         job templates; see docs/hpc.md. A batch cluster's controller keeps its task
         records and results in SQLite (``--db sqlite``) unless ``controller_args`` say
@@ -65,7 +67,8 @@ class Cluster:
         walltime. Local engines (``engines="local"``) are forked from one process that
         imports Python's and mpihub's modules once (``mpihub engine --fork``: 128 engines
         start in seconds, not minutes); ``fork_engines=False`` starts each as a fresh
-        Python process instead."""
+        Python process instead. ``relay=True`` makes that process their relay too
+        (``--relay``: their task traffic on one connection to the controller)."""
         if engines not in ENGINE_KINDS:
             raise ValueError(f"engines must be one of {ENGINE_KINDS}, not {engines!r}")
         if controller not in CONTROLLER_KINDS:
@@ -75,8 +78,14 @@ class Cluster:
                              f"not {engines!r}")
         if n is not None and (not isinstance(n, int) or n < 0):
             raise ValueError(f"n must be a non-negative number of engines, not {n!r}")
-        if engine_launch not in (None, "srun", "mpiexec"):
-            raise ValueError(f"engine_launch is 'srun' or 'mpiexec', not {engine_launch!r}")
+        if relay and not (engines == "local" and fork_engines):
+            raise ValueError("relay=True is for local engines forked from one process (engines='local', "
+                             "fork_engines=True); in a batch job, run `mpihub engine --fork N --relay` per node")
+        if engine_launch not in (None, "srun", "mpiexec", "relay"):
+            raise ValueError(f"engine_launch is 'srun', 'mpiexec' or 'relay', not {engine_launch!r}")
+        if engine_launch == "relay" and engines != "slurm":
+            raise ValueError(f"engine_launch='relay' starts a keeper per node with srun: engines='slurm', "
+                             f"not {engines!r}")
         self.n = (os.cpu_count() or 1) if n is None else n
         self.engines = engines
         self.controller = controller
@@ -94,6 +103,7 @@ class Cluster:
         self.separate_jobs = separate_jobs
         self.poll_interval = poll_interval
         self.fork_engines = fork_engines
+        self.relay = relay
         self.launcher = LocalLauncher(self.profile_dir / "log")
         self.batch: BatchJobs | None = None
         if engines in BATCH_KINDS:
@@ -227,7 +237,7 @@ class Cluster:
                 self.launcher.start([*args, "--mpi"], name, env=mpi_environment(count), prefix=prefix)
         elif self.fork_engines:
             if count:
-                self.launcher.start_forks(args, count, name)
+                self.launcher.start_forks([*args, "--relay"] if self.relay else args, count, name)
         else:
             for i in range(count):
                 self.launcher.start(args, f"engine-{self.cluster_id or 'default'}-{first + i}")

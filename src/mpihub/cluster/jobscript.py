@@ -37,7 +37,7 @@ PLACEHOLDERS = {
     "prologue": "shell lines run first, e.g. `module load mpi; source venv/bin/activate`",
     "environment": "export lines mpihub adds (walltime, tuning variables)",
     "launchers": "directory of mpihub's launcher scripts",
-    "engine_launch": "srun or mpiexec",
+    "engine_launch": "srun, mpiexec or relay",
     "controller_options": "options for the controller launcher (--ip, --interface, --split, ...)",
 }
 SHELL_TEXT = {"directives", "prologue", "environment", "controller_options"}

@@ -215,6 +215,9 @@ class RouterLayout(Layout):
         return False
 
     def on_engine(self, frames: list) -> None:
+        self.router.engine_port.on_frames(frames, self._on_engine_message)
+
+    def _on_engine_message(self, frames: list) -> None:
         self.loop.routed(frames, self.router.drop, self._from_engine)
 
     def _from_engine(self, uuid: bytes, msg: wire.Message) -> None:

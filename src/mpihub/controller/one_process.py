@@ -23,6 +23,7 @@ from . import queries
 from .clients import ClientPort
 from .connfiles import ConnectionFiles, Where, public_host
 from .dashboard import DashboardServer, DashboardStats, engine_states, snapshot
+from .engine_port import EnginePort
 from .hub import Hub
 from .loop import Loop, RouterLayout
 from .registry import Registry
@@ -54,9 +55,10 @@ class Controller(RouterLayout):
     def assemble(self, sockets: dict[str, zmq.Socket]) -> None:
         """Build the parts around the ``client`` and ``engine`` sockets."""
         self.clients = ClientPort(self.loop, sockets["client"], self._connect_fields, self.from_client)
-        self.router = Router(self.loop, self.hub, self.clients, sockets["engine"], ("direct", "task"),
+        engine_port = EnginePort(sockets["engine"], wire.DropLog(log, "the engine socket"))
+        self.router = Router(self.loop, self.hub, self.clients, engine_port, ("direct", "task"),
                              self.scheduler_name, self.hwm)
-        self.registry = Registry(self.loop, self.hub, self.clients, sockets["engine"], self.where, self)
+        self.registry = Registry(self.loop, self.hub, self.clients, engine_port, self.where, self)
         self.loop.on(sockets["client"], self.clients.on_frames)
         self.loop.on(sockets["engine"], self.on_engine)
         self.loop.add_timer(self.router)

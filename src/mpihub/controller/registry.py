@@ -22,6 +22,7 @@ from ..protocol.schema import CONTROL_ABORT, CONTROL_SHUTDOWN, EVENT_REGISTERED,
 from . import restore
 from .clients import ClientPort
 from .connfiles import Where
+from .engine_port import EnginePort
 from .heartbeat import HeartMonitor
 from .hub import Hub
 from .loop import Loop
@@ -52,12 +53,12 @@ class EngineEvents(Protocol):
 
 
 class Registry:
-    def __init__(self, loop: Loop, hub: Hub, clients: ClientPort, engine_sock: zmq.Socket, where: Where,
+    def __init__(self, loop: Loop, hub: Hub, clients: ClientPort, engine_port: EnginePort, where: Where,
                  events: EngineEvents):
         self.loop = loop
         self.hub = hub
         self.clients = clients
-        self.engine_sock = engine_sock
+        self.engine_port = engine_port
         self.where = where
         self.events = events
         self.pipe: zmq.Socket | None = None  # to the heartbeat thread: control messages out, deaths in
@@ -114,8 +115,7 @@ class Registry:
             raise TypeError("info must be a map")
         requested = header.get(Key.WANT_ID)
         if uuid not in self.hub.by_uuid and (refused := self._over_fd_limit()):
-            wire.send(self.engine_sock, [uuid, *wire.pack(self.loop.signer, {Key.TYPE: Msg.REGISTER_REPLY,
-                                                                              Key.ERROR: refused})])
+            self.engine_port.send(uuid, wire.pack(self.loop.signer, {Key.TYPE: Msg.REGISTER_REPLY, Key.ERROR: refused}))
             return
         record, how = self.hub.register_engine(uuid, requested if isinstance(requested, int) else None, info,
                                                time.time())
@@ -124,7 +124,7 @@ class Registry:
                   else {Key.SKIP: sorted(wire.task_ids(header.get(Key.HELD)))})
         reply = {Key.TYPE: Msg.REGISTER_REPLY, Key.ID: record.id, Key.HEARTBEAT_PERIOD: period,
                  Key.CONTROLLER_TIMEOUT: config.ENGINE_CONTROLLER_TIMEOUT, **settle, **self.events.register_fields()}
-        wire.send(self.engine_sock, [uuid, *wire.pack(self.loop.signer, reply)])
+        self.engine_port.send(uuid, wire.pack(self.loop.signer, reply))
         if how == "again":
             return
         log.info("engine %d %s (%s, pid %s)", record.id, "is back" if how == "rejoined" else "registered",
@@ -150,6 +150,7 @@ class Registry:
         if record is None:
             return
         self.monitor.forget(record.uuid)
+        self.engine_port.forget(record.uuid)
         # before the failures of its tasks, so that clients' ids are current when they see them
         self.clients.notify({Key.TYPE: Msg.NOTIFY, Key.EVENT: EVENT_UNREGISTERED, Key.ID: engine_id})
         self.events.engine_released(engine_id, why)
@@ -177,7 +178,7 @@ class Registry:
         """Stop an engine now (heartbeat channel) and for certain (its task queue, which
         reaches even an engine whose heartbeat thread has not connected yet)."""
         self.control(uuid, {Key.TYPE: Msg.CONTROL, Key.OP: CONTROL_SHUTDOWN})
-        wire.send(self.engine_sock, [uuid, *wire.pack(self.loop.signer, {Key.TYPE: Msg.SHUTDOWN})])
+        self.engine_port.send(uuid, wire.pack(self.loop.signer, {Key.TYPE: Msg.SHUTDOWN}))
 
     def interrupt(self, by_engine: dict[int, list[str]], interrupt: bool) -> None:
         """Tell engines to skip these queued tasks, and with ``interrupt`` to stop them running."""

@@ -17,14 +17,13 @@ import time
 from collections import OrderedDict
 from typing import Callable
 
-import zmq
-
 from .. import config
 from ..protocol import wire
 from ..protocol.schema import Key, Msg
 from . import recovery
 from .clients import ClientPort
 from .dashboard import DashboardStats
+from .engine_port import EnginePort
 from .hub import Hub
 from .lookup import TaskLookup
 from .loop import Loop
@@ -39,7 +38,7 @@ TOMBSTONES = 10_000
 
 
 class Router:
-    def __init__(self, loop: Loop, hub: Hub, clients: ClientPort, engine_sock: zmq.Socket,
+    def __init__(self, loop: Loop, hub: Hub, clients: ClientPort, engine_port: EnginePort,
                  paths: tuple[str, ...] = ("direct", "task"), scheduler: str = "leastload", hwm: int | None = None,
                  clock: Callable[[], float] = time.time):
         if scheduler not in SCHEDULERS:
@@ -47,7 +46,7 @@ class Router:
         self.signer = loop.signer
         self.hub = hub
         self.clients = clients
-        self.engine_sock = engine_sock
+        self.engine_port = engine_port
         self.paths = paths
         self.clock = clock
         self.lookup = TaskLookup(hub)
@@ -59,7 +58,7 @@ class Router:
         self.stats: DashboardStats | None = None  # counts for the dashboard, when it is on
         self.tombstones: OrderedDict[str, None] = OrderedDict()
         self._retirements: list[tuple[float, int]] = []  # a heap of (retire_at, engine id)
-        self.drop = wire.DropLog(log, "the engine socket")
+        self.drop = engine_port.drop
 
     # -- timers ---------------------------------------------------------------------
 
@@ -78,7 +77,7 @@ class Router:
     # -- sending --------------------------------------------------------------------
 
     def send_to_engine(self, engine_id: int, frames: list) -> None:
-        wire.send(self.engine_sock, [self.hub.engines[engine_id].uuid, *frames])
+        self.engine_port.send(self.hub.engines[engine_id].uuid, frames)
 
     def _deliver(self, msg_id: str, frames: list) -> bool:
         """Send a reply to its client and watchers; whether one of them is connected."""
@@ -151,7 +150,8 @@ class Router:
         data_for = msg.header.get(Key.BUFFERS_FOR)
         if data_for is not None and data_for not in targets:
             raise ValueError(f"bt {data_for!r} is not one of the targets")
-        envelope_only = msg.frames[:1]
+        with_data: list[bytes] = []
+        envelope_only: list[bytes] = []  # the targets other than bt's
         first = None
         for engine_id, msg_id in zip(targets, ids):
             if msg_id in self.hub.tasks:
@@ -163,8 +163,10 @@ class Router:
             if engine is None:
                 self.fail(msg_id, engine_id, "error", "EngineError", f"engine {engine_id} is not registered")
             elif not engine.rejoining:  # a rejoining engine is sent its queue when it is back
-                frames = msg.frames if data_for is None or engine_id == data_for else envelope_only
-                wire.send(self.engine_sock, [engine.uuid, *frames])
+                (with_data if data_for is None or engine_id == data_for else envelope_only).append(engine.uuid)
+        self.engine_port.send_many(with_data, msg.frames)
+        if envelope_only:
+            self.engine_port.send_many(envelope_only, msg.frames[:1])
 
     def abort(self, ids: list) -> tuple[list[str], dict[int, list[str]]]:
         """Abort the queued tasks among ``ids``; returns them, and the unfinished ones

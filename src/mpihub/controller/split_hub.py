@@ -37,6 +37,7 @@ from . import merge, queries
 from .clients import ClientPort
 from .connfiles import ConnectionFiles, Where, public_host
 from .dashboard import DashboardServer, engine_states, merge_parts, snapshot
+from .engine_port import EnginePort
 from .hub import Hub
 from .loop import Layout, Loop
 from .registry import Registry
@@ -119,9 +120,10 @@ class SplitHub(Layout):
         """Build the parts around the ``client``, ``engine`` and ``path`` sockets."""
         self.path_sock = sockets["path"]
         self.clients = ClientPort(self.loop, sockets["client"], self._connect_fields, self._from_client)
-        self.registry = Registry(self.loop, self.hub, self.clients, sockets["engine"], self.where, self)
         self._drop_path = wire.DropLog(log, "the path socket")
         self._drop_engine = wire.DropLog(log, "the engine socket")
+        self.engine_port = EnginePort(sockets["engine"], self._drop_engine)
+        self.registry = Registry(self.loop, self.hub, self.clients, self.engine_port, self.where, self)
         self.loop.on(sockets["client"], self._until_ready(self.clients.on_frames))
         self.loop.on(sockets["engine"], self._until_ready(self.on_engine))
         self.loop.on(self.path_sock, self.on_path)
@@ -304,6 +306,9 @@ class SplitHub(Layout):
     # -- engines ------------------------------------------------------------------------
 
     def on_engine(self, frames: list) -> None:
+        self.engine_port.on_frames(frames, self._on_engine_message)
+
+    def _on_engine_message(self, frames: list) -> None:
         self.loop.routed(frames, self._drop_engine, self._from_engine)
 
     def _from_engine(self, uuid: bytes, msg: wire.Message) -> None:

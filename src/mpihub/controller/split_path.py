@@ -30,6 +30,7 @@ from ..protocol.schema import Key, Msg
 from . import queries
 from .clients import ClientPort
 from .dashboard import DashboardStats
+from .engine_port import EnginePort
 from .hub import Hub
 from .loop import Loop, RouterLayout
 from .restore import SavedController, load, reload_engines, take_back_tasks
@@ -65,7 +66,8 @@ class SplitPath(RouterLayout):
     def assemble(self, sockets: dict[str, zmq.Socket]) -> None:
         """Build the parts around the ``client`` and ``engine`` sockets."""
         self.clients = ClientPort(self.loop, sockets["client"], lambda: {}, self.from_client)
-        self.router = Router(self.loop, self.hub, self.clients, sockets["engine"], (self.path,), self.scheduler_name,
+        engine_port = EnginePort(sockets["engine"], wire.DropLog(log, "the engine socket"))
+        self.router = Router(self.loop, self.hub, self.clients, engine_port, (self.path,), self.scheduler_name,
                              self.hwm)
         if self.hub_info.get("dashboard"):
             self.router.stats = DashboardStats()
@@ -163,7 +165,7 @@ class SplitPath(RouterLayout):
             settle = self.router.engine_rejoined(engine_id, header)
         else:
             settle, record = {}, None  # a repeated hello
-        wire.send(self.router.engine_sock, [uuid, *wire.pack(self.loop.signer, {Key.TYPE: Msg.HELLO_REPLY, **settle})])
+        self.router.engine_port.send(uuid, wire.pack(self.loop.signer, {Key.TYPE: Msg.HELLO_REPLY, **settle}))
         if record is not None:
             self.router.engine_added(claimed)
         wire.send(self.hub_sock, wire.pack(self.loop.signer, {Key.TYPE: Msg.ENGINE_READY, Key.ID: claimed}))

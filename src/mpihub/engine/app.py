@@ -15,7 +15,9 @@ it, and reports their ids and those it answered lately (saying which replies it 
 :mod:`.replies`), so that the controller sends again what never arrived, asks for the
 replies it is missing, and tells it what to skip. An engine started from a connection
 file follows a controller restored on another node (:mod:`.follow`): its sockets are
-pointed at the new addresses and it registers again the same way.
+pointed at the new addresses and it registers again the same way. An engine forked by
+a keeper with a relay (``mpihub engine --fork N --relay``) connects its task socket to
+that relay (:mod:`.relay`) instead, and its heartbeat to the controller as any engine.
 """
 from __future__ import annotations
 
@@ -48,8 +50,11 @@ ANSWERED = 1000
 
 class Engine:
     def __init__(self, info: dict, want_id: int | None = None, mpi_world: dict | None = None,
-                 register_timeout: float = 30.0, info_path: str | os.PathLike | None = None):
+                 register_timeout: float = 30.0, info_path: str | os.PathLike | None = None,
+                 relay_url: str | None = None):
         self.info = connection.check(info)
+        #: Where the task socket connects when a relay of this node carries it (None: the controller).
+        self.relay_url = relay_url
         #: The connection file watched for a controller that moved (None: not watched).
         self.info_path = info_path
         self.signer = wire.Signer(info["key"])
@@ -87,15 +92,18 @@ class Engine:
         if probed.none_routable:
             raise TimeoutError(reach.no_route_error("The controller", urls))
         urls = probed.order
+        if self.relay_url:  # one way to the controller, whichever address the relay took
+            urls = urls[:1]
         wait = self.register_timeout / len(urls)
         for url in urls:
-            self.sock = self._dealer(url)
+            self.sock = self._dealer(self.relay_url) if self.relay_url else self._dealer(url)
             if self._ask_to_register(wait):
                 break
             log.info("no answer from the controller at %s within %.0f s", url, wait)
             self.sock.close()
         else:
-            raise TimeoutError(f"no answer from the controller at {', '.join(urls)} "
+            through = f" through the relay at {self.relay_url}" if self.relay_url else ""
+            raise TimeoutError(f"no answer from the controller at {', '.join(urls)}{through} "
                                f"within {self.register_timeout:.0f} s")
         self.heart_url = follow.heartbeat_beside(url, self.info)
         reply = wire.unpack(self.signer, self.sock.recv_multipart())
@@ -105,7 +113,8 @@ class Engine:
             raise RuntimeError(f"the controller refused this engine: {why}")
         self.id = reply.header[Key.ID]
         self.engine_url = url
-        log.info("registered as engine %d at %s", self.id, url)
+        log.info("registered as engine %d at %s%s", self.id, url,
+                 " through this node's relay" if self.relay_url else "")
         return reply.header
 
     def _ask_to_register(self, wait: float) -> bool:
@@ -127,7 +136,7 @@ class Engine:
         sock.routing_id = self.uuid
         sock.linger = 0
         sock.hwm = 0  # replies queue while the controller is away, rather than block the engine
-        if self.curve:
+        if self.curve and url != self.relay_url:  # the relay's own socket is private to this node's user
             self.curve.client(sock)
         sock.connect(url)
         return sock
@@ -409,23 +418,34 @@ class Engine:
             wire.send(sock, frames)
 
 
-def main(url_file: str | None, cluster_id: str | None, profile_dir: str | None, want_id: int | None,
-         timeout: float, use_mpi: bool = False, many: int | None = None) -> int:
-    """Entry point of ``mpihub engine``; connection info from a file or $MPIHUB_CONNECTION_INFO.
-    With ``many``, that many light engines in this process (:mod:`.light`)."""
+def load_info(url_file: str | None, cluster_id: str | None, profile_dir: str | None,
+              timeout: float) -> tuple[dict, str | None]:
+    """The engine connection info, from $MPIHUB_CONNECTION_INFO (unless a file is named)
+    or from the file, waited for up to ``timeout`` s; and that file (None: the variable)."""
     raw = os.environ.get("MPIHUB_CONNECTION_INFO")
     if raw and not url_file:
-        info = connection.check(json.loads(raw), "$MPIHUB_CONNECTION_INFO")
-    else:
-        path = url_file or connection.connection_file("engine", cluster_id, profile_dir)
-        info = connection.read(path, timeout=timeout)
+        return connection.check(json.loads(raw), "$MPIHUB_CONNECTION_INFO"), None
+    path = url_file or connection.connection_file("engine", cluster_id, profile_dir)
+    return connection.read(path, timeout=timeout), str(path)
+
+
+def main(url_file: str | None, cluster_id: str | None, profile_dir: str | None, want_id: int | None,
+         timeout: float, use_mpi: bool = False, many: int | None = None, relay: bool = False,
+         relay_url: str | None = None) -> int:
+    """Entry point of ``mpihub engine``; connection info from a file or $MPIHUB_CONNECTION_INFO.
+    With ``many``, that many light engines in this process (:mod:`.light`), through a
+    relay with ``relay``; with ``relay_url``, the task socket goes through the relay
+    there (a keeper's, :mod:`.forks`), and the engine does not follow a controller that
+    moves (its relay would not)."""
+    info, path = load_info(url_file, cluster_id, profile_dir, timeout)
     try:
         if many is not None:
-            light.main(info, many, timeout)
+            light.main(info, many, timeout, relay)
             return 0
         world = mpi_world.init_world() if use_mpi else None
-        Engine(info, want_id=want_id, mpi_world=world, register_timeout=timeout,
-               info_path=None if raw and not url_file else path).serve_forever()
+        watched = None if relay_url else path
+        Engine(info, want_id=want_id, mpi_world=world, register_timeout=timeout, info_path=watched,
+               relay_url=relay_url).serve_forever()
     except (TimeoutError, RuntimeError, wire.ProtocolError) as exc:
         print(f"mpihub engine: {exc}", file=sys.stderr)
         return 1

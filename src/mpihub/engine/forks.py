@@ -13,13 +13,20 @@ keeper never leaves an engine behind. Before the forks no zmq context and no thr
 exist here (neither survives a fork): each child makes its own. Each child reseeds
 numpy's global random generator (Python's ``random`` reseeds itself), or every engine
 would draw the same numbers.
+
+With ``--relay`` the keeper is also its engines' relay (:mod:`.relay`): they connect
+their task sockets to it, over a Unix socket in a directory only this user can enter,
+and it holds the one task connection to the controller. It starts the relay after the
+forks (no zmq before a fork) and serves it until the last engine has exited.
 """
 from __future__ import annotations
 
 import ctypes
 import os
+import shutil
 import signal
 import sys
+import tempfile
 import traceback
 from typing import Callable
 
@@ -27,17 +34,21 @@ from typing import Callable
 PR_SET_PDEATHSIG = 1
 
 
-def run(n: int, start_engine: Callable[[], int], log_prefix: str | None = None,
-        report_fd: int | None = None) -> int:
-    """Fork ``n`` engines that each run ``start_engine()`` (its return value is the
-    child's exit code), wait for them all, and return the keeper's exit code.
+def run(n: int, start_engine: Callable[[str | None], int], log_prefix: str | None = None,
+        report_fd: int | None = None, relay_to: dict | None = None) -> int:
+    """Fork ``n`` engines that each run ``start_engine(relay_url)`` (its return value is
+    the child's exit code), wait for them all, and return the keeper's exit code.
 
     With ``log_prefix``, each child writes its output to ``<log_prefix><pid>.log``; with
     ``report_fd``, the keeper writes each child's PID there, one a line, and closes it
-    once all are forked (a launcher reads them to know every process it started).
+    once all are forked (a launcher reads them to know every process it started). With
+    ``relay_to`` (the engine connection info), the keeper relays its engines' task
+    traffic to that controller; ``relay_url`` is then where they reach it, else None.
     """
     if n < 1:
         raise ValueError(f"--fork starts at least one engine, not {n}")
+    relay_dir = tempfile.mkdtemp(prefix="mpihub-relay-") if relay_to is not None else None  # mode 0700
+    relay_url = f"ipc://{relay_dir}/relay" if relay_dir else None
     children: dict[int, int | None] = {}  # pid -> exit code, None while it runs
     stopping: list[int] = []
 
@@ -57,7 +68,7 @@ def run(n: int, start_engine: Callable[[], int], log_prefix: str | None = None,
             break
         pid = os.fork()
         if pid == 0:
-            os._exit(_child(keeper, start_engine, log_prefix, report_fd))
+            os._exit(_child(keeper, lambda: start_engine(relay_url), log_prefix, report_fd))
         children[pid] = None
         if report_fd is not None:
             os.write(report_fd, b"%d\n" % pid)
@@ -66,15 +77,35 @@ def run(n: int, start_engine: Callable[[], int], log_prefix: str | None = None,
     if children:
         print(f"mpihub engine --fork: started {len(children)} engines, pids {min(children)} to {max(children)}",
               file=sys.stderr, flush=True)
-    while any(code is None for code in children.values()):
-        pid, status = os.wait()
-        if pid in children:
-            children[pid] = os.waitstatus_to_exitcode(status)
+    try:
+        if relay_to is not None and children:
+            from .keeper_relay import serve
+
+            serve(relay_to, relay_url, lambda: _reap(children, os.WNOHANG))
+        _reap(children, 0)
+    finally:
+        if relay_dir:
+            shutil.rmtree(relay_dir, ignore_errors=True)
     failed = [code for code in children.values() if code]
     if failed:
         print(f"mpihub engine --fork: {len(failed)} of {len(children)} engines failed "
               f"(exit codes {sorted(set(failed))})", file=sys.stderr, flush=True)
     return _exit_status(failed[0]) if failed else 0
+
+
+def _reap(children: dict[int, int | None], flags: int) -> bool:
+    """Note the exit codes of children that ended (all of them, waiting, when ``flags``
+    is 0; those that have, with ``os.WNOHANG``); whether any still runs."""
+    while any(code is None for code in children.values()):
+        try:
+            pid, status = os.waitpid(-1, flags)
+        except ChildProcessError:
+            break
+        if pid == 0:
+            return True
+        if pid in children:
+            children[pid] = os.waitstatus_to_exitcode(status)
+    return False
 
 
 def _child(keeper: int, start_engine: Callable[[], int], log_prefix: str | None, report_fd: int | None) -> int:

@@ -36,6 +36,7 @@ from ..protocol.curve import Curve
 from ..protocol.schema import CONTROL_ABORT, CONTROL_SHUTDOWN, Key, Msg
 from . import registration
 from .heartbeat import silent_controller
+from .relay import Relay
 from .runner import ABORTED, Runner, task_id_for
 
 log = logging.getLogger("mpihub.engine.light")
@@ -43,6 +44,9 @@ log = logging.getLogger("mpihub.engine.light")
 #: Sockets (so file descriptors) of one light engine: task, heartbeat, and one per path
 #: of a split controller.
 SOCKETS_PER_ENGINE = 4
+#: With a relay, the replies go up after every so many engines have run: the controller
+#: handles the first while the host runs the rest.
+RELAY_EVERY = 64
 
 
 class LightEngine:
@@ -69,7 +73,7 @@ class LightEngine:
 class LightHost:
     """``n`` light engines of the controller described by ``info``, in this thread."""
 
-    def __init__(self, info: dict, n: int, register_timeout: float = 60.0):
+    def __init__(self, info: dict, n: int, register_timeout: float = 60.0, relay: bool = False):
         if n < 1:
             raise ValueError(f"a light-engine host runs at least one engine, not {n}")
         self.info = connection.check(info)
@@ -80,24 +84,27 @@ class LightHost:
         self.context = zmq.Context()
         self.context.max_sockets = SOCKETS_PER_ENGINE * n + 64
         self.engines = [LightEngine(i) for i in range(n)]
+        self.relay: Relay | None = None  # with ``relay``: the task sockets' way to the controller
+        if relay:
+            self.relay = Relay(self.context, info["engine"], f"inproc://relay-{os.getpid()}", self.curve)
         self.owner: dict[zmq.Socket, LightEngine] = {}
         self.selector = selectors.EpollSelector()
         self.sent_on: list[zmq.Socket] = []  # sockets sent on outside a read: to read next
         self.beats: list[tuple[float, int]] = []  # a heap of (next ping, engine index)
         self.waiting: set[int] = set()  # engines whose registration is unanswered
-        self.details = {"hostname": socket.gethostname(), "pid": os.getpid(), "light": True}
+        self.details = {"hostname": socket.gethostname(), "pid": os.getpid(), "light": True, "relay": relay}
         self.ping = wire.pack(self.signer, {Key.TYPE: Msg.PING})
         self.drop = wire.DropLog(log, "a light engine's socket")
         self.live = n
 
     # -- sockets ------------------------------------------------------------------------
 
-    def _dealer(self, engine: LightEngine, url: str) -> zmq.Socket:
+    def _dealer(self, engine: LightEngine, url: str, relayed: bool = False) -> zmq.Socket:
         sock = self.context.socket(zmq.DEALER)
         sock.routing_id = engine.uuid
         sock.linger = 0
         sock.hwm = 0
-        if self.curve:
+        if self.curve and not relayed:  # the relay is in this process; it encrypts what leaves it
             self.curve.client(sock)
         sock.connect(url)
         self.owner[sock] = engine
@@ -158,9 +165,14 @@ class LightHost:
         signal.signal(signal.SIGTERM, lambda *_: stopping.append(True))
         wakeup = process.signal_wakeup()
         self.selector.register(wakeup, selectors.EVENT_READ, wakeup)
+        relay = self.relay
+        if relay:
+            for sock in (relay.up, relay.down):
+                self.selector.register(sock.getsockopt(zmq.FD), selectors.EVENT_READ, relay)
         start = time.monotonic()
         for engine in self.engines:
-            engine.task = self._dealer(engine, self.info["engine"])
+            engine.task = (self._dealer(engine, relay.local_url, relayed=True) if relay
+                           else self._dealer(engine, self.info["engine"]))
             engine.heart = self._dealer(engine, self.info["heartbeat"])
             self._register(engine, start)
         try:
@@ -170,14 +182,22 @@ class LightHost:
                 ready = [key.data for key, _ in self.selector.select(max(0.0, due - time.monotonic()))]
                 ready += self.sent_on
                 self.sent_on = []
-                for sock in ready:
+                for count, sock in enumerate(ready, 1):
                     if sock is wakeup:
                         process.drain(wakeup)
-                    else:
+                    elif sock is not relay:
                         self._read(sock)
+                    if relay and count % RELAY_EVERY == 0:
+                        relay.pump()  # the replies so far go up while the rest run
+                while relay and relay.pump():  # what the engines sent, and what came for them
+                    pass
             if stopping:
                 self._unregister_all()
+                while relay and relay.pump():  # the goodbyes
+                    pass
         finally:
+            if relay:
+                relay.close()
             self.context.destroy(linger=0)
             if self.curve:
                 self.curve.stop()
@@ -273,6 +293,6 @@ class LightHost:
         sock.send_multipart(wire.pack(self.signer, reply, data, buffers), copy=len(buffers) == 0)
 
 
-def main(info: dict, n: int, timeout: float) -> None:
-    """``mpihub engine --many N``: run ``n`` light engines until they are stopped."""
-    LightHost(info, n, register_timeout=timeout).serve_forever()
+def main(info: dict, n: int, timeout: float, relay: bool = False) -> None:
+    """``mpihub engine --many N [--relay]``: run ``n`` light engines until they are stopped."""
+    LightHost(info, n, register_timeout=timeout, relay=relay).serve_forever()

@@ -1,0 +1,143 @@
+"""Relays: the routing frames round-trip and bad ones raise ProtocolError; the
+controller's engine port learns each engine's route and sends a request for many
+engines once per relay; a relay carries replies up in one message and a request down to
+every engine it names. Real ZMQ sockets over inproc; no controller."""
+from __future__ import annotations
+
+import logging
+
+import msgpack
+import pytest
+import zmq
+
+from mpihub.controller.engine_port import EnginePort
+from mpihub.engine.relay import Relay
+from mpihub.protocol import relay, wire
+
+pytestmark = pytest.mark.timeout(30)
+
+UUIDS = [b"a" * 32, b"b" * 32, b"c" * 32]
+
+
+def test_up_and_down_round_trip():
+    messages = [(UUIDS[0], [b"env-a"]), (UUIDS[1], [b"env-b", b"buffer"])]
+    frames = relay.pack_up(messages)
+    assert frames[0] == relay.RELAYED
+    assert list(relay.unpack_up(frames)) == [(UUIDS[0], [b"env-a"]), (UUIDS[1], [b"env-b", b"buffer"])]
+    assert relay.unpack_down(relay.pack_down(UUIDS, [b"env", b"buf"])) == (UUIDS, [b"env", b"buf"])
+
+
+@pytest.mark.parametrize("routing", [
+    b"\xc1",  # not msgpack
+    msgpack.packb({"a": 1}),  # not a list
+    msgpack.packb([UUIDS[0], 2]),  # more frames announced than came
+    msgpack.packb([UUIDS[0], 0]),  # an empty message
+    msgpack.packb([UUIDS[0]]),  # a uuid without its count
+    msgpack.packb(["text", 1]),  # a uuid that is not bytes
+    msgpack.packb([b"", 1]),  # an empty uuid
+])
+def test_bad_up_routing_raises_before_anything_is_handed_on(routing):
+    with pytest.raises(wire.ProtocolError):
+        list(relay.unpack_up([relay.RELAYED, routing, b"frame"]))
+
+
+@pytest.mark.parametrize("frames", [
+    [relay.RELAYED, msgpack.packb([]), b"env"],  # nobody to send to
+    [relay.RELAYED, msgpack.packb([UUIDS[0]])],  # nothing to send
+    [relay.RELAYED, msgpack.packb([1, 2]), b"env"],  # not uuids
+    [relay.RELAYED, b"\xc1", b"env"],
+])
+def test_bad_down_routing_raises(frames):
+    with pytest.raises(wire.ProtocolError):
+        relay.unpack_down(frames)
+
+
+def socket(context, kind, routing_id=None):
+    sock = context.socket(kind)
+    sock.linger = 0
+    if routing_id is not None:
+        sock.routing_id = routing_id
+    return sock
+
+
+def recv(sock, timeout_ms=2000) -> list:
+    assert sock.poll(timeout_ms), "nothing came"
+    return sock.recv_multipart()
+
+
+def test_the_engine_port_routes_by_the_way_each_engine_came(context):
+    controller = socket(context, zmq.ROUTER)
+    controller.bind("inproc://port")
+    direct = socket(context, zmq.DEALER, UUIDS[0])
+    relay_sock = socket(context, zmq.DEALER, b"relay-1")
+    for sock in (direct, relay_sock):
+        sock.connect("inproc://port")
+    port = EnginePort(controller, wire.DropLog(logging.getLogger("test"), "test"))
+    handled = []
+    direct.send_multipart([b"hello-direct"])
+    relay_sock.send_multipart(relay.pack_up([(UUIDS[1], [b"hello-1"]), (UUIDS[2], [b"hello-2", b"buf"])]))
+    for _ in range(2):
+        port.on_frames(recv(controller), handled.append)
+    assert sorted(handled) == sorted([[UUIDS[0], b"hello-direct"], [UUIDS[1], b"hello-1"],
+                                      [UUIDS[2], b"hello-2", b"buf"]])
+    assert port.relay_of == {UUIDS[1]: b"relay-1", UUIDS[2]: b"relay-1"}
+
+    port.send_many(UUIDS, [b"request"])  # one message to the direct engine, one for both behind the relay
+    assert recv(direct) == [b"request"]
+    assert relay.unpack_down(recv(relay_sock)) == ([UUIDS[1], UUIDS[2]], [b"request"])
+    assert not relay_sock.poll(100)
+    port.send(UUIDS[2], [b"only-2"])
+    assert relay.unpack_down(recv(relay_sock)) == ([UUIDS[2]], [b"only-2"])
+
+    # an engine that speaks for itself again is sent to directly; one that left is forgotten
+    again = socket(context, zmq.DEALER, UUIDS[1])
+    again.connect("inproc://port")
+    again.send_multipart([b"direct-now"])
+    port.on_frames(recv(controller), handled.append)
+    port.forget(UUIDS[2])
+    assert port.relay_of == {}
+    port.send(UUIDS[1], [b"to-1"])
+    assert recv(again) == [b"to-1"]
+
+
+def test_a_malformed_relayed_message_is_dropped_whole(context, caplog):
+    controller = socket(context, zmq.ROUTER)
+    controller.bind("inproc://bad")
+    sender = socket(context, zmq.DEALER, b"relay-x")
+    sender.connect("inproc://bad")
+    port = EnginePort(controller, wire.DropLog(logging.getLogger("test.relay"), "the engine socket"))
+    sender.send_multipart([relay.RELAYED, msgpack.packb([UUIDS[0], 1, UUIDS[1], 5]), b"a", b"b"])
+    handled = []
+    with caplog.at_level(logging.WARNING, "test.relay"):
+        port.on_frames(recv(controller), handled.append)
+    assert handled == [] and port.relay_of == {}
+    assert "does not match" in caplog.text
+
+
+def test_a_relay_gathers_replies_and_hands_requests_to_each_engine(context):
+    controller = socket(context, zmq.ROUTER)
+    controller.bind("inproc://controller")
+    hub = Relay(context, "inproc://controller", "inproc://relay-test")
+    engines = [socket(context, zmq.DEALER, uuid) for uuid in UUIDS]
+    for sock in engines:
+        sock.connect(hub.local_url)
+        sock.send_multipart([b"reply-" + sock.routing_id[:1], b"data"])
+    assert hub.pump()  # inproc: every message is at the relay once sent
+    assert hub.gathered == len(UUIDS)
+    frames = recv(controller)
+    relay_ident, up = frames[0], frames[1:]
+    assert relay_ident == hub.up.routing_id
+    assert sorted(relay.unpack_up(up)) == [(u, [b"reply-" + u[:1], b"data"]) for u in UUIDS]
+    assert not controller.poll(50), "the replies of one turn go up as one message"
+
+    controller.send_multipart([relay_ident, *relay.pack_down(UUIDS[:2], [b"request", b"buf"])])
+    controller.send_multipart([relay_ident, relay.RELAYED, b"\xc1", b"junk"])  # dropped, the relay goes on
+    controller.send_multipart([relay_ident, *relay.pack_down(UUIDS[2:], [b"third"])])
+    for _ in range(100):
+        if hub.pump() and hub.delivered == len(UUIDS):
+            break
+        hub.up.poll(10)  # until the requests reach the relay
+    assert recv(engines[0]) == [b"request", b"buf"]
+    assert recv(engines[1]) == [b"request", b"buf"]
+    assert recv(engines[2]) == [b"third"]
+    hub.close()
