@@ -299,6 +299,31 @@ def test_a_long_queue_of_direct_tasks_run_while_the_controller_was_gone_runs_onc
     assert "0 sent again, 2501 replies asked again, 0 replies lost" in "".join(processes.stop())
 
 
+def test_engines_behind_a_keepers_relay_come_back_to_a_restored_controller(processes, tmp_path):
+    """Killed and restored at the same address: the keeper's relay reconnects, its
+    engines register again through it under their ids, and a task that ran meanwhile
+    is answered once."""
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    processes.start_controller("--db", "sqlite")
+    processes._start("engine", "--fork", "2", "--relay", "--url-file", str(processes.file("engine")))
+    rc = client_through(processes)
+    try:
+        rc.wait_for_engines(2, timeout=30, interactive=False)
+        pids = dict(zip(rc.ids, rc[:].apply_sync(pid)))
+        running = rc[1].apply_async(nap, 7, 1.0, str(runs))
+        time.sleep(0.3)
+        processes.kill_controller()
+        processes.start_controller("--db", "sqlite", "--restore")
+        assert running.get(30) == (7, pids[1])
+        assert dict(zip(rc.ids, rc[:].apply_sync(pid))) == pids
+        assert runs_of(runs) == {7: 1}
+    finally:
+        rc.close()
+    logs = processes.stop()
+    assert logs[1].count("through this node's relay") >= 2 and logs[1].count("is registered again") == 2
+
+
 def test_restore_says_why_it_cannot(processes, tmp_path):
     def controller(*args: str) -> subprocess.CompletedProcess:
         return subprocess.run([sys.executable, "-m", "mpihub", "controller", "--cluster-id", "restart", *args],

@@ -11,6 +11,7 @@ import pytest
 import zmq
 
 from mpihub.controller.engine_port import EnginePort
+from mpihub.engine import relay as relay_module
 from mpihub.engine.relay import Relay
 from mpihub.protocol import relay, wire
 
@@ -140,4 +141,19 @@ def test_a_relay_gathers_replies_and_hands_requests_to_each_engine(context):
     assert recv(engines[0]) == [b"request", b"buf"]
     assert recv(engines[1]) == [b"request", b"buf"]
     assert recv(engines[2]) == [b"third"]
+    hub.close()
+
+
+def test_a_relay_sends_up_at_most_its_bound_of_bytes_in_one_message(context, monkeypatch):
+    monkeypatch.setattr(relay_module, "MAX_GATHERED_BYTES", 1500)
+    controller = socket(context, zmq.ROUTER)
+    controller.bind("inproc://bounded")
+    hub = Relay(context, "inproc://bounded", "inproc://relay-bounded")
+    engines = [socket(context, zmq.DEALER, uuid) for uuid in UUIDS]
+    for sock in engines:
+        sock.connect(hub.local_url)
+        sock.send(b"x" * 1000)
+    assert hub.pump() and hub.gathered == 3
+    sizes = [len(list(relay.unpack_up(recv(controller)[1:]))) for _ in range(2)]
+    assert sizes == [2, 1]  # the second reply took the first past 1,500 bytes
     hub.close()

@@ -168,6 +168,7 @@ class Engine:
         signal.signal(signal.SIGTERM, on_sigterm)
         registration = self.register()
         runner = self.runner = Runner(self.id)
+        runner.aborted = self.aborted  # filled by the heartbeat thread
         signal.signal(signal.SIGINT, self._on_sigint)
         rejoin = self.context.socket(zmq.PAIR)
         rejoin_url = f"inproc://mpihub-rejoin-{id(self)}"

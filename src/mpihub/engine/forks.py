@@ -30,6 +30,8 @@ import tempfile
 import traceback
 from typing import Callable
 
+from . import keeper_relay
+
 #: prctl(2) option: the signal a process gets when the thread that forked it dies.
 PR_SET_PDEATHSIG = 1
 
@@ -79,9 +81,7 @@ def run(n: int, start_engine: Callable[[str | None], int], log_prefix: str | Non
               file=sys.stderr, flush=True)
     try:
         if relay_to is not None and children:
-            from .keeper_relay import serve
-
-            serve(relay_to, relay_url, lambda: _reap(children, os.WNOHANG))
+            keeper_relay.serve(relay_to, relay_url, lambda: _reap(children, os.WNOHANG))
         _reap(children, 0)
     finally:
         if relay_dir:

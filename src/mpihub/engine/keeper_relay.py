@@ -1,6 +1,6 @@
 """The relay a fork keeper runs for its engines (``mpihub engine --fork N --relay``).
 
-Imported by the keeper after its forks, since no zmq context may exist before them. It
+The keeper runs it after its forks, since no zmq context may exist before them. It
 connects upstream to the first of the controller's engine addresses that can be
 reached, serves :class:`~.relay.Relay` until the keeper's last engine has exited (a
 SIGCHLD wakes it), then carries what they said last (their goodbyes) before it closes.

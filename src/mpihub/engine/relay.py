@@ -10,9 +10,10 @@ message up. Framing: :mod:`mpihub.protocol.relay`. A relay holds no key and read
 header; the engines' messages pass it signed as they were. Engines keep their heartbeat
 connections to the controller, so a dead engine is still found by its silence.
 
-``mpihub engine --many N --relay`` puts a relay in a light-engine host (the engines
-reach it in process); a relay takes any engine whose task socket connects to its
-``local_url``.
+``mpihub engine --many N --relay`` puts a relay in a light-engine host (its engines
+reach it in process), ``--fork N --relay`` in the keeper of N forked engines
+(:mod:`.keeper_relay`; they reach it over a Unix socket). A relay takes any engine whose
+task socket connects to its ``local_url``.
 """
 from __future__ import annotations
 
@@ -26,9 +27,10 @@ from ..protocol.curve import Curve
 
 log = logging.getLogger("mpihub.engine.relay")
 
-#: Most replies one message up carries: a bound on one message's size and on the wait
-#: of the first reply in it.
+#: Most replies, and bytes, one message up carries (past either it goes as it is and the
+#: next one starts): bounds on its size and on the wait of the first reply in it.
 MAX_GATHERED = 4096
+MAX_GATHERED_BYTES = 64 << 20
 
 
 class Relay:
@@ -58,11 +60,12 @@ class Relay:
         """Carry everything waiting, both ways; whether anything was."""
         moved = False
         while wire.readable(self.down):
-            messages = []
-            while len(messages) < MAX_GATHERED and wire.readable(self.down):
+            messages, nbytes = [], 0
+            while len(messages) < MAX_GATHERED and nbytes < MAX_GATHERED_BYTES and wire.readable(self.down):
                 frames = wire.recv(self.down)
                 if len(frames) > 1:  # an engine's message is never empty
                     messages.append((frames[0], frames[1:]))
+                    nbytes += sum(len(f) for f in frames)
             if messages:
                 wire.send(self.up, relay.pack_up(messages))
             self.gathered += len(messages)

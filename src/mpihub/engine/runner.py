@@ -144,6 +144,9 @@ class Runner:
     def __init__(self, engine_id: int):
         self.engine_id = engine_id
         self.running: str | None = None
+        #: Ids of tasks aborted before they started: an engine shares the set its
+        #: heartbeat thread fills, so an abort that comes as a task starts is not lost.
+        self.aborted: set[str] = set()
         self.namespace: dict = {"__name__": "__main__", "__builtins__": builtins}
         ops.bind_namespace(self.namespace)
 
@@ -161,6 +164,10 @@ class Runner:
         started = time.time()
         try:
             self.running = task_id
+            if task_id in self.aborted:  # aborted (and maybe interrupted, seeing it run) as it started
+                self.running = None
+                self.aborted.discard(task_id)
+                return dict(ABORTED), b"", []
             ops.bind_namespace(self.namespace)  # light engines: several runners in one process
             if header[Key.TYPE] == Msg.EXECUTE:
                 result = self._execute(bytes(content).decode("utf-8"), bool(header.get(Key.SILENT, True)))
