@@ -115,13 +115,20 @@ def test_a_malformed_relayed_message_is_dropped_whole(context, caplog):
     assert "does not match" in caplog.text
 
 
-def test_a_relay_gathers_replies_and_hands_requests_to_each_engine(context):
+def relay_between(context, name: str) -> tuple[zmq.Socket, Relay, list[zmq.Socket]]:
+    """A controller's engine port, a relay to it, and an engine behind it per uuid of UUIDS."""
     controller = socket(context, zmq.ROUTER)
-    controller.bind("inproc://controller")
-    hub = Relay(context, "inproc://controller", "inproc://relay-test")
+    controller.bind(f"inproc://{name}")
+    hub = Relay(context, f"inproc://{name}", f"inproc://relay-{name}")
     engines = [socket(context, zmq.DEALER, uuid) for uuid in UUIDS]
     for sock in engines:
         sock.connect(hub.local_url)
+    return controller, hub, engines
+
+
+def test_a_relay_gathers_replies_and_hands_requests_to_each_engine(context):
+    controller, hub, engines = relay_between(context, "gathers")
+    for sock in engines:
         sock.send_multipart([b"reply-" + sock.routing_id[:1], b"data"])
     assert hub.pump()  # inproc: every message is at the relay once sent
     assert hub.gathered == len(UUIDS)
@@ -146,12 +153,8 @@ def test_a_relay_gathers_replies_and_hands_requests_to_each_engine(context):
 
 def test_a_relay_sends_up_at_most_its_bound_of_bytes_in_one_message(context, monkeypatch):
     monkeypatch.setattr(relay_module, "MAX_GATHERED_BYTES", 1500)
-    controller = socket(context, zmq.ROUTER)
-    controller.bind("inproc://bounded")
-    hub = Relay(context, "inproc://bounded", "inproc://relay-bounded")
-    engines = [socket(context, zmq.DEALER, uuid) for uuid in UUIDS]
+    controller, hub, engines = relay_between(context, "bounded")
     for sock in engines:
-        sock.connect(hub.local_url)
         sock.send(b"x" * 1000)
     assert hub.pump() and hub.gathered == 3
     sizes = [len(list(relay.unpack_up(recv(controller)[1:]))) for _ in range(2)]
