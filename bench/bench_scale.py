@@ -28,9 +28,11 @@ first, as the baseline, then ``--sizes``), one cluster at a time:
   stop           ``cluster.stop_cluster_sync()`` until the controller and every host exited
 
 The second part starts ``--real`` engine **processes** (default 128) of mpihub, then of
-ipyparallel 9.2 (``ipp.Cluster(n=N)``), one system at a time (both at once would not fit
-2 cores): from ``Cluster(n=N)`` until all are registered, apply on all, a load-balanced
-map of ``--real-tasks`` no-ops, stop; and how many times better mpihub is on each.
+mpihub behind their keeper's relay (``Cluster(n=N, relay=True)``), then of ipyparallel
+9.2 (``ipp.Cluster(n=N)``), one system at a time (two at once would not fit 2 cores):
+from ``Cluster(n=N)`` until all are registered, apply on all, a load-balanced map of
+``--real-tasks`` no-ops, stop; and how many times better mpihub (without the relay) is
+on each.
 
 Every wait is bounded by ``--timeout``; one that runs out shows as ``timeout`` and the
 run goes on. ``--plot PATH`` writes an SVG of apply-on-all and push against N.

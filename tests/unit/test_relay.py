@@ -75,10 +75,15 @@ def test_the_engine_port_routes_by_the_way_each_engine_came(context):
         sock.connect("inproc://port")
     port = EnginePort(controller, wire.DropLog(logging.getLogger("test"), "test"))
     handled = []
+
+    def signed(frames: list) -> bool:  # as the controller's handler says of a message that verified
+        handled.append(frames)
+        return True
+
     direct.send_multipart([b"hello-direct"])
     relay_sock.send_multipart(relay.pack_up([(UUIDS[1], [b"hello-1"]), (UUIDS[2], [b"hello-2", b"buf"])]))
     for _ in range(2):
-        port.on_frames(recv(controller), handled.append)
+        port.on_frames(recv(controller), signed)
     assert sorted(handled) == sorted([[UUIDS[0], b"hello-direct"], [UUIDS[1], b"hello-1"],
                                       [UUIDS[2], b"hello-2", b"buf"]])
     assert port.relay_of == {UUIDS[1]: b"relay-1", UUIDS[2]: b"relay-1"}
@@ -94,11 +99,31 @@ def test_the_engine_port_routes_by_the_way_each_engine_came(context):
     again = socket(context, zmq.DEALER, UUIDS[1])
     again.connect("inproc://port")
     again.send_multipart([b"direct-now"])
-    port.on_frames(recv(controller), handled.append)
+    port.on_frames(recv(controller), signed)
     port.forget(UUIDS[2])
     assert port.relay_of == {}
     port.send(UUIDS[1], [b"to-1"])
     assert recv(again) == [b"to-1"]
+
+
+def test_a_message_that_is_not_signed_changes_no_route(context):
+    """Routing is unsigned: a claim to speak for an engine, relayed or direct, counts
+    only once the message it came with verifies."""
+    controller = socket(context, zmq.ROUTER)
+    controller.bind("inproc://claims")
+    relay_sock = socket(context, zmq.DEALER, b"relay-1")
+    forger = socket(context, zmq.DEALER, b"relay-forger")
+    impostor = socket(context, zmq.DEALER, UUIDS[0])
+    for sock in (relay_sock, forger, impostor):
+        sock.connect("inproc://claims")
+    port = EnginePort(controller, wire.DropLog(logging.getLogger("test"), "test"))
+    relay_sock.send_multipart(relay.pack_up([(UUIDS[0], [b"signed"])]))
+    port.on_frames(recv(controller), lambda frames: True)
+    forger.send_multipart(relay.pack_up([(UUIDS[0], [b"forged"]), (UUIDS[1], [b"forged"])]))
+    port.on_frames(recv(controller), lambda frames: False)
+    impostor.send_multipart([b"forged"])
+    port.on_frames(recv(controller), lambda frames: False)
+    assert port.relay_of == {UUIDS[0]: b"relay-1"}
 
 
 def test_a_malformed_relayed_message_is_dropped_whole(context, caplog):
@@ -110,7 +135,7 @@ def test_a_malformed_relayed_message_is_dropped_whole(context, caplog):
     sender.send_multipart([relay.RELAYED, msgpack.packb([UUIDS[0], 1, UUIDS[1], 5]), b"a", b"b"])
     handled = []
     with caplog.at_level(logging.WARNING, "test.relay"):
-        port.on_frames(recv(controller), handled.append)
+        port.on_frames(recv(controller), lambda frames: handled.append(frames) or True)
     assert handled == [] and port.relay_of == {}
     assert "does not match" in caplog.text
 

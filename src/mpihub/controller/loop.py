@@ -103,18 +103,21 @@ class Loop:
         for work in self._after_turn:
             work()
 
-    def routed(self, frames: list, drop: wire.DropLog, handle: Callable[[bytes, wire.Message], None]) -> None:
+    def routed(self, frames: list, drop: wire.DropLog, handle: Callable[[bytes, wire.Message], None]) -> bool:
         """Verify a ROUTER message ``[ident, envelope, *buffers]`` and pass it to
         ``handle(ident, msg)``; what does not verify, or what ``handle`` finds malformed,
-        is logged and dropped by ``drop``: a message never ends the loop."""
+        is logged and dropped by ``drop``: a message never ends the loop. Returns
+        whether it was signed with the cluster's key."""
         try:
             msg = wire.unpack(self.signer, frames[1:])
         except wire.ProtocolError as exc:
-            return drop(exc)
+            drop(exc)
+            return False
         try:
             handle(frames[0], msg)
         except MALFORMED as exc:
             drop(f"malformed {msg.type!r}: {exc!r}")
+        return True
 
     def _next_wakeup(self) -> float | None:
         times = [t for t in (timer.next_wakeup() for timer in self._timers) if t is not None]
@@ -217,8 +220,8 @@ class RouterLayout(Layout):
     def on_engine(self, frames: list) -> None:
         self.router.engine_port.on_frames(frames, self._on_engine_message)
 
-    def _on_engine_message(self, frames: list) -> None:
-        self.loop.routed(frames, self.router.drop, self._from_engine)
+    def _on_engine_message(self, frames: list) -> bool:
+        return self.loop.routed(frames, self.router.drop, self._from_engine)
 
     def _from_engine(self, uuid: bytes, msg: wire.Message) -> None:
         engine_id = self.hub.by_uuid.get(uuid)

@@ -308,8 +308,8 @@ class SplitHub(Layout):
     def on_engine(self, frames: list) -> None:
         self.engine_port.on_frames(frames, self._on_engine_message)
 
-    def _on_engine_message(self, frames: list) -> None:
-        self.loop.routed(frames, self._drop_engine, self._from_engine)
+    def _on_engine_message(self, frames: list) -> bool:
+        return self.loop.routed(frames, self._drop_engine, self._from_engine)
 
     def _from_engine(self, uuid: bytes, msg: wire.Message) -> None:
         if not self.registry.from_engine(uuid, self.hub.by_uuid.get(uuid), msg):
