@@ -32,7 +32,7 @@ def test_context_manager_starts_and_stops_everything():
         for path in (cluster.client_file, cluster.engine_file):
             assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
             info = json.loads(path.read_text())
-            assert info["version"] == 1 and info["signature_scheme"] == "hmac-sha256" and len(info["key"]) >= 32
+            assert info["version"] == 1 and info["signature_scheme"] == "blake2b-256" and len(info["key"]) >= 32
             assert all(url.startswith("tcp://127.0.0.1:") for urls in info["candidates"].values() for url in urls)
         assert rc[:].apply_sync(lambda: 1) == [1, 1]
     assert_gone(pids)

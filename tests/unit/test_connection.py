@@ -5,11 +5,11 @@ import stat
 
 import pytest
 
-from mpihub.protocol import connection
+from mpihub.protocol import connection, wire
 
 
 def info(**extra):
-    return {"version": connection.FILE_FORMAT_VERSION, "signature_scheme": "hmac-sha256", "key": "k", **extra}
+    return {"version": connection.FILE_FORMAT_VERSION, "signature_scheme": wire.SIGNATURE_SCHEME, "key": "k", **extra}
 
 
 def test_written_atomically_with_mode_0600(tmp_path):

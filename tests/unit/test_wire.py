@@ -1,5 +1,6 @@
 """Framing and signing: good messages round-trip, bad ones raise ProtocolError; the
 wire schema declares every key once."""
+import hashlib
 from pathlib import Path
 
 import msgpack
@@ -8,7 +9,8 @@ import zmq
 
 from mpihub.protocol import schema, wire
 
-SIGNER = wire.Signer("secret-key")
+KEY = "secret-key"
+SIGNER = wire.Signer(KEY)
 
 
 def test_round_trip_keeps_header_content_and_buffers():
@@ -55,6 +57,17 @@ def test_other_key_is_refused():
     frames = wire.pack(wire.Signer("other-key"), {"t": "apply"}, b"")
     with pytest.raises(wire.ProtocolError, match="bad signature"):
         wire.unpack(SIGNER, frames)
+
+
+def test_the_signature_is_keyed_blake2b_of_the_envelope_and_long_keys_count_whole():
+    frames = wire.pack(SIGNER, {"t": "apply"}, b"payload")
+    body = frames[0][32:]
+    assert frames[0][:32] == hashlib.blake2b(body, key=KEY.encode(), digest_size=32).digest()
+    long_key = "k" * 100  # past BLAKE2b's 64-byte key: hashed to one, every byte of it counting
+    signed = wire.pack(wire.Signer(long_key), {"t": "apply"}, b"")
+    assert wire.unpack(wire.Signer(long_key), signed).type == "apply"
+    with pytest.raises(wire.ProtocolError, match="bad signature"):
+        wire.unpack(wire.Signer("k" * 99 + "j"), signed)
 
 
 def envelope(header: bytes, declared_length: int | None = None) -> list:
@@ -171,3 +184,5 @@ def test_targets_as_runs_name_the_same_engines_and_ids(targets):
 def test_malformed_target_runs_are_refused(runs):
     with pytest.raises(ValueError):
         wire.request_targets({schema.Key.TARGET_RUNS: runs})
+    with pytest.raises(ValueError):  # an engine looking for itself in them refuses them too
+        wire.target_index({schema.Key.TARGET_RUNS: runs}, 1)

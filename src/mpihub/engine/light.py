@@ -290,7 +290,7 @@ class LightHost:
             return wire.send(sock, wire.pack(self.signer, reply))
         fields, data, buffers = engine.runner.run(msg.header, msg.content, msg.buffers, msg_id)
         reply.update(fields)
-        sock.send_multipart(wire.pack(self.signer, reply, data, buffers), copy=len(buffers) == 0)
+        wire.send(sock, wire.pack(self.signer, reply, data, buffers), copy=not buffers)
 
 
 def main(info: dict, n: int, timeout: float, relay: bool = False) -> None:

@@ -19,6 +19,7 @@ from ..collective_function import COLLECTIVE_ATTRIBUTE
 from ..protocol import serialize, wire
 from ..protocol.schema import Key, Msg
 from . import mpi_world, ops
+from .function_cache import FunctionCache
 
 _NOT_COLLECTIVE = object()
 #: Seconds between two pieces of a streamed task's output (lines wait at most this long).
@@ -148,6 +149,7 @@ class Runner:
         #: heartbeat thread fills, so an abort that comes as a task starts is not lost.
         self.aborted: set[str] = set()
         self.namespace: dict = {"__name__": "__main__", "__builtins__": builtins}
+        self.functions = FunctionCache()
         ops.bind_namespace(self.namespace)
 
     def run(self, header: dict, content, buffers: list, task_id: str | None = None,
@@ -197,7 +199,7 @@ class Runner:
         if data_for is not None:  # buffers are raw data for one target, handed to f as frames
             frames, buffers = (buffers if data_for == self.engine_id else None), []
         try:
-            f, args, kwargs = serialize.deserialize_call(content, buffers, header)
+            f, args, kwargs = self.functions.load_call(content, buffers, header)
         except ImportError as exc:
             raise _describe_import_error(exc) from None
         ns = self.namespace

@@ -44,8 +44,15 @@ def interactive(f: Callable) -> Callable:
     return f
 
 
+#: Types whose pickle is the same with or without cloudpickle, and which hold no buffer
+#: to send apart: plain ``pickle`` does them without cloudpickle's per-call set-up.
+PLAIN_TYPES = frozenset({type(None), bool, int, float, complex, str, bytes})
+
+
 def serialize(obj: Any) -> tuple[bytes, list]:
     """Pickle ``obj``; large contiguous buffers come back separately, uncopied."""
+    if type(obj) in PLAIN_TYPES:
+        return pickle.dumps(obj, protocol=5), []
     buffers: list = []
     threshold = config.ZERO_COPY_THRESHOLD
 
