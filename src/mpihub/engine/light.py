@@ -16,6 +16,9 @@ The host waits with epoll on each socket's notification descriptor rather than w
 zmq poll, whose cost grows with the number of sockets: with 500 engines a poll over
 1,000 sockets on every wake-up would cost more than the requests. Those descriptors
 are edge-triggered, so every socket that was woken or sent on is read until it is empty.
+Behind the relay (``--relay``) the host asks no task socket at all: the relay is in
+this thread, so the host counts what it hands each engine and what they send it, and
+reads exactly that (asking a ZMQ socket whether a message waits is a system call).
 """
 from __future__ import annotations
 
@@ -53,7 +56,7 @@ class LightEngine:
     """One engine of a host: its sockets, its registration and its namespace."""
 
     __slots__ = ("index", "uuid", "task", "heart", "paths", "id", "runner", "period", "controller_timeout",
-                 "last_answer", "retry_at", "pauses", "aborted", "closed")
+                 "last_answer", "retry_at", "pauses", "aborted", "closed", "owed")
 
     def __init__(self, index: int):
         self.index = index
@@ -68,6 +71,7 @@ class LightEngine:
         self.pauses = registration.pauses()
         self.aborted: set[str] = set()
         self.closed = False
+        self.owed = 0  # behind the relay: messages it handed this engine, not yet read
 
 
 class LightHost:
@@ -85,8 +89,12 @@ class LightHost:
         self.context.max_sockets = SOCKETS_PER_ENGINE * n + 64
         self.engines = [LightEngine(i) for i in range(n)]
         self.relay: Relay | None = None  # with ``relay``: the task sockets' way to the controller
+        self.by_uuid: dict[bytes, LightEngine] = {}
+        self.unsent_up = 0  # behind the relay: messages the engines sent it, not yet carried up
         if relay:
             self.relay = Relay(self.context, info["engine"], f"inproc://relay-{os.getpid()}", self.curve)
+            self.relay.deliveries = []
+            self.by_uuid = {engine.uuid: engine for engine in self.engines}
         self.owner: dict[zmq.Socket, LightEngine] = {}
         self.selector = selectors.EpollSelector()
         self.sent_on: list[zmq.Socket] = []  # sockets sent on outside a read: to read next
@@ -129,8 +137,7 @@ class LightHost:
         header = {Key.TYPE: Msg.REGISTER, Key.WANT_ID: engine.id, Key.INFO: self.details}
         if engine.id is not None:
             header.update({Key.HELD: [], Key.ANSWERED: [], Key.KEPT: []})
-        wire.send(engine.task, wire.pack(self.signer, header))
-        self.sent_on.append(engine.task)
+        self._send_task(engine, wire.pack(self.signer, header))
         engine.retry_at = now + next(engine.pauses)
         self.waiting.add(engine.index)
 
@@ -182,15 +189,15 @@ class LightHost:
                 ready = [key.data for key, _ in self.selector.select(max(0.0, due - time.monotonic()))]
                 ready += self.sent_on
                 self.sent_on = []
-                for count, sock in enumerate(ready, 1):
+                for sock in ready:
                     if sock is wakeup:
                         process.drain(wakeup)
-                    elif sock is not relay:
+                    elif sock is relay:
+                        relay.pump()
+                    else:
                         self._read(sock)
-                    if relay and count % RELAY_EVERY == 0:
-                        relay.pump()  # the replies so far go up while the rest run
-                while relay and relay.pump():  # what the engines sent, and what came for them
-                    pass
+                if relay:
+                    self._serve_relayed()
             if stopping:
                 self._unregister_all()
                 while relay and relay.pump():  # the goodbyes
@@ -202,11 +209,64 @@ class LightHost:
             if self.curve:
                 self.curve.stop()
 
+    def _serve_relayed(self) -> None:
+        """Carry the engines' messages up, hand them what came down, and run it, until
+        nothing moves: the host counts what passes, so no socket is asked what waits."""
+        relay = self.relay
+        while True:
+            self._carry_up()
+            moved = relay.carry_down()
+            handed, relay.deliveries = relay.deliveries, []
+            if not (moved or handed or self.unsent_up):
+                return
+            for count, uuid in enumerate(handed, 1):
+                engine = self.by_uuid.get(uuid)
+                if engine is not None:
+                    engine.owed += 1
+                    self._take_owed(engine)
+                if count % RELAY_EVERY == 0:  # the replies so far go up while the rest run
+                    self._carry_up()
+
+    def _carry_up(self) -> None:
+        """What the engines sent the relay, up to the controller. Fewer there than
+        counted means a :meth:`Relay.pump` carried them already."""
+        if self.unsent_up:
+            carried = self.relay.carry_up(self.unsent_up)
+            self.unsent_up = self.unsent_up - carried if carried else 0
+
+    def _take_owed(self, engine: LightEngine) -> None:
+        """Handle the messages the relay handed ``engine`` (one left unread waits for its socket's wake-up)."""
+        while engine.owed and not engine.closed:
+            try:
+                frames = wire.recv(engine.task, zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            engine.owed -= 1
+            try:
+                msg = wire.unpack(self.signer, frames)
+            except wire.ProtocolError as exc:
+                self.drop(exc)
+                continue
+            if not self._handle(engine, engine.task, msg):
+                return
+
+    def _send_task(self, engine: LightEngine, frames: list) -> None:
+        """Send on ``engine``'s task socket outside a read of it: behind the relay, one
+        more message for the relay to carry up; else a socket to read next (a send can
+        take its wake-up)."""
+        wire.send(engine.task, frames)
+        if self.relay:
+            self.unsent_up += 1
+        else:
+            self.sent_on.append(engine.task)
+
     def _read(self, sock: zmq.Socket) -> None:
         """Handle every message waiting on ``sock``."""
         engine = self.owner.get(sock)
         if engine is None or engine.closed:
             return
+        if self.relay and sock is engine.task:
+            return self._take_owed(engine)
         for msg in wire.pending(sock, self.signer, self.drop):
             if not self._handle(engine, sock, msg):
                 return
@@ -287,10 +347,14 @@ class LightHost:
         if msg_id in engine.aborted:
             engine.aborted.discard(msg_id)
             reply.update(ABORTED)
-            return wire.send(sock, wire.pack(self.signer, reply))
-        fields, data, buffers = engine.runner.run(msg.header, msg.content, msg.buffers, msg_id)
-        reply.update(fields)
-        wire.send(sock, wire.pack(self.signer, reply, data, buffers), copy=not buffers)
+            frames, copy = wire.pack(self.signer, reply), True
+        else:
+            fields, data, buffers = engine.runner.run(msg.header, msg.content, msg.buffers, msg_id)
+            reply.update(fields)
+            frames, copy = wire.pack(self.signer, reply, data, buffers), not buffers
+        wire.send(sock, frames, copy=copy)  # in a read of ``sock``, which looks at it again
+        if self.relay and sock is engine.task:
+            self.unsent_up += 1
 
 
 def main(info: dict, n: int, timeout: float, relay: bool = False) -> None:
