@@ -21,10 +21,12 @@ UUIDS = [b"a" * 32, b"b" * 32, b"c" * 32]
 
 
 def test_up_and_down_round_trip():
-    messages = [(UUIDS[0], [b"env-a"]), (UUIDS[1], [b"env-b", b"buffer"])]
+    large = b"L" * (wire.PACKED_MAX + 1)
+    messages = [(UUIDS[0], [b"env-a"]), (UUIDS[1], [b"env-b", b"buffer"]), (UUIDS[2], [large]), (UUIDS[0], [b"e"])]
     frames = relay.pack_up(messages)
     assert frames[0] == relay.RELAYED
-    assert list(relay.unpack_up(frames)) == [(UUIDS[0], [b"env-a"]), (UUIDS[1], [b"env-b", b"buffer"])]
+    assert frames[2:] == [b"env-ae", b"env-b", b"buffer", large]  # the small ones packed in one frame
+    assert list(relay.unpack_up(frames)) == messages
     assert relay.unpack_down(relay.pack_down(UUIDS, [b"env", b"buf"])) == (UUIDS, [b"env", b"buf"])
 
 
@@ -36,6 +38,10 @@ def test_up_and_down_round_trip():
     msgpack.packb([UUIDS[0]]),  # a uuid without its count
     msgpack.packb(["text", 1]),  # a uuid that is not bytes
     msgpack.packb([b"", 1]),  # an empty uuid
+    msgpack.packb([UUIDS[0], -6]),  # more packed bytes announced than came
+    msgpack.packb([UUIDS[0], -4]),  # fewer
+    msgpack.packb([UUIDS[0], -5, UUIDS[1], 1]),  # a framed message announced, none after the packed frame
+    msgpack.packb([UUIDS[0], 1.5]),  # a count that is not an int
 ])
 def test_bad_up_routing_raises_before_anything_is_handed_on(routing):
     with pytest.raises(wire.ProtocolError):

@@ -127,20 +127,31 @@ def test_the_schema_declares_every_key_once_and_the_docs_list_every_message():
 
 
 def test_a_batch_carries_messages_in_order_each_verified():
+    big = wire.pack(SIGNER, {"t": "reply", "id": "big"}, b"r" * (wire.PACKED_MAX + 1))
     inner = [wire.pack(SIGNER, {"t": "reply", "id": f"m{i}"}, b"r", [b"x" * i] if i else []) for i in range(4)]
-    batch = wire.unpack(SIGNER, wire.batch(SIGNER, inner))
-    assert batch.type == schema.Msg.BATCH and batch.header[schema.Key.PARTS] == [1, 2, 2, 2]
+    inner += [big, wire.pack(SIGNER, {"t": "reply", "id": "last"})]
+    frames = wire.batch(SIGNER, inner)
+    batch = wire.unpack(SIGNER, frames)
+    small = [-len(inner[0][0]), -len(inner[5][0])]
+    assert batch.type == schema.Msg.BATCH and batch.header[schema.Key.PARTS] == [small[0], 2, 2, 2, 1, small[1]]
+    assert len(frames) == 1 + 1 + 3 * 2 + 1  # the envelope, the packed frame (m0, last), m1-m3, big
     out = list(wire.unbatch(SIGNER, batch))
-    assert [m.header["id"] for m in out] == ["m0", "m1", "m2", "m3"]
-    assert [bytes(b) for b in out[3].buffers] == [b"xxx"]
+    assert [m.header["id"] for m in out] == ["m0", "m1", "m2", "m3", "big", "last"]
+    assert [bytes(b) for b in out[3].buffers] == [b"xxx"] and bytes(out[4].content) == b"r" * (wire.PACKED_MAX + 1)
+    assert all(type(f) is bytes for m in out for f in m.frames)  # nothing pins the packed frame
 
 
 def test_a_batch_that_lies_or_carries_a_forgery_is_refused():
     good = wire.pack(SIGNER, {"t": "reply", "id": "ok"})
     forged = wire.pack(wire.Signer("other-key"), {"t": "reply", "id": "evil"})
-    lying = wire.pack(SIGNER, {"t": schema.Msg.BATCH, schema.Key.PARTS: [5]}, b"", [good[0]])
-    with pytest.raises(wire.ProtocolError, match="do not add up"):
-        list(wire.unbatch(SIGNER, wire.unpack(SIGNER, lying)))
+    for parts, buffers in (([5], [good[0]]), ([-len(good[0]) - 1], [good[0]]), ([-len(good[0]), 1], [good[0]])):
+        lying = wire.pack(SIGNER, {"t": schema.Msg.BATCH, schema.Key.PARTS: parts}, b"", buffers)
+        with pytest.raises(wire.ProtocolError, match="do not add up"):
+            list(wire.unbatch(SIGNER, wire.unpack(SIGNER, lying)))
+    for parts in ([0], [1.5], "1", [True]):
+        bad = wire.pack(SIGNER, {"t": schema.Msg.BATCH, schema.Key.PARTS: parts}, b"", [good[0]])
+        with pytest.raises(wire.ProtocolError, match="not counts of frames"):
+            list(wire.unbatch(SIGNER, wire.unpack(SIGNER, bad)))
     delivered = []
     with pytest.raises(wire.ProtocolError, match="bad signature"):
         for msg in wire.unbatch(SIGNER, wire.unpack(SIGNER, wire.batch(SIGNER, [good, forged]))):

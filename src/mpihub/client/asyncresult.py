@@ -69,7 +69,6 @@ class AsyncResult:
         self._replies: list = [None] * len(self.msg_ids)
         self._remaining = len(self.msg_ids)
         self._event = threading.Event()
-        self._arrived = threading.Condition()
         self._callbacks: list[Callable[[AsyncResult], None]] = []
         self._output_callbacks: list[Callable[[int, Any, str, str], None]] = []
         self._result: Any = _MISSING
@@ -90,8 +89,6 @@ class AsyncResult:
             self._event.set()
             for callback in self._callbacks:
                 callback(self)
-        with self._arrived:
-            self._arrived.notify_all()
 
     # -- waiting ----------------------------------------------------------------------
 
@@ -311,11 +308,14 @@ class AsyncMapResult(AsyncResult):
         self._ordered = ordered
         self._arrival_order: list[int] = []
         self._chunk_cache: dict[int, list] = {}
+        self._arrived = threading.Condition()  # iteration waits on it chunk by chunk
 
     def _deliver(self, index: int, msg: wire.Message) -> None:
         if self._replies[index] is None:
             self._arrival_order.append(index)
         super()._deliver(index, msg)
+        with self._arrived:
+            self._arrived.notify_all()
 
     def _collect(self) -> Any:
         chunks = [self._chunk(i) for i in range(len(self.msg_ids))]

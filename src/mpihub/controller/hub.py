@@ -212,10 +212,8 @@ class Hub:
         if self.db:
             self.db.finished(record, reply, nbytes, fetched)
         self.requests.settle(msg_id)
-        for released in self.replies.put(msg_id, _compact(reply), nbytes):
+        for released in self.replies.put(msg_id, _compact(reply), nbytes, settled=fetched):
             self._evicted(released)
-        if fetched:
-            self.replies.settle(msg_id)
         (self._finished if fetched else self._unfetched)[msg_id] = None
         while len(self._finished) + len(self._unfetched) > self.record_limit:
             source = self._finished or self._unfetched

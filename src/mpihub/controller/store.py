@@ -18,16 +18,23 @@ class PayloadStore:
         self._items: OrderedDict[Hashable, tuple[Any, int]] = OrderedDict()
         self._settled: OrderedDict[Hashable, tuple[Any, int]] = OrderedDict()  # released first
 
-    def put(self, key: Hashable, payload: Any, nbytes: int) -> list[Hashable]:
-        """Keep ``payload``; returns the keys released to stay within the limit."""
-        self.drop(key)
-        self._items[key] = (payload, nbytes)
+    def put(self, key: Hashable, payload: Any, nbytes: int, settled: bool = False) -> list[Hashable]:
+        """Keep ``payload`` (``settled``: and :meth:`settle` it); returns the keys
+        released to stay within the limit."""
+        if key in self:
+            self.drop(key)
         self.nbytes += nbytes
+        if self.nbytes <= self.limit:
+            (self._settled if settled else self._items)[key] = (payload, nbytes)
+            return []
+        self._items[key] = (payload, nbytes)
         released = []
         while self.nbytes > self.limit and len(self) > 1:
             old_key, (_, old_bytes) = (self._settled or self._items).popitem(last=False)
             self.nbytes -= old_bytes
             released.append(old_key)
+        if settled:
+            self.settle(key)
         return released
 
     def settle(self, key: Hashable) -> None:

@@ -13,6 +13,9 @@ begin a direct message, whose first frame is a signed envelope.
   up (relay to controller): ``routing`` is msgpack ``[uuid, count, uuid, count, ...]``;
       the frames that follow are the messages of those engines in turn, ``count``
       frames each: every reply that came in one turn of the relay, in one message.
+      A small one-frame message (a count of ``-n``: its ``n`` bytes) is packed with the
+      others into the first frame after the routing, as in a batch
+      (:func:`mpihub.protocol.wire.batch`).
   down (controller to relay): ``routing`` is msgpack ``[uuid, ...]``; every engine
       named gets the same frames: one request to all engines of a node is sent once.
 """
@@ -22,7 +25,7 @@ from typing import Iterator, Sequence
 
 import msgpack
 
-from .wire import ProtocolError
+from .wire import PACKED_MAX, ProtocolError
 
 RELAYED = b""
 #: Most engines one routing frame may name (a bound on what a frame can make us build).
@@ -41,10 +44,16 @@ def _routing(frame) -> list:
 
 def pack_up(messages: Sequence[tuple[bytes, Sequence]]) -> list:
     """``[RELAYED, routing, *frames]`` carrying each ``(uuid, frames)`` of ``messages``."""
-    routing, frames = [], []
+    routing, packed, frames = [], [], []
     for uuid, message in messages:
-        routing += [uuid, len(message)]
-        frames.extend(message)
+        if len(message) == 1 and len(message[0]) <= PACKED_MAX:
+            packed.append(message[0])
+            routing += [uuid, -len(message[0])]
+        else:
+            routing += [uuid, len(message)]
+            frames.extend(message)
+    if packed:
+        return [RELAYED, msgpack.packb(routing), b"".join(packed), *frames]
     return [RELAYED, msgpack.packb(routing), *frames]
 
 
@@ -55,14 +64,23 @@ def unpack_up(frames: Sequence) -> Iterator[tuple[bytes, list]]:
     describe the frames exactly."""
     routing = _routing(frames[1])
     uuids, counts = routing[::2], routing[1::2]
-    if (len(uuids) != len(counts) or not all(isinstance(u, bytes) and u for u in uuids)
-            or not all(isinstance(n, int) and n > 0 for n in counts) or sum(counts) != len(frames) - 2):
+    packed_bytes = -sum(n for n in counts if type(n) is int and n < 0)
+    start = 2 + (packed_bytes > 0)
+    if (len(uuids) != len(counts) or not all(type(u) is bytes and u for u in uuids)
+            or not all(type(n) is int and n for n in counts)
+            or sum(n for n in counts if n > 0) != len(frames) - start
+            or (packed_bytes and len(frames[2]) != packed_bytes)):
         raise ProtocolError(f"relay routing for {len(routing) // 2} messages does not match its "
                             f"{len(frames) - 2} frames")
-    start = 2
+    packed = memoryview(getattr(frames[2], "buffer", frames[2])) if packed_bytes else None
+    offset = 0
     for uuid, count in zip(uuids, counts):
-        yield uuid, list(frames[start:start + count])
-        start += count
+        if count < 0:
+            yield uuid, [bytes(packed[offset:offset - count])]
+            offset -= count
+        else:
+            yield uuid, list(frames[start:start + count])
+            start += count
 
 
 def pack_down(uuids: Sequence[bytes], frames: Sequence) -> list:

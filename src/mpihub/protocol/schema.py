@@ -122,7 +122,7 @@ class Key:
     ENGINE_IDS = "targets"
     PARTS = "parts"
     ID_BASE = "ib"  # a direct request to several engines: its task ids are ib/0, ib/1, ...
-    TARGET_RUNS = "tr"  # a direct request's targets as runs of consecutive ids: first, count, first, ...  # a batch: the number of frames of each message in it
+    TARGET_RUNS = "tr"  # a direct request's targets as runs of consecutive ids: first, count, first, ...
     VERBOSE = "verbose"
     RECORD_QUERY = "query"
     RECORD_KEYS = "keys"
@@ -202,7 +202,8 @@ FIELDS: dict[str, Field] = {field.key: field for field in (
     Field(Key.REQUEST_ID, "str", "a request id its answer echoes"),
     Field(Key.ID_BASE, "task_id", "task ids of a request to several engines: this, a slash, the target's index"),
     Field(Key.TARGET_RUNS, "any", "a request's targets as runs of consecutive engine ids: first, count, ..."),
-    Field(Key.PARTS, "any", "a batch: how many frames each of its messages has"),
+    Field(Key.PARTS, "any", "a batch: how many frames each of its messages has; -n: one frame of n bytes, "
+          "packed with the other small ones in the first buffer"),
     Field(Key.SEND_AS, "str", "the connecting client's sending identity"),
     Field(Key.REPLY_TO, "str", "the client's receiving identity"),
     Field(Key.ENGINES, "any", "the engine table (engine descriptions)"),

@@ -116,7 +116,7 @@ def unpack(signer: Signer, frames: Sequence) -> Message:
     if not frames:
         raise ProtocolError("empty message")
     envelope = frames[0]
-    view = memoryview(envelope if type(envelope) is bytes else getattr(envelope, "buffer", envelope))
+    view = memoryview(_bytes_of(envelope))
     size = len(view)
     if size < _PREFIX:
         raise ProtocolError(f"envelope of {size} bytes is too short")
@@ -140,28 +140,56 @@ def unpack(signer: Signer, frames: Sequence) -> Message:
     return Message(header, view[header_end:], frames[1:] if count else [], frames)
 
 
+#: A one-frame message of at most this many bytes travels in a batch's packed frame:
+#: a copy of a small frame costs less than sending and receiving it as a frame of its own.
+PACKED_MAX = 4096
+
+
 def batch(signer: Signer, messages: Sequence[Sequence]) -> list:
-    """Frames of one ``batch`` message carrying ``messages`` (each its frames, signed)."""
-    frames = []
+    """Frames of one ``batch`` message carrying ``messages`` (each its frames, signed).
+    The small one-frame messages are packed into its first buffer, one after another."""
+    parts: list[int] = []
+    packed: list = []
+    frames: list = []
     for message in messages:
-        frames.extend(message)
-    return pack(signer, {Key.TYPE: Msg.BATCH, Key.PARTS: [len(m) for m in messages]}, b"", frames)
+        if len(message) == 1 and len(message[0]) <= PACKED_MAX:
+            packed.append(message[0])
+            parts.append(-len(message[0]))
+        else:
+            parts.append(len(message))
+            frames.extend(message)
+    if packed:
+        frames.insert(0, b"".join(packed))
+    return pack(signer, {Key.TYPE: Msg.BATCH, Key.PARTS: parts}, b"", frames)
 
 
 def unbatch(signer: Signer, msg: Message) -> Iterator[Message]:
     """The messages of a verified ``batch``, each verified; a bad one raises
     :class:`ProtocolError` when it is reached (those before it are good)."""
-    parts = msg.header.get(Key.PARTS)
-    if (not isinstance(parts, list) or not all(isinstance(n, int) and n > 0 for n in parts)
-            or sum(parts) != len(msg.buffers)):
-        raise ProtocolError(f"a batch whose parts {parts!r} do not add up to its {len(msg.buffers)} frames")
-    start = 0
+    parts, buffers = msg.header.get(Key.PARTS), msg.buffers
+    if not isinstance(parts, list) or not all(type(n) is int and n for n in parts):
+        raise ProtocolError(f"a batch whose parts {parts!r} are not counts of frames")
+    packed_bytes = -sum(n for n in parts if n < 0)
+    framed = len(buffers) - (packed_bytes > 0)
+    if sum(n for n in parts if n > 0) != framed or (packed_bytes and len(buffers[0]) != packed_bytes):
+        raise ProtocolError(f"a batch whose parts {parts!r} do not add up to its {len(buffers)} frames")
+    packed = memoryview(_bytes_of(buffers[0])) if packed_bytes else None
+    offset, start = 0, len(buffers) - framed
     for count in parts:
-        inner = unpack(signer, msg.buffers[start:start + count])
-        start += count
+        if count < 0:
+            inner = unpack(signer, [bytes(packed[offset:offset - count])])
+            offset -= count
+        else:
+            inner = unpack(signer, buffers[start:start + count])
+            start += count
         if inner.type == Msg.BATCH:
             raise ProtocolError("a batch inside a batch")
         yield inner
+
+
+def _bytes_of(frame):
+    """The memory of a received frame (bytes, or a zmq.Frame's buffer)."""
+    return frame if type(frame) is bytes else getattr(frame, "buffer", frame)
 
 
 def send(sock: zmq.Socket, frames: Sequence, copy: bool = True) -> None:
