@@ -1,7 +1,7 @@
 """A controller restarted with ``--restore``: what it takes back, in one place.
 
 A controller with a durable store (``--db sqlite``) writes there what engines and
-clients need to find it again: its HMAC key, its CURVE keys, the address and ports
+clients need to find it again: its signing key, its CURVE keys, the address and ports
 it listens on. Restarted with ``--restore``, it binds the very same ports with the
 same keys, so engines and clients, whose ZMQ sockets keep reconnecting, reach it
 again without reading a new connection file; engines then register again under

@@ -1,6 +1,6 @@
 """CurveZMQ encryption, switched on for a whole cluster with ``--curve``.
 
-HMAC signatures (always on) make every message authentic; CURVE also makes the bytes on
+Signatures (always on) make every message authentic; CURVE also makes the bytes on
 the wire unreadable and refuses, before any message is read, a peer whose public key the
 cluster did not hand out. The controller makes the keys when it starts and writes each
 role's share into its 0600 connection file under ``"curve"``:

@@ -1,4 +1,4 @@
-"""Message framing and HMAC signing.
+"""Message framing and signing.
 
 A message on the wire is the multipart ``[envelope, *buffers]``, preceded by one
 routing-identity frame on a ROUTER socket. The envelope is one frame:
@@ -9,20 +9,19 @@ routing-identity frame on a ROUTER socket. The envelope is one frame:
 and ``nb`` (buffer count); ``content`` is an opaque payload (usually a protocol-5
 pickle); ``buffers`` are the pickle's out-of-band buffers, sent as separate zero-copy
 frames. The signature is keyed BLAKE2b-256 (a MAC by design, RFC 7693: no HMAC
-construction needed, and half HMAC-SHA256's cost on a small message) over everything
-after it in the envelope, so
-nothing that can run code or change state is accepted unsigned; raw data buffers are
-counted but not hashed, which keeps large transfers at wire speed (the Jupyter protocol
-makes the same trade). A request whose header names ``bt`` (an engine id) is fanned
-out with its buffers to that engine only; the other targets get the envelope alone.
-One envelope frame instead of three saves a send and a receive
-per message in every process on the path.
+construction needed, and a third of HMAC-SHA256's cost on a small message) over
+everything after it in the envelope, so nothing that can run code or change state is
+accepted unsigned; raw data buffers are counted but not hashed, which keeps large
+transfers at wire speed (the Jupyter protocol makes the same trade). A request whose
+header names ``bt`` (an engine id) is fanned out with its buffers to that engine only;
+the other targets get the envelope alone. One envelope frame instead of three saves a
+send and a receive per message in every process on the path.
 
 A controller sends the messages for one client from one turn of its loop as a single
 ``batch`` (:func:`batch`): one envelope that says how many frames each message has,
-then the messages, each still signed by whoever made it. A reply from each of 1,000
-engines reaches the client as a few messages, not 1,000; :func:`pending` hands them
-out one by one again.
+then the messages, each still signed by whoever made it, the small one-frame ones
+packed into one frame. A reply from each of 1,000 engines reaches the client as a few
+frames, not 1,000; :func:`pending` hands them out one by one again.
 """
 from __future__ import annotations
 
