@@ -191,3 +191,22 @@ def test_a_relay_sends_up_at_most_its_bound_of_bytes_in_one_message(context, mon
     sizes = [len(list(relay.unpack_up(recv(controller)[1:]))) for _ in range(2)]
     assert sizes == [2, 1]  # the second reply took the first past 1,500 bytes
     hub.close()
+
+
+def test_an_owner_that_counts_gets_the_engines_handed_to_and_takes_what_it_counted(context):
+    """A light-engine host reads what it counted instead of asking the sockets."""
+    controller, hub, engines = relay_between(context, "counted")
+    hub.deliveries = []
+    for sock in engines:
+        sock.send(b"reply-" + sock.routing_id[:1])
+    assert hub.carry_up(2) == 2 and hub.carry_up(5) == 1 and hub.carry_up(1) == 0  # none left: no wait
+    assert [len(list(relay.unpack_up(recv(controller)[1:]))) for _ in range(2)] == [2, 1]
+    relay_ident = hub.up.routing_id
+    controller.send_multipart([relay_ident, *relay.pack_down([UUIDS[2], UUIDS[0]], [b"request"])])
+    for _ in range(100):
+        if hub.carry_down():
+            break
+        hub.up.poll(10)
+    assert hub.deliveries == [UUIDS[2], UUIDS[0]]
+    assert engines[2].recv(zmq.NOBLOCK) == b"request" and engines[0].recv(zmq.NOBLOCK) == b"request"
+    hub.close()

@@ -59,8 +59,16 @@ def tagged():
 tagged.calls = 0
 
 
+def shipped(shipped_globals: dict):
+    """A function of the user's script as an engine loads it, with the globals shipped beside it."""
+    f = types.FunctionType(compile("lambda: 1", "<script>", "eval").co_consts[0], shipped_globals)
+    return from_main(f)
+
+
 @pytest.mark.parametrize("f, expected", [
-    (from_main(lambda: 1), True), (types.FunctionType((lambda: 1).__code__, {}), False), (reusable, True), (collect, False), (tagged, False),
+    (shipped({"K": 3, "math": types, "helper": reusable, "__name__": "__main__"}), True),
+    (shipped({"data": [1]}), False),  # a global a call could change: loaded afresh each time
+    (types.FunctionType((lambda: 1).__code__, {}), False), (reusable, True), (collect, False), (tagged, False),
     (len, True), (str.upper, False), (lambda *, k=1: k, False), (Runner, False),
 ])
 def test_only_functions_without_state_are_reusable(f, expected):

@@ -154,9 +154,13 @@ class Loop:
                         continue
                     handle = self._handlers[sock]
                     for _ in range(TURN):  # then let the other sockets have a turn
-                        if self.stopping or not wire.readable(sock):
+                        if self.stopping:
                             break
-                        handle(wire.recv(sock))
+                        try:  # not wire.readable(): a system call per message, where a queue is long
+                            frames = wire.recv(sock, zmq.NOBLOCK)
+                        except zmq.Again:
+                            break
+                        handle(frames)
                 self.end_turn()
         finally:
             close()

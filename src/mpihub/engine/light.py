@@ -265,9 +265,9 @@ class LightHost:
         engine = self.owner.get(sock)
         if engine is None or engine.closed:
             return
-        if self.relay and sock is engine.task:
+        if self.relay and sock is engine.task and engine.owed:
             return self._take_owed(engine)
-        for msg in wire.pending(sock, self.signer, self.drop):
+        for msg in wire.pending(sock, self.signer, self.drop):  # (owed nothing: a wake-up to clear)
             if not self._handle(engine, sock, msg):
                 return
 
