@@ -93,6 +93,25 @@ def test_interactive_functions_see_the_engine_namespace(rc):
     assert dview.pull("made_remotely", block=True) == [42, 42]
 
 
+def test_a_function_sent_again_behaves_as_sent_afresh(rc):
+    """Engines keep the functions they loaded (by their bytes) only where no call can
+    tell: a changed function runs as changed, and a mutable default starts afresh."""
+    dview = rc[:]
+
+    def make(offset):
+        return mpihub.interactive(eval(f"lambda x: x + {offset}"))
+
+    for offset in (1, 1, 2, 1):
+        assert dview.apply_sync(make(offset), 10) == [10 + offset] * 2
+
+    @mpihub.interactive
+    def count(seen=[]):  # noqa: B006 - its state must not outlive a call
+        seen.append(1)
+        return len(seen)
+
+    assert [dview.apply_sync(count) for _ in range(3)] == [[1, 1]] * 3
+
+
 MAIN_SCRIPT = """
 import sys, mpihub
 rc = mpihub.Client(sys.argv[1])
