@@ -6,8 +6,8 @@ and defaults) costs more than the rest of a small task. An engine keeps the func
 it loaded by their bytes, as dask's workers do, but only those that carry no state a
 call could change: a function whose closure, attributes, defaults or shipped globals
 hold something a call might alter (a list, say) is loaded afresh every time, as
-without a cache, so that reuse cannot be seen. (A function from ``__main__`` is bound to the engine's namespace anew at every
-call; see :func:`~.runner.bind_interactive`.)
+without a cache, so that reuse cannot be seen. (A function from ``__main__`` is bound
+to the engine's namespace anew at every call; see :func:`~.runner.bind_interactive`.)
 """
 from __future__ import annotations
 
@@ -24,8 +24,6 @@ FUNCTIONS_KEPT = 64
 MAX_KEPT_BYTES = 64 << 10
 #: Default values that no call can change.
 _IMMUTABLE = frozenset({type(None), bool, int, float, complex, str, bytes})
-
-
 #: What a shipped global of a ``__main__`` function may be, for the function to be kept:
 #: values no call can change, and names the engine binds anew (modules, functions, classes).
 _KEEPABLE_GLOBALS = (types.ModuleType, types.FunctionType, types.BuiltinFunctionType, type)

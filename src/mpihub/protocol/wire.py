@@ -72,9 +72,6 @@ class Signer:
         mac.update(data)
         return mac.digest()
 
-    def check(self, signature, data) -> bool:
-        return _compare(self.sign(data), signature)
-
 
 class Message:
     """A parsed, verified message: its header dict, content payload and buffers."""
