@@ -249,3 +249,14 @@ def test_the_store_keeps_what_a_restore_takes_back(db):
     assert wire.unpack(signer, pending["queued"].request).header["id"] == "queued"
     assert hub.outcome("done") == ("ok", 0) and "done" not in hub.tasks  # from the store, for dependencies
     assert hub.outcome("sent") == ("pending", None) and hub.outcome("nowhere") is None
+
+
+def test_a_store_of_another_protocol_version_is_refused_by_name(tmp_path):
+    path = tmp_path / "old.sqlite"
+    TaskDB(path, 1 << 30, 1 << 20, KEY).close()  # a new file is of this version, and opens again
+    TaskDB(path, 1 << 30, 1 << 20, KEY).close()
+    with sqlite3.connect(path) as db:
+        db.execute("DELETE FROM meta WHERE name = 'protocol'")  # as a file from before the row was kept
+        db.execute("INSERT INTO engines VALUES (0, x'00', x'00', 0)")
+    with pytest.raises(RuntimeError, match=f"protocol 1; this mpihub speaks {wire.PROTOCOL_VERSION}"):
+        TaskDB(path, 1 << 30, 1 << 20, KEY)

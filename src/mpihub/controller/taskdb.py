@@ -129,6 +129,7 @@ class TaskDB:
         self.payload_limit = payload_limit
         self._reader = self._open()
         self._reader.executescript(_SCHEMA)
+        self._check_protocol()
         self._reader.commit()
         self.path.chmod(0o600)
         self.signer = wire.Signer(key)
@@ -144,6 +145,22 @@ class TaskDB:
         self._writer = threading.Thread(target=self._write_loop, name="mpihub-taskdb", daemon=True)
         self._writer.start()
         log.info("task store %s (%.1f MB of payloads)", self.path, self.nbytes / 1e6)
+
+    def _check_protocol(self) -> None:
+        """Stored payloads are messages of the protocol that wrote them (a file from
+        before this row was kept is of version 1): another version is refused by name."""
+        row = self._reader.execute("SELECT value FROM meta WHERE name = 'protocol'").fetchone()
+        if row is None:
+            used = self._reader.execute("SELECT EXISTS (SELECT 1 FROM tasks) OR EXISTS (SELECT 1 FROM engines)")
+            stored = 1 if used.fetchone()[0] else wire.PROTOCOL_VERSION
+            self._reader.execute("INSERT INTO meta VALUES ('protocol', ?)", (str(stored),))
+        else:
+            stored = int(row[0])
+        if stored != wire.PROTOCOL_VERSION:
+            self._reader.close()
+            raise RuntimeError(f"the task store {self.path} holds messages of mpihub's wire protocol {stored}; this "
+                               f"mpihub speaks {wire.PROTOCOL_VERSION}. Restore it with the mpihub that wrote it, "
+                               "or give this controller another --db file")
 
     def _open(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
