@@ -42,6 +42,8 @@ if [ "$(id -u)" != 0 ]; then
   echo "tests/multinode/setup.sh: must run as root (network namespaces, Slurm daemons)" >&2
   exit 3
 fi
+SWEPT=$(bash "$(dirname "${BASH_SOURCE[0]}")/../sweep_mpi_shm.sh")  # stale MPI shared memory of killed jobs
+[ -z "$SWEPT" ] || log "$SWEPT"
 [[ $CPUS =~ ^[1-9][0-9]*$ ]] || die "MPIHUB_MULTINODE_CPUS must be a positive integer, not '$CPUS'"
 DEADLINE=$((SECONDS + TIMEOUT))
 . "$HERE/../slurm/daemons.sh"   # ours, stop_ours, start_munged (munged's pid file in the one-node $RUN)

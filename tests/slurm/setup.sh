@@ -42,6 +42,8 @@ if [ "$(id -u)" != 0 ]; then
   echo "tests/slurm/setup.sh: must run as root (it installs packages and starts Slurm daemons)" >&2
   exit 3
 fi
+SWEPT=$(bash "$(dirname "${BASH_SOURCE[0]}")/../sweep_mpi_shm.sh")  # stale MPI shared memory of killed jobs
+[ -z "$SWEPT" ] || log "$SWEPT"
 [[ $CPUS =~ ^[1-9][0-9]*$ ]] || die "MPIHUB_SLURM_CPUS must be a positive integer, not '$CPUS'"
 [[ $TIMEOUT =~ ^[1-9][0-9]*$ ]] || die "MPIHUB_SLURM_TIMEOUT must be a positive integer, not '$TIMEOUT'"
 DEADLINE=$((SECONDS + TIMEOUT))
