@@ -19,8 +19,8 @@ def batch_cluster(**kwargs) -> mpihub.Cluster:
     kwargs.setdefault("engines", "slurm")
     kwargs.setdefault("controller", kwargs["engines"])
     kwargs.setdefault("walltime", "00:10:00")
-    return mpihub.Cluster(n=kwargs.pop("n", 2), controller_ip="127.0.0.1", start_timeout=120, poll_interval=0.5,
-                          **kwargs)
+    kwargs.setdefault("start_timeout", 120)
+    return mpihub.Cluster(n=kwargs.pop("n", 2), controller_ip="127.0.0.1", poll_interval=0.5, **kwargs)
 
 
 def scatter_compute_gather(rc: mpihub.Client) -> None:
@@ -114,6 +114,17 @@ def test_a_job_that_fails_at_once_is_reported_with_its_log(slurm):
     assert "no such module" in open(log_path).read()
     cluster.stop_cluster_sync()
     slurm.wait_gone(cluster.batch.jobs[0].job_id)
+
+
+def test_engines_that_do_not_come_in_time_are_reported_with_their_jobs_state_and_log(slurm):
+    cluster = batch_cluster(controller="local", start_timeout=8,
+                            prologue="echo 'waiting for the licence server'; sleep 120")
+    with pytest.raises(mpihub.TimeoutError, match=r"0 of 2 engines registered within 8 s: job \d+ RUNNING") as late:
+        cluster.start_and_connect_sync()
+    job = cluster.batch.jobs[0]
+    assert f"engines job {job.job_id}, log {job.log_path}" in str(late.value)
+    assert "waiting for the licence server" in str(late.value)
+    slurm.wait_gone(job.job_id)
 
 
 @pytest.mark.parametrize("flavor", ["torque", "pro"])

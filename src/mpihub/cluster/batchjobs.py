@@ -132,6 +132,19 @@ class BatchJobs:
                          f"{f' ({state.reason})' if state and state.reason else ''}"
                          for job_id, state in self.states().items())
 
+    def describe_logs(self, lines: int = 8) -> str:
+        """Each job's log and its last ``lines`` lines: what a timeout's message shows,
+        so that why the engines never came is read where the wait failed."""
+        parts = []
+        for job in self.jobs:
+            path = Path(job.log())
+            try:
+                tail = path.read_text(errors="replace").splitlines()[-lines:]
+            except OSError:
+                tail = ["(no log yet)"]
+            parts.append(f"{job.role} job {job.job_id}, log {path}:\n" + "\n".join(f"    {line}" for line in tail))
+        return "\n".join(parts)
+
     def cancel(self, wait: float = 30.0) -> None:
         """Cancel every job still queued or running, and wait until they have ended."""
         for job in self.jobs:

@@ -260,9 +260,11 @@ class Cluster:
         except BatchError:
             client.close()
             raise
-        except errors.TimeoutError:
-            dead = [p for p in self.launcher.processes if p.poll() is not None]
+        except errors.TimeoutError as exc:
             client.close()
+            if self.batch is not None:
+                raise errors.TimeoutError(f"{exc}\n{self.batch.describe_logs()}") from None
+            dead = [p for p in self.launcher.processes if p.poll() is not None]
             hint = f"; {len(dead)} processes exited, see {dead[0].log_path}" if dead else ""
             raise errors.TimeoutError(f"{len(client.ids)} of {self._expected} engines registered within "
                                       f"{self.start_timeout} s{hint}") from None
