@@ -5,7 +5,8 @@
 # its /dev/shm/mpich_shm_* segments behind, and /dev/shm is shared by every network
 # namespace of the test clusters. A later MPI job that attaches a stale segment fails in
 # MPI_Init ("UCX ERROR failed to unpack address, invalid bandwidth 0.00"). The Slurm
-# set-ups run this first; a segment that a live process maps is left alone.
+# set-ups run this first and their teardowns last; a segment that a live process maps is
+# left alone.
 set -uo pipefail
 shopt -s nullglob
 swept=0

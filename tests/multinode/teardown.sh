@@ -2,7 +2,8 @@
 # tests/multinode/teardown.sh -- stop the multi-node Slurm of tests/multinode/setup.sh.
 #
 # Cancels its jobs, stops its slurmds and slurmctld by pid file (never by name), removes
-# the namespaces, veths and bridges and the /etc/hosts block. munged is left to
+# the namespaces, veths and bridges and the /etc/hosts block, and sweeps the MPICH
+# shared-memory segments its killed engines left (tests/sweep_mpi_shm.sh). munged is left to
 # tests/slurm/teardown.sh (shared). Idempotent.
 set -uo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -49,5 +50,7 @@ if grep -qF "$HOSTS_BEGIN" /etc/hosts; then
   rm -f "$tmp"
 fi
 rm -f "$MN_RUN/hosts.before"
+SWEPT=$(bash "$(dirname "${BASH_SOURCE[0]}")/../sweep_mpi_shm.sh")  # what its killed engines left
+[ -z "$SWEPT" ] || log "$SWEPT"
 log "done"
 exit 0

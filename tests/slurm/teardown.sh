@@ -3,7 +3,8 @@
 #
 # Cancels the jobs still in this cluster, then stops only the daemons whose PIDs are in
 # /run/mpihub-slurm/*.pid (SIGTERM, SIGKILL after ~20 s), each only while /proc/PID/comm still
-# names that daemon. Never kills by name. Packages, config, state and logs stay for the next
+# names that daemon, and last sweeps the MPICH shared-memory segments that killed engines
+# left (tests/sweep_mpi_shm.sh). Never kills by name. Packages, config, state and logs stay for the next
 # setup. Idempotent: with nothing running it does nothing and exits 0.
 set -uo pipefail
 
@@ -36,4 +37,6 @@ fi
 stop_ours slurmd
 stop_ours slurmctld
 stop_ours munged
+SWEPT=$(bash "$(dirname "${BASH_SOURCE[0]}")/../sweep_mpi_shm.sh")  # what its killed engines left
+[ -z "$SWEPT" ] || log "$SWEPT"
 exit 0

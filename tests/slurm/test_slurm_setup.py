@@ -165,3 +165,20 @@ srun env > {tmp_path}/srun-env.txt
         assert f"SLURM_JOB_ID={job_id}\n" in text
         assert not [line for line in text.splitlines() if line.startswith("PBS_")], name
     assert not (PBS_SPOOL / f"nodefile.{job_id}").exists()
+
+
+def test_the_shared_memory_sweep_removes_only_segments_no_process_holds():
+    """What a killed MPI engine leaves in /dev/shm goes; a live job's segment stays."""
+    tag = uuid.uuid4().hex[:8]
+    stale, live = (Path(f"/dev/shm/mpich_shm_mpihubtest{tag}_{i}") for i in range(2))
+    stale.write_bytes(b"\0" * 4096)
+    live.write_bytes(b"\0" * 4096)
+    try:
+        with live.open("rb"):
+            out = sh("bash", str(Path(__file__).parents[1] / "sweep_mpi_shm.sh"))
+            assert not stale.exists()
+            assert live.exists()
+            assert "swept" in out and "stale MPICH shared-memory segments" in out
+    finally:
+        stale.unlink(missing_ok=True)
+        live.unlink(missing_ok=True)
